@@ -1,0 +1,153 @@
+"""The ``bnbench`` command: a thin layer that hands overrides to Hydra and prints results."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from bnbench import __version__
+from bnbench.config import config_dir
+
+app = typer.Typer(
+    help="Ablation studies of batch normalization: placement x activation x optimizer x model, "
+    "configured with Hydra.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _results_dir(overrides: list[str]) -> Path:
+    for item in overrides:
+        if item.lstrip("+").startswith("results_dir="):
+            return Path(item.split("=", 1)[1])
+    return Path(os.environ.get("BNBENCH_RESULTS", "results"))
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before any training if results cannot be saved (nothing is lost at the end)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".bnbench-write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        fail(f"cannot write to the results folder {folder} ({err.strerror or err}); "
+             "choose another with results_dir=PATH or BNBENCH_RESULTS")
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        console.print(f"bnbench {__version__}")
+        raise typer.Exit()
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def run(
+    overrides: Optional[List[str]] = typer.Argument(
+        None,
+        help="Hydra overrides: group=option (norm=bn_after), key=value (optimizer.lr=0.05), "
+        "comma lists to sweep with -m (seed=0,1,2). Hydra flags such as --cfg job pass through.",
+        show_default=False,
+    ),
+    multirun: bool = typer.Option(
+        False, "--multirun", "-m",
+        help="Sweep: run every combination of the comma lists, plus the default grid "
+        "(norm x 3 seeds) unless overridden; ends with a table per cell.",
+    ),
+) -> None:
+    """Train one run (or, with -m, a sweep) and record it under results/.
+
+    \b
+    Examples:
+      bnbench run                                   one run with the defaults
+      bnbench run norm=none activation=sigmoid      one run, two overrides
+      bnbench run -m                                the default grid: norm x 3 seeds
+      bnbench run -m ablation=activations           a preset grid from conf/ablation/
+      bnbench run -m activation=relu,tanh seed=0,1  your own grid
+    """
+    overrides = list(overrides or [])
+    _check_writable(_results_dir(overrides))
+    from bnbench import app as hydra_app
+    from bnbench import sweep
+
+    sys.argv = ["bnbench", *(["--multirun"] if multirun else []), *overrides]
+    hydra_app.last_run, sweep.last_sweep = None, None
+    hydra_app.main()
+    if multirun:
+        tables = sweep.last_sweep
+        if tables is not None and len(tables.failed_runs):
+            fail(f"{len(tables.failed_runs)} of {len(tables.runs)} runs failed; first error: "
+                 f"{tables.failed_runs['error'].iloc[0]}")
+    elif hydra_app.last_run is not None and hydra_app.last_run["status"] == "failed":
+        fail(hydra_app.last_run["error"])
+
+
+@app.command()
+def report(
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder (the one `bnbench run -m` printed)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the files without printing the table."),
+) -> None:
+    """Rebuild results.csv and report.md of a finished or partial sweep from its run records."""
+    from bnbench import report as report_mod
+
+    try:
+        tables = report_mod.build(sweep_dir)
+        csv_path, md_path = report_mod.write(tables)
+    except report_mod.ReportError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"cannot write the report into {sweep_dir} ({err.strerror or err})")
+    if not quiet:
+        report_mod.print_tables(tables, console)
+    console.print(f"wrote {csv_path} and {md_path}", highlight=False)
+
+
+def _describe(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and "@package" not in line:
+            return line.lstrip("# ").strip()
+    return ""
+
+
+@app.command("list")
+def list_configs() -> None:
+    """Show every config group, its options and the default choice."""
+    root = config_dir()
+    defaults: dict[str, str] = {}
+    for entry in (yaml.safe_load((root / "config.yaml").read_text()) or {}).get("defaults", []):
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                defaults[key] = "null" if value is None else str(value)
+    table = Table(title=f"config groups in {root}", title_justify="left", show_lines=True)
+    table.add_column("group", style="bold")
+    table.add_column("option")
+    table.add_column("description")
+    for group in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra" and not p.name.startswith("_")):
+        for i, option in enumerate(sorted(group.glob("*.yaml"))):
+            mark = " (default)" if defaults.get(group.name) == option.stem else ""
+            table.add_row(group.name if i == 0 else "", option.stem + mark, _describe(option))
+    console.print(table)
+    console.print("Launchers: hydra/launcher=basic (default), or any installed Hydra launcher plugin.", style="dim")
+    console.print("Any key can be overridden too: `bnbench run --cfg job` prints the full config.", style="dim")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,135 @@
+"""One run, from a composed config to its record on disk.
+
+Whatever happens inside (a typo caught by validation, missing data files, a NaN loss, a bug)
+ends in a ``summary.json`` with a status, so a sweep always has a row for every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from bnbench import records
+from bnbench.config import ConfigError, validate
+from bnbench.data import DataError, load_dataset
+from bnbench.models import build_model, count_parameters
+from bnbench.train import train
+
+log = logging.getLogger("bnbench")
+
+# Errors whose message is the whole story: shown as one line, no traceback.
+USER_ERRORS = (ConfigError, DataError)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu or auto")
+    return device
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(requested: int | None) -> int:
+    """Intra-op threads for this process. Parallel workers set BNBENCH_WORKERS so that
+    workers x threads never exceed the cores (oversubscription costs far more than it gains)."""
+    workers = max(1, int(os.environ.get("BNBENCH_WORKERS", "1")))
+    threads = requested or max(1, usable_cores() // workers)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _format_row(row: Mapping[str, Any]) -> str:
+    return (
+        f"step {row['step']:>6}  epoch {row['epoch']:>6.2f}  train loss {row['train_loss']:.4f}  "
+        f"train acc {100 * row['train_acc']:6.2f}%  test acc {100 * row['test_acc']:6.2f}%  ({row['wall_s']:.1f}s)"
+    )
+
+
+def run_experiment(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: list[str] | None = None,
+    choices: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train the run ``cfg`` describes and write its record into ``run_dir``; return the summary."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = list(overrides or [])
+    started = time.perf_counter()
+    summary: dict[str, Any] = {
+        "run_id": records.run_identity(cfg),
+        "status": "running",
+        "error": None,
+        "seed": int(cfg.seed),
+        "params": records.parse_overrides(overrides),
+        "overrides": overrides,
+        "choices": {k: v for k, v in (choices or {}).items() if not str(k).startswith("hydra")},
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "versions": records.library_versions(),
+    }
+    history: list[dict] = []
+    try:
+        validate(cfg)
+        device = resolve_device(cfg.trainer.device)
+        summary["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        if device.type == "cpu":
+            summary["threads"] = set_threads(cfg.trainer.threads)
+        seed_everything(cfg.seed)
+        data = load_dataset(cfg, device)
+        model = build_model(cfg, data.in_shape, data.num_classes).to(device)
+        summary["n_params"] = count_parameters(model)
+        on_eval = (lambda row: log.info(_format_row(row))) if cfg.trainer.log_progress else None
+        result = train(model, data, cfg, device, on_eval=on_eval)
+        history = result.history
+        summary["status"] = result.status
+    except USER_ERRORS as err:
+        summary.update(status="failed", error=str(err))
+    except Exception as err:  # a bug or an environment problem: keep the traceback next to the record
+        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        records.write_text(run_dir / "error.txt", traceback.format_exc())
+    summary["wall_s"] = round(time.perf_counter() - started, 3)
+    summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    summary.update(_outcome(history))
+    records.write_csv(run_dir / records.METRICS, history, records.METRIC_COLUMNS)
+    records.write_json(run_dir / records.SUMMARY, summary)
+    return summary
+
+
+def _outcome(history: list[dict]) -> dict[str, Any]:
+    if not history:
+        return {"final": {}, "best": {}, "steps": 0, "epochs": 0.0}
+    last = history[-1]
+    finite = [row for row in history if np.isfinite(row["test_loss"])] or history
+    best = max(finite, key=lambda row: row["test_acc"])
+    return {
+        "final": {k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+        "best": {"test_acc": best["test_acc"], "step": best["step"], "epoch": best["epoch"]},
+        "steps": last["step"],
+        "epochs": last["epoch"],
+    }
