@@ -27,7 +27,8 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    # soft_wrap: one line, however narrow the terminal, so logs and greps see the whole message
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

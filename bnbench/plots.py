@@ -1,0 +1,213 @@
+"""Figures of a sweep, rendered headless to PNG (matplotlib's Agg backend).
+
+``learning_curves`` reads each run's metrics.csv and draws the mean over completed seeds with
+a t-based confidence band; ``cell_intervals`` draws the per-cell mean and interval of a
+:func:`bnbench.stats.cell_stats` table. Runs that diverged are drawn thin and dashed up to
+where they stopped (they are not in the mean); failed and missing runs are named in the panel
+titles or next to their cell, so no run disappears without a trace.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
+from scipy import stats as st  # noqa: E402
+
+from bnbench import records  # noqa: E402
+from bnbench.stats import STATUSES, _with_levels, higher_is_better  # noqa: E402
+
+_LABELS = {"test_acc": "test accuracy", "train_acc": "train accuracy", "train_loss": "train loss",
+           "test_loss": "test loss", "final_test_acc": "final test accuracy",
+           "best_test_acc": "best test accuracy", "final_train_loss": "final train loss",
+           "final_test_loss": "final test loss"}
+_MAX_COLS = 4  # panels per row before wrapping, so many levels grow the figure downwards
+
+
+def _label(metric: str) -> str:
+    return _LABELS.get(metric, metric.replace("_", " "))
+
+
+def _is_accuracy(metric: str) -> bool:
+    return "acc" in metric and "_to_acc_" not in metric
+
+
+def _colors(n: int) -> list:
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
+    return [cmap(i) for i in range(n)] if n <= 20 else [cmap(x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
+    try:
+        frame = pd.read_csv(run_dir / records.METRICS)
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+    return frame if len(frame) and "epoch" in frame else None
+
+
+def _mean_band(curves: list[pd.Series], confidence: float) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Mean over seeds per epoch, with a t-interval half-width from scipy (0 where n < 2)."""
+    table = pd.concat(curves, axis=1)
+    n = table.notna().sum(axis=1)
+    mean = table.mean(axis=1)
+    sem = pd.Series(st.sem(table, axis=1, nan_policy="omit"), index=table.index)
+    half = pd.Series(st.t.ppf((1 + confidence) / 2, np.maximum(n - 1, 1)), index=table.index) * sem
+    half = half.where(n >= 2, 0.0)
+    return mean, mean - half, mean + half
+
+
+def _format_axis(ax, metric: str, axis: str = "y") -> None:
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    if _is_accuracy(metric):
+        target.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+
+
+def learning_curves(
+    sweep_dir: Path,
+    runs: pd.DataFrame,
+    factors: list[str],
+    out_path: Path,
+    metric: str = "test_acc",
+    panel_factor: str | None = None,
+    confidence: float = 0.95,
+) -> Path:
+    """Per-epoch ``metric`` (top row) and train loss (bottom row) for every cell: one panel
+    per level of ``panel_factor`` (default: the first factor, or a single panel when only one
+    factor varies), one coloured line per combination of the remaining factors, mean over
+    completed seeds with a ``confidence`` band. Returns ``out_path``."""
+    sweep_dir, out_path = Path(sweep_dir), Path(out_path)
+    runs = _with_levels(runs, factors)
+    if panel_factor is None and len(factors) > 1:
+        panel_factor = factors[0]
+    if panel_factor is not None and panel_factor not in factors:
+        raise ValueError(f"panel factor {panel_factor!r} is not a swept factor; factors: {factors}")
+    line_factors = [f for f in factors if f != panel_factor]
+    panels = list(runs[panel_factor].cat.categories) if panel_factor else [None]
+    line_keys = list(dict.fromkeys(tuple(r) for r in runs[line_factors].astype(str).itertuples(index=False)))
+    line_keys.sort(key=lambda k: [runs[f].cat.categories.get_loc(v) for f, v in zip(line_factors, k)])
+    colors = dict(zip(line_keys, _colors(len(line_keys))))
+    rows = list(dict.fromkeys([metric, "train_loss"]))
+    curves = {r: _read_metrics(sweep_dir / str(r)) for r in runs["run"]}
+
+    ncols = min(_MAX_COLS, len(panels))
+    blocks = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(blocks * len(rows), ncols, figsize=(3.6 * ncols + 0.5, 2.7 * blocks * len(rows)),
+                             squeeze=False, sharex=True, layout="constrained")
+    for ax in axes.flat:
+        ax.set_visible(False)
+    shared: dict[str, plt.Axes] = {}
+    for i, panel in enumerate(panels):
+        in_panel = runs if panel is None else runs[runs[panel_factor] == panel]
+        for m, row_metric in enumerate(rows):
+            ax = axes[(i // ncols) * len(rows) + m, i % ncols]
+            ax.set_visible(True)
+            if row_metric in shared:  # one y scale per metric, so panels compare at a glance
+                ax.sharey(shared[row_metric])
+            shared.setdefault(row_metric, ax)
+            for key in line_keys:
+                mask = np.ones(len(in_panel), dtype=bool)
+                for f, v in zip(line_factors, key):
+                    mask &= (in_panel[f] == v).to_numpy()
+                cell = in_panel[mask]
+                done = [curves[r].set_index("epoch")[row_metric] for r in cell.loc[cell["status"] == "completed", "run"]
+                        if curves[r] is not None and row_metric in curves[r]]
+                if done:
+                    mean, low, high = _mean_band(done, confidence)
+                    ax.plot(mean.index, mean, color=colors[key], lw=1.6)
+                    ax.fill_between(mean.index, low, high, color=colors[key], alpha=0.18, lw=0)
+                for r in cell.loc[cell["status"] == "diverged", "run"]:
+                    frame = curves[r]
+                    if frame is None or row_metric not in frame:
+                        continue
+                    ok = frame[np.isfinite(frame[row_metric])]
+                    # Not autoscaled: a loss that exploded before NaN must not flatten the rest.
+                    ax.plot(ok["epoch"], ok[row_metric], color=colors[key], lw=0.8, ls="--",
+                            marker="x", markevery=[len(ok) - 1] if len(ok) else None, scalex=False, scaley=False)
+            ax.grid(alpha=0.3)
+            ax.set_ylabel(_label(row_metric))
+            _format_axis(ax, row_metric)
+            if "loss" in row_metric and all(y > 0 for line in ax.get_lines() for y in line.get_ydata()
+                                            if np.isfinite(y)) and ax.get_lines():
+                ax.set_yscale("log")
+            if m == len(rows) - 1:  # bottom of each block: sharex hid the others' labels
+                ax.set_xlabel("epoch")
+                ax.xaxis.set_tick_params(labelbottom=True)
+            if m == 0:
+                title = "all runs" if panel is None else f"{panel_factor} = {panel}"
+                lost = {s: int((in_panel["status"] == s).sum()) for s in STATUSES[1:]}
+                lost = ", ".join(f"{n} {s}" for s, n in lost.items() if n)
+                ax.set_title(title + (f"\n({lost})" if lost else ""), fontsize=10)
+
+    handles = [plt.Line2D([], [], color=colors[k], lw=2) for k in line_keys]
+    labels = [" / ".join(k) for k in line_keys]
+    if (runs["status"] == "diverged").any():
+        handles.append(plt.Line2D([], [], color="gray", lw=0.8, ls="--", marker="x"))
+        labels.append("diverged run (not in mean)")
+    if line_factors or len(handles) > len(line_keys):
+        fig.legend(handles, labels, title=" / ".join(line_factors) or None, loc="outside right center",
+                   ncols=math.ceil(len(handles) / 24), fontsize=9, title_fontsize=9, frameon=False)
+    fig.suptitle(f"{sweep_dir.name}: mean over completed seeds, {confidence:.0%} confidence band", fontsize=11)
+    return _save(fig, out_path)
+
+
+def cell_intervals(
+    cell_stats_df: pd.DataFrame,
+    factors: list[str],
+    out_path: Path,
+    metric: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """One row per cell (in the table's order): mean of the final metric with its confidence
+    interval; colour groups the first factor. The right margin says how many seeds each point
+    stands on, and cells without a completed run say why in place of a point."""
+    cells = cell_stats_df.reset_index(drop=True)
+    metric = metric or cells.attrs.get("metric", "final_test_acc")
+    confidence = cells.attrs.get("confidence", 0.95)
+    n = len(cells)
+    fig, ax = plt.subplots(figsize=(7.5, 1.3 + 0.3 * max(n, 2)), layout="constrained")
+    y = np.arange(n)[::-1]  # first cell on top, as in the tables
+    groups = cells[factors[0]].astype(str) if factors else pd.Series(["all"] * n)
+    palette = dict(zip(dict.fromkeys(groups), _colors(groups.nunique())))
+    has_ci = cells["ci_low"].notna()
+    ax.errorbar(cells.loc[has_ci, "mean"], y[has_ci.to_numpy()],
+                xerr=[cells.loc[has_ci, "mean"] - cells.loc[has_ci, "ci_low"],
+                      cells.loc[has_ci, "ci_high"] - cells.loc[has_ci, "mean"]],
+                fmt="none", ecolor="0.35", elinewidth=1.2, capsize=3)
+    ax.scatter(cells["mean"], y, c=[palette[g] for g in groups], s=30, zorder=3)
+    for yi, (_, cell) in zip(y, cells.iterrows()):
+        done = int(cell.get("completed", cell["n"]))
+        runs = int(cell.get("runs", done)) + int(cell.get("missing", 0))
+        lost = [f"{int(cell[s])} {s}" for s in (*STATUSES[1:], "missing") if cell.get(s, 0)]
+        note = f"n={int(cell['n'])}" + (f"  ({done}/{runs} completed; {', '.join(lost)})" if lost else "")
+        ax.annotate(note, (1.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=8, color="0.3")
+        if cell["n"] == 0:  # nothing to plot: say so on the row itself
+            ax.annotate("no completed run", (0.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0),
+                        textcoords="offset points", va="center", fontsize=8, style="italic", color="firebrick")
+    labels = [" / ".join(str(cell[f]) for f in factors) or "all runs" for _, cell in cells.iterrows()]
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.set_ylim(-0.7, n - 0.3)
+    for boundary in np.flatnonzero(groups.to_numpy()[1:] != groups.to_numpy()[:-1]):
+        ax.axhline(y[boundary] - 0.5, color="0.85", lw=0.8)  # separate the first factor's groups
+    ax.set_ylabel(" / ".join(factors))
+    direction = "higher is better" if higher_is_better(metric) else "lower is better"
+    ax.set_xlabel(f"{_label(metric)} ({direction})")
+    _format_axis(ax, metric, "x")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title or f"{_label(metric)}: mean and {confidence:.0%} CI over completed seeds", fontsize=11)
+    return _save(fig, out_path)
+
+
+def _save(fig, out_path: Path) -> Path:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120, bbox_inches="tight")  # tight: keep outside legends and notes
+    plt.close(fig)
+    return out_path

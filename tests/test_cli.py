@@ -1,0 +1,166 @@
+"""The `bnbench` command end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import make_cfg, run_cli, write_mnist_family
+
+FAST = ("trainer.epochs=1", "trainer.threads=1")
+
+
+def _sweep_dir(cwd: Path) -> Path:
+    dirs = [p for p in (cwd / "results").iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def test_default_grid_is_the_readme_command(tmp_path):
+    """`bnbench run -m` with no arguments: norm x 3 seeds on digits, a table at the end."""
+    proc = run_cli("run", "-m", "trainer.threads=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sweep = _sweep_dir(tmp_path)
+    runs = pd.read_csv(sweep / "results.csv")
+    assert len(runs) == 9 and set(runs["status"]) == {"completed"}
+    assert sorted(runs["norm"].unique()) == ["bn_after", "bn_before", "none"]
+    assert sorted(runs["seed"].unique()) == [0, 1, 2]
+    report = (sweep / "report.md").read_text()
+    for norm in ("none", "bn_before", "bn_after"):
+        assert f"| {norm} | 3/3 |" in report
+    assert "±" in report and "test acc" in proc.stdout
+
+
+def test_factorial_sweep_on_idx_files(tmp_path):
+    write_mnist_family(tmp_path / "data", "FashionMNIST", n_train=240, n_test=60)
+    proc = run_cli(
+        "run", "-m", "model=mlp,alexnet", "norm=none,bn_before", "activation=relu,tanh", "seed=0,1",
+        "dataset=fashion_mnist", "model.channels=[4,4,4,4,4]", "model.fc_width=16", *FAST,
+        cwd=tmp_path, env={"BNBENCH_DATA": str(tmp_path / "data")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    sweep = _sweep_dir(tmp_path)
+    runs = pd.read_csv(sweep / "results.csv")
+    assert len(runs) == 16 and set(runs["status"]) == {"completed"}
+    assert {"model", "norm", "activation", "dataset"} <= set(runs.columns)
+    assert set(runs["dataset"]) == {"fashion_mnist"}
+    report = (sweep / "report.md").read_text()
+    table_rows = [line for line in report.splitlines() if line.startswith("| ") and "2/2" in line]
+    assert len(table_rows) == 8  # 2 models x 2 norms x 2 activations, 2 seeds each
+    assert "`dataset=fashion_mnist`" in report
+    # one folder per run, named by Hydra's override_dirname
+    (run_dir,) = sweep.glob("activation=relu,dataset=fashion_mnist,*model=alexnet,norm=bn_before,seed=1,*")
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_single_run_prints_metrics(tmp_path):
+    proc = run_cli("run", "norm=bn_after", "activation=gelu", "optimizer=adam", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "completed: test acc" in proc.stdout and "epoch   1.00" in proc.stdout
+    run_dirs = list((tmp_path / "results" / "runs").iterdir())
+    assert len(run_dirs) == 1 and (run_dirs[0] / "summary.json").is_file()
+
+
+def _assert_one_line_error(proc, *fragments):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    error_lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+
+
+def test_missing_data_offline(tmp_path):
+    proc = run_cli("run", "dataset=fashion_mnist", f"dataset.root={tmp_path / 'nowhere'}", "dataset.download=false",
+                   *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, str(tmp_path / "nowhere" / "FashionMNIST" / "raw"), "train-images-idx3-ubyte",
+                           "dataset-fashion-mnist")
+
+
+def test_unwritable_results_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run_cli("run", f"results_dir={blocker / 'results'}", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "cannot write to the results folder")
+
+
+def test_invalid_overrides_fail_at_composition(tmp_path):
+    unknown_key = run_cli("run", "trainer.epochz=3", cwd=tmp_path)
+    assert unknown_key.returncode != 0 and "epochz" in unknown_key.stderr
+    bad_type = run_cli("run", "trainer.epochs=many", cwd=tmp_path)
+    assert bad_type.returncode != 0 and "epochs" in bad_type.stderr
+    unknown_dataset = run_cli("run", "dataset=imagenet", cwd=tmp_path)
+    assert unknown_dataset.returncode != 0 and "fashion_mnist" in unknown_dataset.stderr
+    for proc in (unknown_key, bad_type, unknown_dataset):
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results" / "runs").exists() or not any((tmp_path / "results" / "runs").iterdir())
+
+
+def test_failed_run_does_not_stop_the_sweep(tmp_path):
+    proc = run_cli("run", "-m", "activation.name=relu,swish", "norm=bn_before", "seed=0", *FAST, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "1 of 2 runs failed" in proc.stderr and "swish" in proc.stderr
+    runs = pd.read_csv(_sweep_dir(tmp_path) / "results.csv")
+    assert sorted(runs["status"]) == ["completed", "failed"]
+    assert "## Runs without a result" in (_sweep_dir(tmp_path) / "report.md").read_text()
+
+
+def test_report_rebuilds_partial_sweep(tmp_path):
+    proc = run_cli("run", "-m", "norm=none,bn_before", "seed=0,1", "sweep.name=partial", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sweep = tmp_path / "results" / "partial"
+    (killed,) = sweep.glob("norm=none,seed=1,*")
+    (killed / "summary.json").unlink()  # as if killed mid-run
+    (sweep / "results.csv").unlink()
+    proc = run_cli("report", str(sweep), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = pd.read_csv(sweep / "results.csv")
+    assert len(runs) == 4
+    assert runs.set_index("run").loc[killed.name, "status"] == "incomplete"
+    assert "| none | 1/2 (1 incomplete) |" in (sweep / "report.md").read_text()
+
+
+def test_report_on_a_folder_without_runs(tmp_path):
+    proc = run_cli("report", str(tmp_path), cwd=tmp_path)
+    _assert_one_line_error(proc, "no runs found")
+
+
+def test_list_shows_groups_and_options(tmp_path):
+    proc = run_cli("list", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("model", "alexnet", "bn_before", "leaky_relu", "nesterov", "cifar100", "ablation", "factorial"):
+        assert word in proc.stdout
+    assert "mlp (default)" in proc.stdout
+
+
+def test_help_for_every_command(tmp_path):
+    for command in (["--help"], ["run", "--help"], ["report", "--help"], ["list", "--help"]):
+        proc = run_cli(*command, cwd=tmp_path)
+        assert proc.returncode == 0 and "Usage" in proc.stdout, command
+
+
+def test_ablation_presets_compose():
+    from hydra import compose, initialize_config_dir
+
+    from bnbench.config import config_dir
+
+    conf = Path(config_dir())
+    for preset in sorted(p.stem for p in (conf / "ablation").glob("*.yaml")):
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            cfg = compose("config", overrides=[f"ablation={preset}"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert "seed" in params and len(params) >= 2, preset
+    assert make_cfg("ablation=factorial").dataset.name == "fashion_mnist"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_permission_denied_results(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    proc = run_cli("run", f"results_dir={locked}", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "cannot write")

@@ -1,0 +1,91 @@
+"""The real torchvision loading path, on small files in the real formats written here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bnbench.data import DataError, load_dataset, train_batches
+from conftest import make_cfg, write_cifar, write_mnist_family
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("name,class_name", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+def test_mnist_family_from_idx_files(tmp_path, name, class_name):
+    write_mnist_family(tmp_path, class_name, n_train=120, n_test=50)
+    data = load_dataset(make_cfg(f"dataset={name}", f"dataset.root={tmp_path}"), CPU)
+    assert data.train_x.shape == (120, 1, 28, 28) and data.test_x.shape == (50, 1, 28, 28)
+    assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
+    assert data.num_classes == 10
+    # normalized with the training set's statistics
+    assert abs(data.train_x.mean().item()) < 1e-4 and abs(data.train_x.std().item() - 1) < 1e-3
+
+
+def test_gz_files_as_shipped_are_unpacked(tmp_path):
+    """Debian's dataset-fashion-mnist ships the .gz files; dropping them in raw/ must work offline."""
+    raw = write_mnist_family(tmp_path, "FashionMNIST", n_train=60, n_test=20, compress=True)
+    assert not (raw / "train-images-idx3-ubyte").exists()
+    data = load_dataset(make_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
+    assert len(data.train_y) == 60 and len(data.test_y) == 20
+
+
+def test_idx_pixels_and_labels_round_trip(tmp_path):
+    write_mnist_family(tmp_path, "MNIST", n_train=30, n_test=10)
+    data = load_dataset(make_cfg("dataset=mnist", f"dataset.root={tmp_path}", "dataset.normalize=false"), CPU)
+    from conftest import synthetic_images
+
+    images, labels = synthetic_images(30, 28, 1, 10, seed=0)
+    torch.testing.assert_close(data.train_x, torch.from_numpy(images).float() / 255)
+    assert data.train_y.tolist() == labels.tolist()
+
+
+@pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_from_pickle_batches(tmp_path, cifar_checksums, name, num_classes):
+    apply, tvd = cifar_checksums
+    md5s = write_cifar(tmp_path, num_classes=num_classes, n_per_batch=20)
+    apply(tvd.CIFAR10 if num_classes == 10 else tvd.CIFAR100, md5s)
+    data = load_dataset(make_cfg(f"dataset={name}", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
+    n_train = 100 if num_classes == 10 else 20
+    assert data.train_x.shape == (n_train, 3, 32, 32) and data.test_x.shape == (20, 3, 32, 32)
+    assert data.num_classes == num_classes
+
+
+def test_missing_files_name_the_folder_and_files(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_dataset(make_cfg("dataset=kmnist", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
+    message = str(err.value)
+    assert str(tmp_path / "KMNIST" / "raw") in message
+    assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+    assert "\n" not in message
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    raw = write_mnist_family(tmp_path, "MNIST", n_train=30, n_test=10)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
+    with pytest.raises(DataError, match="corrupt"):
+        load_dataset(make_cfg("dataset=mnist", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
+
+
+def test_corrupt_cifar_fails_checksum(tmp_path):
+    write_cifar(tmp_path, num_classes=10, n_per_batch=5)  # real checksum table: these files cannot match
+    with pytest.raises(DataError, match="checksum"):
+        load_dataset(make_cfg("dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
+
+
+def test_subsets_are_fixed_across_seeds(tmp_path):
+    a = load_dataset(make_cfg("dataset.train_size=100", "dataset.test_size=40", "seed=1"), CPU)
+    b = load_dataset(make_cfg("dataset.train_size=100", "dataset.test_size=40", "seed=2"), CPU)
+    assert len(a.train_y) == 100 and len(a.test_y) == 40
+    assert torch.equal(a.train_x, b.train_x)
+
+
+def test_train_batches_cover_a_permutation_and_drop_the_tail():
+    x = torch.arange(130).float()[:, None]
+    y = torch.arange(130)
+    batches = list(train_batches(x, y, 60, torch.Generator().manual_seed(0)))
+    assert [len(b[1]) for b in batches] == [60, 60]
+    seen = torch.cat([b[1] for b in batches])
+    assert len(set(seen.tolist())) == 120
+    again = torch.cat([b[1] for b in train_batches(x, y, 60, torch.Generator().manual_seed(0))])
+    assert torch.equal(seen, again)

@@ -1,0 +1,95 @@
+"""Every model x norm x activation builds and trains a step; placement is the layer order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bnbench.models import ACTIVATIONS, build_model
+from bnbench.train import OPTIMIZERS, make_optimizer
+from conftest import make_cfg
+
+NORMS = ["none", "bn_before", "bn_after"]
+SHAPES = {"mlp": [(1, 8, 8)], "alexnet": [(1, 8, 8), (1, 28, 28), (3, 32, 32)]}
+
+
+def _hidden_blocks(model: nn.Module) -> list[nn.Sequential]:
+    return [m for m in model.modules() if isinstance(m, nn.Sequential) and isinstance(m[0], (nn.Linear, nn.Conv2d))]
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("model_name", ["mlp", "alexnet"])
+def test_builds_and_trains_one_step(model_name, norm, activation):
+    cfg = make_cfg(f"model={model_name}", f"norm={norm}", f"activation={activation}", "model.channels=[8,8,8,8,8]",
+                   "model.fc_width=16", "model.width=16")
+    for shape in SHAPES[model_name]:
+        torch.manual_seed(0)
+        model = build_model(cfg, shape, 10)
+        optimizer = make_optimizer(model, cfg.optimizer)
+        x, y = torch.randn(6, *shape), torch.randint(0, 10, (6,))
+        before = [p.detach().clone() for p in model.parameters()]
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the step changed nothing"
+        assert model(x).shape == (6, 10)
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "alexnet"])
+def test_layer_order_follows_placement(model_name):
+    act_cls = ACTIVATIONS["tanh"]
+    expected = {
+        "none": lambda layer: [layer, act_cls],
+        "bn_before": lambda layer: [layer, "bn", act_cls],
+        "bn_after": lambda layer: [layer, act_cls, "bn"],
+    }
+    for norm, pattern in expected.items():
+        model = build_model(make_cfg(f"model={model_name}", f"norm={norm}", "activation=tanh"), (1, 28, 28), 10)
+        blocks = _hidden_blocks(model)
+        assert len(blocks) == (3 if model_name == "mlp" else 7)  # 3 hidden FC, or 5 conv + 2 FC
+        for block in blocks:
+            layer_type = type(block[0])
+            bn_type = nn.BatchNorm1d if layer_type is nn.Linear else nn.BatchNorm2d
+            want = [bn_type if p == "bn" else p for p in pattern(layer_type)]
+            assert [type(m) for m in block] == want, f"{norm}: {block}"
+
+
+def test_mlp_shape_matches_2015_paper():
+    model = build_model(make_cfg("model=mlp", "norm=bn_before", "activation=sigmoid"), (1, 28, 28), 10)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 100), (100, 100), (100, 100), (100, 10)]
+
+
+def test_drop_bias_only_where_bn_follows():
+    before = build_model(make_cfg("norm=bn_before", "norm.drop_bias=true"), (1, 8, 8), 10)
+    assert all(block[0].bias is None for block in _hidden_blocks(before))
+    assert before.head.bias is not None  # the classifier has no BN after it
+    after = build_model(make_cfg("norm=bn_after", "norm.drop_bias=true"), (1, 8, 8), 10)
+    assert all(block[0].bias is not None for block in _hidden_blocks(after))
+
+
+def test_bn_settings_reach_the_layers():
+    model = build_model(make_cfg("norm=bn_before", "norm.momentum=0.01", "norm.eps=1e-3"), (1, 8, 8), 10)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert bns and all(bn.momentum == 0.01 and bn.eps == 1e-3 for bn in bns)
+
+
+def test_activation_kwargs_and_gaussian_init():
+    model = build_model(make_cfg("activation=leaky_relu", "activation.kwargs.negative_slope=0.2", "model.init=gaussian",
+                                 "model.init_std=0.01"), (1, 8, 8), 10)
+    act = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
+    assert act and act[0].negative_slope == 0.2
+    weights = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, nn.Linear)])
+    assert 0.008 < weights.std().item() < 0.012
+
+
+def test_every_optimizer_config_builds():
+    for name in OPTIMIZERS:
+        cfg = make_cfg(f"optimizer={name}")
+        opt = make_optimizer(build_model(cfg, (1, 8, 8), 10), cfg.optimizer)
+        assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
+    assert make_optimizer(build_model(make_cfg(), (1, 8, 8), 10), make_cfg("optimizer=nesterov").optimizer) \
+        .param_groups[0]["nesterov"] is True

@@ -1,0 +1,120 @@
+"""Training engine: BN modes, reproducibility, divergence and failure records."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from bnbench.data import load_dataset
+from bnbench.experiment import run_experiment
+from bnbench.models import build_model
+from bnbench.train import evaluate, train
+from conftest import make_cfg
+
+QUICK = ("trainer.epochs=2", "trainer.threads=1", "trainer.log_progress=false")
+
+
+def test_bn_running_stats_update_in_training_and_serve_evaluation():
+    cfg = make_cfg("norm=bn_before", "norm.momentum=0.5", *QUICK)
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 8, 8), 10)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm1d))
+    x = torch.randn(32, 1, 8, 8) * 3 + 1
+
+    model.train()
+    pre_bn = model.hidden[0][0](model.flatten(x))  # input of the first BN layer
+    model(x)
+    # PyTorch convention: running = (1 - m) * running + m * batch, unbiased batch variance.
+    torch.testing.assert_close(bn.running_mean, 0.5 * pre_bn.mean(0).detach())
+    torch.testing.assert_close(bn.running_var, 0.5 * 1 + 0.5 * pre_bn.var(0, unbiased=True).detach())
+    assert bn.num_batches_tracked.item() == 1
+
+    model.eval()
+    with torch.no_grad():
+        frozen = bn.running_mean.clone()
+        out_eval = bn(pre_bn)
+        expected = (pre_bn - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        torch.testing.assert_close(out_eval, expected)
+        model(x)
+    assert torch.equal(bn.running_mean, frozen), "evaluation must not update running statistics"
+
+
+def test_evaluate_uses_eval_mode_and_restores_train_mode():
+    cfg = make_cfg("norm=bn_before", *QUICK)
+    data = load_dataset(cfg, torch.device("cpu"))
+    model = build_model(cfg, data.in_shape, data.num_classes)
+    model.train()
+    seen_modes = []
+    model.hidden[0][1].register_forward_hook(lambda m, i, o: seen_modes.append(m.training))
+    evaluate(model, data.test_x, data.test_y, 1000)
+    assert seen_modes and not any(seen_modes)
+    assert model.training
+
+
+def _run(tmp_path, *overrides):
+    cfg = make_cfg(*QUICK, *overrides)
+    summary = run_experiment(cfg, tmp_path, overrides=list(overrides))
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return summary, rows
+
+
+def test_same_seed_same_metrics_different_seed_differs(tmp_path):
+    a, rows_a = _run(tmp_path / "a", "seed=3")
+    b, rows_b = _run(tmp_path / "b", "seed=3")
+    c, _ = _run(tmp_path / "c", "seed=4")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(rows_a) == strip(rows_b)
+    assert a["final"] == b["final"]
+    assert a["final"] != c["final"]
+    assert a["run_id"] == b["run_id"] != c["run_id"]
+
+
+def test_record_contents(tmp_path):
+    summary, rows = _run(tmp_path, "norm=bn_after", "seed=1")
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["status"] == "completed"
+    assert summary["params"] == {"norm": "bn_after", "seed": "1"}
+    assert summary["n_params"] > 0 and summary["device"] == "cpu"
+    assert set(summary["versions"]) >= {"torch", "torchvision", "bnbench", "python"}
+    assert [int(r["step"]) for r in rows] == [23, 46]  # 1437 digits // 60 = 23 steps per epoch
+    assert summary["final"]["test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
+    assert summary["best"]["test_acc"] == max(float(r["test_acc"]) for r in rows)
+    assert 0.5 < summary["final"]["test_acc"] <= 1.0, "two epochs on digits should learn something"
+
+
+def test_nan_loss_is_a_diverged_result_not_a_crash(tmp_path):
+    summary, rows = _run(tmp_path, "norm=none", "optimizer.lr=1e6", "trainer.epochs=5")
+    assert summary["status"] == "diverged"
+    assert summary["error"] is None
+    assert len(rows) < 5, "a diverged run stops early"
+    assert (tmp_path / "summary.json").is_file()
+
+
+def test_steps_mode_and_eval_interval(tmp_path):
+    summary, rows = _run(tmp_path, "trainer.steps=50", "trainer.eval_every=20")
+    assert [int(r["step"]) for r in rows] == [20, 40, 50]
+    assert summary["steps"] == 50
+
+
+def test_failure_is_recorded_with_its_message(tmp_path):
+    summary, _ = _run(tmp_path, "activation.name=swish")
+    assert summary["status"] == "failed"
+    assert "activation.name='swish'" in summary["error"] and "relu" in summary["error"]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_training_reduces_loss():
+    cfg = make_cfg("norm=bn_before", *QUICK)
+    data = load_dataset(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(cfg, data.in_shape, data.num_classes)
+    result = train(model, data, cfg, torch.device("cpu"))
+    assert result.status == "completed"
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.history[-1]["test_acc"] > 0.8
