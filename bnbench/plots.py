@@ -64,6 +64,18 @@ def _mean_band(curves: list[pd.Series], confidence: float) -> tuple[pd.Series, p
     return mean, mean - half, mean + half
 
 
+def _limits(metric: str, values: list[float]) -> tuple[float, float, bool]:
+    """(low, high, log) for a metric row: accuracies span 0-100%; losses use a log axis when
+    they span more than a decade; limits come from the completed runs' means."""
+    if _is_accuracy(metric) or not values:
+        return -0.03, 1.03, False
+    lo, hi = min(values), max(values)
+    if "loss" in metric and lo > 0 and hi / lo > 10:
+        return lo / 1.5, hi * 1.5, True
+    pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 0.05
+    return lo - pad, hi + pad, False
+
+
 def _format_axis(ax, metric: str, axis: str = "y") -> None:
     target = ax.yaxis if axis == "y" else ax.xaxis
     if _is_accuracy(metric):
@@ -103,15 +115,15 @@ def learning_curves(
                              squeeze=False, sharex=True, layout="constrained")
     for ax in axes.flat:
         ax.set_visible(False)
-    shared: dict[str, plt.Axes] = {}
+    by_metric: dict[str, list] = {m: [] for m in rows}  # axes of each metric row, to share limits
+    means: dict[str, list] = {m: [] for m in rows}  # completed means: what the limits are set from
+    diverged: list = []  # drawn last, clipped to those limits
     for i, panel in enumerate(panels):
         in_panel = runs if panel is None else runs[runs[panel_factor] == panel]
         for m, row_metric in enumerate(rows):
             ax = axes[(i // ncols) * len(rows) + m, i % ncols]
             ax.set_visible(True)
-            if row_metric in shared:  # one y scale per metric, so panels compare at a glance
-                ax.sharey(shared[row_metric])
-            shared.setdefault(row_metric, ax)
+            by_metric[row_metric].append(ax)
             for key in line_keys:
                 mask = np.ones(len(in_panel), dtype=bool)
                 for f, v in zip(line_factors, key):
@@ -121,22 +133,22 @@ def learning_curves(
                         if curves[r] is not None and row_metric in curves[r]]
                 if done:
                     mean, low, high = _mean_band(done, confidence)
+                    if _is_accuracy(row_metric):  # a t-band can pass 0% or 100%; accuracy cannot
+                        low, high = low.clip(0, 1), high.clip(0, 1)
                     ax.plot(mean.index, mean, color=colors[key], lw=1.6)
                     ax.fill_between(mean.index, low, high, color=colors[key], alpha=0.18, lw=0)
+                    means[row_metric].extend(mean[np.isfinite(mean)])
                 for r in cell.loc[cell["status"] == "diverged", "run"]:
                     frame = curves[r]
-                    if frame is None or row_metric not in frame:
-                        continue
-                    ok = frame[np.isfinite(frame[row_metric])]
-                    # Not autoscaled: a loss that exploded before NaN must not flatten the rest.
-                    ax.plot(ok["epoch"], ok[row_metric], color=colors[key], lw=0.8, ls="--",
-                            marker="x", markevery=[len(ok) - 1] if len(ok) else None, scalex=False, scaley=False)
+                    if frame is not None and row_metric in frame:
+                        ok = frame[np.isfinite(frame[row_metric])]
+                        diverged.append((ax, row_metric, ok["epoch"].to_numpy(), ok[row_metric].to_numpy(), colors[key]))
             ax.grid(alpha=0.3)
-            ax.set_ylabel(_label(row_metric))
+            if i % ncols == 0:
+                ax.set_ylabel(_label(row_metric))
+            else:
+                ax.tick_params(labelleft=False)  # same scale as the first column
             _format_axis(ax, row_metric)
-            if "loss" in row_metric and all(y > 0 for line in ax.get_lines() for y in line.get_ydata()
-                                            if np.isfinite(y)) and ax.get_lines():
-                ax.set_yscale("log")
             if m == len(rows) - 1:  # bottom of each block: sharex hid the others' labels
                 ax.set_xlabel("epoch")
                 ax.xaxis.set_tick_params(labelbottom=True)
@@ -146,6 +158,17 @@ def learning_curves(
                 lost = ", ".join(f"{n} {s}" for s, n in lost.items() if n)
                 ax.set_title(title + (f"\n({lost})" if lost else ""), fontsize=10)
 
+    limits = {m: _limits(m, means[m]) for m in rows}
+    for m, axs in by_metric.items():
+        for ax in axs:  # one y scale per metric, so panels compare at a glance
+            if limits[m][2]:
+                ax.set_yscale("log")
+            ax.set_ylim(*limits[m][:2])
+    for ax, m, x, y, color in diverged:
+        # A loss that exploded before NaN would flatten every other curve: pin it to the edge.
+        lo, hi, _ = limits[m]
+        ax.plot(x, np.clip(y, lo, hi), color=color, lw=0.8, ls="--", marker="x",
+                markevery=[len(x) - 1] if len(x) else None, clip_on=False)  # the x may sit on the edge
     handles = [plt.Line2D([], [], color=colors[k], lw=2) for k in line_keys]
     labels = [" / ".join(k) for k in line_keys]
     if (runs["status"] == "diverged").any():
@@ -175,11 +198,14 @@ def cell_intervals(
     fig, ax = plt.subplots(figsize=(7.5, 1.3 + 0.3 * max(n, 2)), layout="constrained")
     y = np.arange(n)[::-1]  # first cell on top, as in the tables
     groups = cells[factors[0]].astype(str) if factors else pd.Series(["all"] * n)
-    palette = dict(zip(dict.fromkeys(groups), _colors(groups.nunique())))
-    has_ci = cells["ci_low"].notna()
-    ax.errorbar(cells.loc[has_ci, "mean"], y[has_ci.to_numpy()],
-                xerr=[cells.loc[has_ci, "mean"] - cells.loc[has_ci, "ci_low"],
-                      cells.loc[has_ci, "ci_high"] - cells.loc[has_ci, "mean"]],
+    levels = [str(v) for v in cells[factors[0]].cat.categories] if factors and isinstance(
+        cells[factors[0]].dtype, pd.CategoricalDtype) else list(dict.fromkeys(groups))
+    palette = dict(zip(levels, _colors(len(levels))))  # by level, not by row: same colours once ranked
+    low, high = cells["ci_low"], cells["ci_high"]
+    if _is_accuracy(metric):  # a t-interval can pass 0% or 100%; accuracy cannot
+        low, high = low.clip(0, 1), high.clip(0, 1)
+    has_ci = low.notna().to_numpy()
+    ax.errorbar(cells["mean"][has_ci], y[has_ci], xerr=[(cells["mean"] - low)[has_ci], (high - cells["mean"])[has_ci]],
                 fmt="none", ecolor="0.35", elinewidth=1.2, capsize=3)
     ax.scatter(cells["mean"], y, c=[palette[g] for g in groups], s=30, zorder=3)
     for yi, (_, cell) in zip(y, cells.iterrows()):
@@ -195,8 +221,10 @@ def cell_intervals(
     labels = [" / ".join(str(cell[f]) for f in factors) or "all runs" for _, cell in cells.iterrows()]
     ax.set_yticks(y, labels, fontsize=9)
     ax.set_ylim(-0.7, n - 0.3)
-    for boundary in np.flatnonzero(groups.to_numpy()[1:] != groups.to_numpy()[:-1]):
-        ax.axhline(y[boundary] - 0.5, color="0.85", lw=0.8)  # separate the first factor's groups
+    boundaries = np.flatnonzero(groups.to_numpy()[1:] != groups.to_numpy()[:-1])
+    if len(boundaries) == groups.nunique() - 1:  # rows grouped by the first factor (not ranked)
+        for boundary in boundaries:
+            ax.axhline(y[boundary] - 0.5, color="0.85", lw=0.8)
     ax.set_ylabel(" / ".join(factors))
     direction = "higher is better" if higher_is_better(metric) else "lower is better"
     ax.set_xlabel(f"{_label(metric)} ({direction})")
