@@ -22,6 +22,13 @@ from bnbench.experiment import run_experiment
 log = logging.getLogger("bnbench")
 register_configs()
 
+FAIL_FAST_MARKER = ".fail-fast-stop"
+
+
+class FailFast(RuntimeError):
+    """A run failed and the sweep was started with --fail-fast."""
+
+
 # Summary of the last single (non-multirun) run in this process, for the CLI.
 last_run: dict[str, Any] | None = None
 
@@ -31,6 +38,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     global last_run
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    # --fail-fast: launchers start a whole batch of jobs at once, so the first failure leaves a
+    # marker in the sweep folder and the jobs after it return without running.
+    stop_marker = Path(hydra_cfg.sweep.dir) / FAIL_FAST_MARKER
+    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.sweep.fail_fast and stop_marker.exists():
+        log.info("cancelled: an earlier run failed (--fail-fast)")
+        return {"status": "cancelled"}
     summary = run_experiment(
         cfg,
         run_dir,
@@ -38,6 +51,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         choices=OmegaConf.to_container(hydra_cfg.runtime.choices),
     )
     status = summary["status"]
+    if summary.get("skipped"):
+        return summary
     if status == "failed":
         if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run's error is printed once, by the CLI
             log.error("failed: %s", summary["error"])
@@ -50,4 +65,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         )
     if hydra_cfg.mode == RunMode.RUN:
         last_run = summary
+    elif status == "failed" and cfg.sweep.fail_fast:
+        stop_marker.touch()
+        raise FailFast(f"{run_dir.name}: {summary['error']} (bnbench report {run_dir.parent} tabulates what ran)")
     return summary

@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 import yaml
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +32,26 @@ def fail(message: str, code: int = 1) -> None:
     # soft_wrap: one line, however narrow the terminal, so logs and greps see the whole message
     err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra's messages span lines (e.g. the list of options); keep them on one."""
+    lines = str(err).splitlines()
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        lines.append(str(err.__cause__).splitlines()[0])
+    text, listing = "", False
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("Config search path"):
+            break
+        if listing and raw.startswith(("\t", " ")):
+            text += (" " if text.endswith(":") else ", ") + line
+            continue
+        text += ("" if not text else " " if text.endswith((".", ":")) else ". ") + line
+        listing = line.endswith(":")
+    return text
 
 
 def _results_dir(overrides: list[str]) -> Path:
@@ -71,8 +93,10 @@ def run(
     multirun: bool = typer.Option(
         False, "--multirun", "-m",
         help="Sweep: run every combination of the comma lists, plus the default grid "
-        "(norm x 3 seeds) unless overridden; ends with a table per cell.",
+        "(norm x 3 seeds) unless overridden; ends with a table per cell. Running the same "
+        "sweep again skips finished runs and resumes cut-off ones.",
     ),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop a sweep at the first failed run."),
 ) -> None:
     """Train one run (or, with -m, a sweep) and record it under results/.
 
@@ -89,9 +113,20 @@ def run(
     from bnbench import app as hydra_app
     from bnbench import sweep
 
+    if fail_fast:
+        overrides.append("sweep.fail_fast=true")
     sys.argv = ["bnbench", *(["--multirun"] if multirun else []), *overrides]
     hydra_app.last_run, sweep.last_sweep = None, None
-    hydra_app.main()
+    # Let Hydra's exceptions reach us, so each ends as one line here rather than a trace.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_app.main()
+    except KeyboardInterrupt:
+        fail("interrupted; the current run saved a checkpoint: run the same command again to resume", code=130)
+    except hydra_app.FailFast as err:
+        fail(f"stopped at the first failed run (--fail-fast): {err}")
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(_one_line(err))
     if multirun:
         tables = sweep.last_sweep
         if tables is not None and len(tables.failed_runs):

@@ -97,6 +97,9 @@ class TrainerConfig:
     threads: Optional[int] = None
     dropout: float = 0.0
     lr_schedule: str = "constant"  # constant | cosine
+    # Save a resumable checkpoint every N evaluations (0 = never). A rerun of a run that was
+    # cut off continues from it and reaches the same final metrics.
+    checkpoint_every: int = 1
     # Print one line per evaluation.
     log_progress: bool = True
 
@@ -105,6 +108,8 @@ class TrainerConfig:
 class SweepConfig:
     # Name of the sweep folder under results_dir (default: a timestamp).
     name: str = "${now:%Y-%m-%d_%H-%M-%S}"
+    # Stop the sweep at the first failed run (bnbench run -m --fail-fast).
+    fail_fast: bool = False
 
 
 @dataclass

@@ -182,18 +182,6 @@ def load_dataset(cfg, device: torch.device) -> TensorDataset:
     )
 
 
-def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled full batches, indexed on the data's device.
-
-    The last partial batch is dropped: a batch of one would break batch norm's statistics,
-    and every epoch reshuffles, so no sample is left out for long.
-    """
-    order = torch.randperm(len(y), generator=generator, device=generator.device).to(y.device)
-    for start in range(0, len(y) - batch_size + 1, batch_size):
-        idx = order[start : start + batch_size]
-        yield x[idx], y[idx]
-
-
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for start in range(0, len(y), batch_size):
         yield x[start : start + batch_size], y[start : start + batch_size]

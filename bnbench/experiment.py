@@ -24,7 +24,7 @@ from bnbench import records
 from bnbench.config import ConfigError, validate
 from bnbench.data import DataError, load_dataset
 from bnbench.models import build_model, count_parameters
-from bnbench.train import train
+from bnbench.train import Checkpoint, Interrupted, steps_plan, train
 
 log = logging.getLogger("bnbench")
 
@@ -71,18 +71,35 @@ def _format_row(row: Mapping[str, Any]) -> str:
     )
 
 
+FINISHED = ("completed", "diverged")  # results; a rerun of the same sweep skips them
+
+
 def run_experiment(
     cfg: DictConfig,
     run_dir: Path,
     overrides: list[str] | None = None,
     choices: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train the run ``cfg`` describes and write its record into ``run_dir``; return the summary."""
+    """Train the run ``cfg`` describes and write its record into ``run_dir``; return the summary.
+
+    A run folder that already holds a finished record of the same run (same identity hash) is
+    skipped; one cut off mid-way resumes from its checkpoint; one whose config changed since is
+    run afresh and its old record replaced (said in the log), never mixed with the new one.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or [])
+    run_id = records.run_identity(cfg)
+    previous = records.read_summary(run_dir)
+    if previous is not None and previous.get("run_id") == run_id and previous.get("status") in FINISHED:
+        log.info("skipped: already %s (%s)", previous["status"], run_dir.name)
+        return {**previous, "skipped": True}
+    if previous is not None and previous.get("run_id") not in (None, run_id):
+        log.warning("config or code changed since the run recorded in %s (id %s -> %s): running it afresh",
+                    run_dir, previous.get("run_id"), run_id)
+
     started = time.perf_counter()
     summary: dict[str, Any] = {
-        "run_id": records.run_identity(cfg),
+        "run_id": run_id,
         "status": "running",
         "error": None,
         "seed": int(cfg.seed),
@@ -91,8 +108,19 @@ def run_experiment(
         "choices": {k: v for k, v in (choices or {}).items() if not str(k).startswith("hydra")},
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
+        "pid": os.getpid(),
         "versions": records.library_versions(),
     }
+    records.write_json(run_dir / records.SUMMARY, summary)
+    checkpoint = Checkpoint(run_dir / "checkpoint.pt", run_id, cfg.trainer.checkpoint_every)
+
+    def on_eval(row: dict) -> None:
+        if cfg.trainer.log_progress:
+            log.info(_format_row(row))
+        summary["progress"] = {"step": row["step"], "total_steps": total_steps, "epoch": row["epoch"],
+                               "test_acc": row["test_acc"], "train_loss": row["train_loss"]}
+        records.write_json(run_dir / records.SUMMARY, summary)  # what progress displays read
+
     history: list[dict] = []
     try:
         validate(cfg)
@@ -104,20 +132,29 @@ def run_experiment(
         data = load_dataset(cfg, device)
         model = build_model(cfg, data.in_shape, data.num_classes).to(device)
         summary["n_params"] = count_parameters(model)
-        on_eval = (lambda row: log.info(_format_row(row))) if cfg.trainer.log_progress else None
-        result = train(model, data, cfg, device, on_eval=on_eval)
+        total_steps = steps_plan(len(data.train_y), cfg.trainer)[1]
+        result = train(model, data, cfg, device, on_eval=on_eval, checkpoint=checkpoint)
+        if result.resumed_from_step:
+            summary["resumed_from_step"] = result.resumed_from_step
+            log.info("resumed from the checkpoint at step %d", result.resumed_from_step)
         history = result.history
         summary["status"] = result.status
+        checkpoint.remove()
+    except Interrupted:
+        summary.update(status="interrupted", error="interrupted by the user; rerun the same command to resume")
+        records.write_json(run_dir / records.SUMMARY, summary)
+        raise
     except USER_ERRORS as err:
         summary.update(status="failed", error=str(err))
     except Exception as err:  # a bug or an environment problem: keep the traceback next to the record
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
         records.write_text(run_dir / "error.txt", traceback.format_exc())
+    summary.pop("progress", None)
     summary["wall_s"] = round(time.perf_counter() - started, 3)
     summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     summary.update(_outcome(history))
     records.write_csv(run_dir / records.METRICS, history, records.METRIC_COLUMNS)
-    records.write_json(run_dir / records.SUMMARY, summary)
+    records.write_json(run_dir / records.SUMMARY, summary)  # last: its status marks the run finished
     return summary
 
 
@@ -132,4 +169,5 @@ def _outcome(history: list[dict]) -> dict[str, Any]:
         "best": {"test_acc": best["test_acc"], "step": best["step"], "epoch": best["epoch"]},
         "steps": last["step"],
         "epochs": last["epoch"],
+        "train_s": last["wall_s"],  # training time, summed over resumed parts
     }

@@ -10,6 +10,7 @@ titles or next to their cell, so no run disappears without a trace.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +24,7 @@ from matplotlib.ticker import PercentFormatter  # noqa: E402
 from scipy import stats as st  # noqa: E402
 
 from bnbench import records  # noqa: E402
-from bnbench.stats import STATUSES, _with_levels, higher_is_better  # noqa: E402
+from bnbench.stats import STATUSES, higher_is_better, split_cells, with_levels  # noqa: E402
 
 _LABELS = {"test_acc": "test accuracy", "train_acc": "train accuracy", "train_loss": "train loss",
            "test_loss": "test loss", "final_test_acc": "final test accuracy",
@@ -58,20 +59,24 @@ def _mean_band(curves: list[pd.Series], confidence: float) -> tuple[pd.Series, p
     table = pd.concat(curves, axis=1)
     n = table.notna().sum(axis=1)
     mean = table.mean(axis=1)
-    sem = pd.Series(st.sem(table, axis=1, nan_policy="omit"), index=table.index)
+    with warnings.catch_warnings():  # single-seed epochs: sem is NaN, replaced by 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sem = pd.Series(st.sem(table, axis=1, nan_policy="omit"), index=table.index)
     half = pd.Series(st.t.ppf((1 + confidence) / 2, np.maximum(n - 1, 1)), index=table.index) * sem
     half = half.where(n >= 2, 0.0)
     return mean, mean - half, mean + half
 
 
-def _limits(metric: str, values: list[float]) -> tuple[float, float, bool]:
-    """(low, high, log) for a metric row: accuracies span 0-100%; losses use a log axis when
-    they span more than a decade; limits come from the completed runs' means."""
-    if _is_accuracy(metric) or not values:
+def _limits(metric: str, means: list[float], bands: list[float]) -> tuple[float, float, bool]:
+    """(low, high, log) for a metric row from the completed runs' curves: accuracies span
+    0-100%; losses that span more than a decade get a log axis fitted to the means (a linear
+    t-band reaches below zero there); otherwise the bands fit."""
+    if _is_accuracy(metric) or not means:
         return -0.03, 1.03, False
-    lo, hi = min(values), max(values)
+    lo, hi = min(means), max(means)
     if "loss" in metric and lo > 0 and hi / lo > 10:
         return lo / 1.5, hi * 1.5, True
+    lo, hi = min(lo, *bands), max(hi, *bands)
     pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 0.05
     return lo - pad, hi + pad, False
 
@@ -79,7 +84,7 @@ def _limits(metric: str, values: list[float]) -> tuple[float, float, bool]:
 def _format_axis(ax, metric: str, axis: str = "y") -> None:
     target = ax.yaxis if axis == "y" else ax.xaxis
     if _is_accuracy(metric):
-        target.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        target.set_major_formatter(PercentFormatter(xmax=1.0))
 
 
 def learning_curves(
@@ -96,15 +101,16 @@ def learning_curves(
     factor varies), one coloured line per combination of the remaining factors, mean over
     completed seeds with a ``confidence`` band. Returns ``out_path``."""
     sweep_dir, out_path = Path(sweep_dir), Path(out_path)
-    runs = _with_levels(runs, factors)
+    runs = with_levels(runs, factors)
     if panel_factor is None and len(factors) > 1:
         panel_factor = factors[0]
     if panel_factor is not None and panel_factor not in factors:
         raise ValueError(f"panel factor {panel_factor!r} is not a swept factor; factors: {factors}")
+    if metric not in records.METRIC_COLUMNS:
+        raise ValueError(f"metric must be a metrics.csv column {records.METRIC_COLUMNS[2:6]}, not {metric!r}")
     line_factors = [f for f in factors if f != panel_factor]
     panels = list(runs[panel_factor].cat.categories) if panel_factor else [None]
-    line_keys = list(dict.fromkeys(tuple(r) for r in runs[line_factors].astype(str).itertuples(index=False)))
-    line_keys.sort(key=lambda k: [runs[f].cat.categories.get_loc(v) for f, v in zip(line_factors, k)])
+    line_keys = list(split_cells(runs, line_factors))  # in the sweep's value order
     colors = dict(zip(line_keys, _colors(len(line_keys))))
     rows = list(dict.fromkeys([metric, "train_loss"]))
     curves = {r: _read_metrics(sweep_dir / str(r)) for r in runs["run"]}
@@ -116,21 +122,20 @@ def learning_curves(
     for ax in axes.flat:
         ax.set_visible(False)
     by_metric: dict[str, list] = {m: [] for m in rows}  # axes of each metric row, to share limits
-    means: dict[str, list] = {m: [] for m in rows}  # completed means: what the limits are set from
+    means: dict[str, list] = {m: [] for m in rows}  # completed curves: what the limits are set from
+    bands: dict[str, list] = {m: [] for m in rows}
     diverged: list = []  # drawn last, clipped to those limits
     for i, panel in enumerate(panels):
         in_panel = runs if panel is None else runs[runs[panel_factor] == panel]
+        cells = split_cells(in_panel, line_factors)
         for m, row_metric in enumerate(rows):
             ax = axes[(i // ncols) * len(rows) + m, i % ncols]
             ax.set_visible(True)
             by_metric[row_metric].append(ax)
-            for key in line_keys:
-                mask = np.ones(len(in_panel), dtype=bool)
-                for f, v in zip(line_factors, key):
-                    mask &= (in_panel[f] == v).to_numpy()
-                cell = in_panel[mask]
-                done = [curves[r].set_index("epoch")[row_metric] for r in cell.loc[cell["status"] == "completed", "run"]
-                        if curves[r] is not None and row_metric in curves[r]]
+            for key, cell in cells.items():
+                series = {r: curves[r].set_index("epoch")[row_metric] for r in cell["run"]
+                          if curves[r] is not None and row_metric in curves[r]}
+                done = [series[r] for r in cell.loc[cell["status"] == "completed", "run"] if r in series]
                 if done:
                     mean, low, high = _mean_band(done, confidence)
                     if _is_accuracy(row_metric):  # a t-band can pass 0% or 100%; accuracy cannot
@@ -138,11 +143,11 @@ def learning_curves(
                     ax.plot(mean.index, mean, color=colors[key], lw=1.6)
                     ax.fill_between(mean.index, low, high, color=colors[key], alpha=0.18, lw=0)
                     means[row_metric].extend(mean[np.isfinite(mean)])
+                    bands[row_metric].extend(v for v in (*low, *high) if np.isfinite(v))
                 for r in cell.loc[cell["status"] == "diverged", "run"]:
-                    frame = curves[r]
-                    if frame is not None and row_metric in frame:
-                        ok = frame[np.isfinite(frame[row_metric])]
-                        diverged.append((ax, row_metric, ok["epoch"].to_numpy(), ok[row_metric].to_numpy(), colors[key]))
+                    ok = series[r][np.isfinite(series[r])] if r in series else []
+                    if len(ok):  # NaN from the first evaluation on: nothing to draw
+                        diverged.append((ax, row_metric, ok, colors[key]))
             ax.grid(alpha=0.3)
             if i % ncols == 0:
                 ax.set_ylabel(_label(row_metric))
@@ -158,19 +163,19 @@ def learning_curves(
                 lost = ", ".join(f"{n} {s}" for s, n in lost.items() if n)
                 ax.set_title(title + (f"\n({lost})" if lost else ""), fontsize=10)
 
-    limits = {m: _limits(m, means[m]) for m in rows}
+    limits = {m: _limits(m, means[m], bands[m]) for m in rows}
     for m, axs in by_metric.items():
         for ax in axs:  # one y scale per metric, so panels compare at a glance
             if limits[m][2]:
                 ax.set_yscale("log")
             ax.set_ylim(*limits[m][:2])
-    for ax, m, x, y, color in diverged:
+    for ax, m, curve, color in diverged:
         # A loss that exploded before NaN would flatten every other curve: pin it to the edge.
         lo, hi, _ = limits[m]
-        ax.plot(x, np.clip(y, lo, hi), color=color, lw=0.8, ls="--", marker="x",
-                markevery=[len(x) - 1] if len(x) else None, clip_on=False)  # the x may sit on the edge
+        ax.plot(curve.index, curve.clip(lo, hi), color=color, lw=0.8, ls="--", marker="x",
+                markevery=[len(curve) - 1], clip_on=False)  # the x may sit on the edge
     handles = [plt.Line2D([], [], color=colors[k], lw=2) for k in line_keys]
-    labels = [" / ".join(k) for k in line_keys]
+    labels = [" / ".join(k) or "mean over seeds" for k in line_keys]
     if (runs["status"] == "diverged").any():
         handles.append(plt.Line2D([], [], color="gray", lw=0.8, ls="--", marker="x"))
         labels.append("diverged run (not in mean)")

@@ -79,7 +79,7 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
             run_id=summary.get("run_id"),
             error=summary.get("error"),
         )
-        if row["status"] == "running":  # the process died between start and finish
+        if row["status"] not in STATUSES:  # running, interrupted, or died between start and finish
             row["status"] = "incomplete"
     row["params"] = {k: v for k, v in params.items() if k != "seed"}
     return row

@@ -22,7 +22,7 @@ from scipy import stats as st
 
 from bnbench import records
 
-STATUSES = ("completed", "diverged", "failed", "incomplete")
+STATUSES = ("completed", "diverged", "failed", "incomplete")  # as in report (which may import this module)
 COUNT_COLUMNS = ["runs", *STATUSES, "missing"]
 STAT_COLUMNS = ["n", "mean", "std", "ci_low", "ci_high", "min", "max"]
 # Time-to-accuracy columns are named "<unit>_to_acc_<target>"; units map to metrics.csv columns.
@@ -59,7 +59,7 @@ def _levels(runs: pd.DataFrame, factor: str) -> list[str]:
     return sorted(col.dropna().astype(str).unique())
 
 
-def _with_levels(runs: pd.DataFrame, factors: list[str], extra: Iterable[Mapping] = ()) -> pd.DataFrame:
+def with_levels(runs: pd.DataFrame, factors: list[str], extra: Iterable[Mapping] = ()) -> pd.DataFrame:
     """A copy whose factor columns are ordered string categoricals, so that values compare as
     strings (configs arrive as "0.1", not 0.1) and tables sort in the sweep's order."""
     runs = runs.copy()
@@ -72,14 +72,15 @@ def _with_levels(runs: pd.DataFrame, factors: list[str], extra: Iterable[Mapping
 
 def _completed(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     if metric not in runs:
-        raise KeyError(f"no column {metric!r} in the runs table")
+        numeric = [c for c in runs.columns if c.startswith(("final_", "best_")) or "_to_acc_" in c]
+        raise ValueError(f"no metric {metric!r} in the runs table; available: {numeric}")
     values = pd.to_numeric(runs[metric], errors="coerce")
     done = runs[(runs["status"] == "completed") & np.isfinite(values)].copy()
     done[metric] = values[done.index].astype(float)
     return done
 
 
-def _groups(runs: pd.DataFrame, factors: list[str]) -> dict[tuple, pd.DataFrame]:
+def split_cells(runs: pd.DataFrame, factors: list[str]) -> dict[tuple, pd.DataFrame]:
     if not factors:
         return {(): runs}
     return {key: g for key, g in runs.groupby(factors, observed=True, sort=True)}
@@ -128,9 +129,9 @@ def cell_stats(
     ``expected_cells`` (dicts factor -> value) without any run gets status ``missing``.
     """
     expected = list(expected_cells or [])
-    runs = _with_levels(runs, factors, expected)
+    runs = with_levels(runs, factors, expected)
     n_seeds = max(1, runs["seed"].dropna().nunique())
-    groups = _groups(runs, factors)
+    groups = split_cells(runs, factors)
     for cell in expected:
         groups.setdefault(tuple(str(cell[f]) for f in factors), runs.iloc[0:0])
     rows = []
@@ -229,16 +230,16 @@ def compare_to_baseline(
     unknown = [k for k in baseline if k not in factors]
     if unknown:
         raise ValueError(f"baseline key(s) {unknown} are not swept factors; factors: {factors}")
-    runs = _with_levels(runs, factors)
+    runs = with_levels(runs, factors)
     for k, v in baseline.items():
         if str(v) not in runs[k].cat.categories:
             raise ValueError(f"no run has {k}={v}; its values are {list(runs[k].cat.categories)}")
     done = _completed(runs, metric)
     # One value per seed (a seed run twice in a cell, e.g. copied folders, is averaged).
-    scores = {key: g.groupby("seed")[metric].mean() for key, g in _groups(done, factors).items()}
+    scores = {key: g.groupby("seed")[metric].mean() for key, g in split_cells(done, factors).items()}
     label = ", ".join(f"{k}={v}" for k, v in baseline.items())
     rows = []
-    for key in _groups(runs, factors):
+    for key in split_cells(runs, factors):
         cell = dict(zip(factors, key))
         if all(str(cell[k]) == str(v) for k, v in baseline.items()):
             continue
@@ -272,7 +273,7 @@ def main_effects(runs: pd.DataFrame, factors: list[str], metric: str = "final_te
     """Per factor and level, over the completed runs of all other factors' cells (each run
     weighs the same): ``factor, level, runs, n, mean, std``. ``runs`` counts every run of the
     level, so ``n < runs`` shows how many diverged, failed or did not finish."""
-    runs = _with_levels(runs, factors)
+    runs = with_levels(runs, factors)
     done = _completed(runs, metric)
     rows = []
     for f in factors:
@@ -290,7 +291,7 @@ def interaction_table(runs: pd.DataFrame, factor_a: str, factor_b: str,
                       metric: str = "final_test_acc") -> pd.DataFrame:
     """Mean metric over completed runs, rows = levels of ``factor_a``, columns = levels of
     ``factor_b``; NaN where a combination has no completed run."""
-    runs = _with_levels(runs, [factor_a, factor_b])
+    runs = with_levels(runs, [factor_a, factor_b])
     done = _completed(runs, metric)
     table = done.pivot_table(index=factor_a, columns=factor_b, values=metric, aggfunc="mean",
                              observed=False, dropna=False)
@@ -306,6 +307,7 @@ def time_to_accuracy(run_dir: Path, target: float, unit: str = "epochs") -> floa
     """Epochs (or steps, or training seconds) at the first evaluation whose test accuracy reached
     ``target``; NaN if it never did or the run has no metrics. Resolution is the evaluation
     interval (once per epoch by default)."""
+    time_to_acc_column(target, unit)  # checks the unit
     column = TIME_UNITS[unit]
     path = Path(run_dir) / records.METRICS
     try:

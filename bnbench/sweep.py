@@ -1,8 +1,9 @@
 """Sweep bookkeeping, hooked into Hydra's multirun through its Callback API.
 
-Hydra's sweeper and launcher (basic, joblib, submitit, ray) run the jobs; when the multirun
-ends, :class:`SweepReport` rebuilds the sweep's tables from the run records on disk, in the
-launching process, whatever launcher ran the jobs and wherever they ran.
+Hydra's sweeper and launcher (basic, joblib, submitit, ray) run the jobs; this callback only
+reads and summarizes the run records on disk, in the launching process, whatever launcher ran
+the jobs and wherever they ran. Jobs themselves skip finished runs (see experiment.py), so
+running the same sweep command again completes what is missing and redoes nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bnbench import report
+from bnbench import records, report
+from bnbench.app import FAIL_FAST_MARKER
+from bnbench.experiment import FINISHED
 
 log = logging.getLogger("bnbench")
 
@@ -22,7 +25,28 @@ log = logging.getLogger("bnbench")
 last_sweep: report.SweepTables | None = None
 
 
+def finished_runs(sweep_dir: Path) -> dict[Path, str]:
+    """Run folders holding a finished record, with the time it finished."""
+    out = {}
+    for path in sweep_dir.rglob(records.SUMMARY):
+        summary = records.read_summary(path.parent)
+        if summary and summary.get("status") in FINISHED:
+            out[path.parent] = str(summary.get("finished_at"))
+    return out
+
+
 class SweepReport(Callback):
+    def __init__(self) -> None:
+        self.finished_before: dict[Path, str] = {}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)  # left by an earlier --fail-fast sweep
+        self.finished_before = finished_runs(sweep_dir) if sweep_dir.is_dir() else {}
+        if self.finished_before:
+            log.info("%s already holds %d finished runs: they will be skipped", sweep_dir,
+                     len(self.finished_before))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global last_sweep
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -33,5 +57,9 @@ class SweepReport(Callback):
             return
         csv_path, md_path = report.write(tables)
         report.print_tables(tables)
+        now = finished_runs(sweep_dir)
+        skipped = sum(1 for d, t in now.items() if self.finished_before.get(d) == t)
+        if skipped:
+            print(f"{skipped} runs were already complete and were skipped")
         print(f"wrote {csv_path} and {md_path}")
         last_sweep = tables

@@ -8,15 +8,20 @@ a result (the configuration cannot train at this learning rate), not a crash.
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnbench.data import TensorDataset, eval_batches, train_batches
+from bnbench.data import TensorDataset, eval_batches
 
 # name -> constructor from (parameters, optimizer config); a new optimizer is one entry here
 # plus conf/optimizer/NAME.yaml.
@@ -54,6 +59,60 @@ def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int)
 class TrainResult:
     status: str  # completed | diverged
     history: list[dict] = field(default_factory=list)
+    resumed_from_step: int = 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C arrived; the run's state at the last finished step is in its checkpoint."""
+
+
+class Checkpoint:
+    """A resumable snapshot of a run, written atomically, read with ``weights_only=True``.
+
+    It holds everything the loop's future depends on: weights and buffers (BN running
+    statistics), optimizer and schedule state, the data-order generator as it was at the start
+    of the current epoch plus the position in it, the global RNG (dropout), the metric
+    accumulators and the history so far. Resuming therefore replays the same batches in the
+    same order and reaches the same final metrics as an uninterrupted run.
+    """
+
+    def __init__(self, path: Path, run_id: str, every: int):
+        self.path, self.run_id, self.every = path, run_id, every
+
+    def save(self, state: dict) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({"run_id": self.run_id, **state}, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self, device: torch.device) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location=device, weights_only=True)
+        except Exception:  # a checkpoint from an older format or a torn file: start over
+            return None
+        return state if state.get("run_id") == self.run_id else None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@contextmanager
+def defer_sigint():
+    """Turn Ctrl-C into a flag checked between steps, so a checkpoint is never half a step."""
+    flag = {"raised": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["raised"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @torch.no_grad()
@@ -92,6 +151,7 @@ def train(
     cfg,
     device: torch.device,
     on_eval: Callable[[dict], None] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` as ``cfg`` says; the seed fixes the data order."""
     trainer = cfg.trainer
@@ -101,48 +161,99 @@ def train(
     # Data order has its own generator so that model changes (which consume the global RNG
     # differently at init) do not change which batches a seed sees.
     order_rng = torch.Generator(device=device).manual_seed(cfg.seed)
+    n_train, batch_size = len(data.train_y), trainer.batch_size
 
     result = TrainResult(status="completed")
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    step = 0
+    seen, step, pos, elapsed_before = 0, 0, 0, 0.0
+    epoch_rng = order_rng.get_state()  # generator state at the start of the current epoch
+
+    state = checkpoint.load(device) if checkpoint else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        epoch_rng, pos, step = state["epoch_rng"].cpu(), state["pos"], state["step"]
+        loss_sum.fill_(state["loss_sum"])
+        correct.fill_(state["correct"])
+        seen, elapsed_before = state["seen"], state["elapsed"]
+        result.history = list(state["history"])
+        result.resumed_from_step = step
+
+    def snapshot() -> dict:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "epoch_rng": epoch_rng,
+            "pos": pos,
+            "step": step,
+            "loss_sum": loss_sum.item(),
+            "correct": int(correct.item()),
+            "seen": seen,
+            "elapsed": elapsed_before + time.perf_counter() - start,
+            "history": result.history,
+        }
+
     start = time.perf_counter()
     model.train()
-    while step < total_steps:
-        for xb, yb in train_batches(data.train_x, data.train_y, trainer.batch_size, order_rng):
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.detach().argmax(dim=1) == yb).sum()
-            seen += len(yb)
-            step += 1
-            if step % eval_every == 0 or step == total_steps:
-                train_loss = loss_sum.item() / seen
-                test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size)
-                row = {
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 4),
-                    "train_loss": train_loss,
-                    "train_acc": correct.item() / seen,
-                    "test_loss": test_loss,
-                    "test_acc": test_acc,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "wall_s": round(time.perf_counter() - start, 4),
-                }
-                result.history.append(row)
-                if on_eval is not None:
-                    on_eval(row)
-                if not math.isfinite(train_loss):
-                    result.status = "diverged"
-                    return result
-                loss_sum.zero_()
-                correct.zero_()
-                seen = 0
-            if step >= total_steps:
-                break
+    with defer_sigint() as sigint:
+        while step < total_steps:
+            order_rng.set_state(epoch_rng)
+            order = torch.randperm(n_train, generator=order_rng, device=order_rng.device).to(data.train_y.device)
+            # The last partial batch is dropped: a batch of one would break BN's statistics,
+            # and every epoch reshuffles, so no sample is left out for long.
+            while pos < steps_per_epoch and step < total_steps:
+                idx = order[pos * batch_size : (pos + 1) * batch_size]
+                xb, yb = data.train_x[idx], data.train_y[idx]
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.detach().argmax(dim=1) == yb).sum()
+                seen += len(yb)
+                step += 1
+                pos += 1
+                if pos == steps_per_epoch:  # the next epoch starts from the generator's state now
+                    pos, epoch_rng = 0, order_rng.get_state()
+                if step % eval_every == 0 or step == total_steps:
+                    train_loss = loss_sum.item() / seen
+                    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size)
+                    row = {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 4),
+                        "train_loss": train_loss,
+                        "train_acc": correct.item() / seen,
+                        "test_loss": test_loss,
+                        "test_acc": test_acc,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "wall_s": round(elapsed_before + time.perf_counter() - start, 4),
+                    }
+                    result.history.append(row)
+                    if on_eval is not None:
+                        on_eval(row)
+                    if not math.isfinite(train_loss):
+                        result.status = "diverged"
+                        return result
+                    loss_sum.zero_()
+                    correct.zero_()
+                    seen = 0
+                    if checkpoint and checkpoint.every and len(result.history) % checkpoint.every == 0 \
+                            and step < total_steps:
+                        checkpoint.save(snapshot())
+                if sigint["raised"]:
+                    if checkpoint:
+                        checkpoint.save(snapshot())
+                    raise Interrupted(f"interrupted at step {step}")
+                if pos == 0:
+                    break  # new epoch: new permutation
     return result

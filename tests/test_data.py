@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bnbench.data import DataError, load_dataset, train_batches
+from bnbench.data import DataError, load_dataset
 from conftest import make_cfg, write_cifar, write_mnist_family
 
 CPU = torch.device("cpu")
@@ -78,14 +78,3 @@ def test_subsets_are_fixed_across_seeds(tmp_path):
     b = load_dataset(make_cfg("dataset.train_size=100", "dataset.test_size=40", "seed=2"), CPU)
     assert len(a.train_y) == 100 and len(a.test_y) == 40
     assert torch.equal(a.train_x, b.train_x)
-
-
-def test_train_batches_cover_a_permutation_and_drop_the_tail():
-    x = torch.arange(130).float()[:, None]
-    y = torch.arange(130)
-    batches = list(train_batches(x, y, 60, torch.Generator().manual_seed(0)))
-    assert [len(b[1]) for b in batches] == [60, 60]
-    seen = torch.cat([b[1] for b in batches])
-    assert len(set(seen.tolist())) == 120
-    again = torch.cat([b[1] for b in train_batches(x, y, 60, torch.Generator().manual_seed(0))])
-    assert torch.equal(seen, again)

@@ -18,14 +18,18 @@ METRIC = "final_test_acc"
 
 def make_runs(cells: dict[tuple, list], factors=("norm", "activation"), metric=METRIC) -> pd.DataFrame:
     """A runs table as collect_runs returns it: cells maps factor values to one entry per seed,
-    either a value (completed) or a status string (diverged / failed / incomplete)."""
+    either a value (completed), a status string (diverged / failed / incomplete) or a
+    (status, value) pair: a diverged run still has a finite final accuracy."""
     rows = []
     for key, entries in cells.items():
         for seed, entry in enumerate(entries):
             if entry is None:  # this seed never ran
                 continue
-            status = entry if isinstance(entry, str) else "completed"
-            value = np.nan if isinstance(entry, str) else entry
+            if isinstance(entry, tuple):
+                status, value = entry
+            else:
+                status = entry if isinstance(entry, str) else "completed"
+                value = np.nan if isinstance(entry, str) else entry
             run = ",".join(f"{f}={v}" for f, v in zip(factors, key)) + f",seed={seed}"
             rows.append({"run": run, "status": status, "seed": seed, **dict(zip(factors, key)), metric: value})
     return pd.DataFrame(rows)
@@ -68,7 +72,7 @@ def test_cell_stats_match_scipy():
 
 def test_cells_that_failed_diverged_or_are_missing_are_kept():
     runs = make_runs({
-        ("none", "relu"): [0.9, 0.8, "diverged"],
+        ("none", "relu"): [0.9, 0.8, ("diverged", 0.1)],  # NaN loss, finite chance-level accuracy
         ("none", "sigmoid"): ["diverged", "diverged", "failed"],
         ("bn", "relu"): [0.95, 0.96, None],  # seed 2 never ran
         ("bn", "sigmoid"): [0.93, "incomplete", 0.94],
@@ -90,7 +94,7 @@ def test_cells_that_failed_diverged_or_are_missing_are_kept():
 
 
 def test_compare_to_baseline_matches_scipy_and_pairs_by_seed():
-    b = [*B, "diverged"]  # seed 4 of the bn cell diverged: only seeds 0-3 pair
+    b = [*B, ("diverged", 0.1)]  # seed 4 of the bn cell diverged: only seeds 0-3 pair
     runs = make_runs({("none", "relu"): [*A, 0.5], ("bn", "relu"): b,
                       ("none", "tanh"): [0.8, 0.82, 0.85, 0.79], ("bn", "tanh"): [0.9, 0.91, 0.93, 0.9]})
     runs = runs.sample(frac=1, random_state=1)  # row order must not matter, only seeds
@@ -111,6 +115,18 @@ def test_compare_to_baseline_matches_scipy_and_pairs_by_seed():
     assert list(out["p_wilcoxon_holm"]) == pytest.approx(list(stats.holm(out["p_wilcoxon"])))
     again = stats.compare_to_baseline(runs, ["norm", "activation"], METRIC, {"norm": "none"}, n_resamples=999)
     pd.testing.assert_frame_equal(out, again)  # the bootstrap is seeded
+
+
+def test_baseline_on_two_factors_compares_every_other_cell_with_that_one_cell():
+    runs = make_runs({("none", "relu"): [0.5, 0.6, 0.7], ("none", "tanh"): [0.6, 0.8, 0.7],
+                      ("bn", "relu"): [0.9, 0.8, 0.95], ("bn", "tanh"): [0.7, 0.75, 0.9]})
+    out = stats.compare_to_baseline(runs, ["norm", "activation"], METRIC, {"norm": "none", "activation": "relu"})
+    diffs = {(r.norm, r.activation): r.mean_diff for r in out.itertuples()}
+    assert diffs == pytest.approx({("none", "tanh"): np.mean([0.6, 0.8, 0.7]) - 0.6,
+                                   ("bn", "relu"): np.mean([0.9, 0.8, 0.95]) - 0.6,
+                                   ("bn", "tanh"): np.mean([0.7, 0.75, 0.9]) - 0.6})
+    assert (out["baseline"] == "norm=none, activation=relu").all()
+    assert out["baseline_mean"].tolist() == pytest.approx([0.6] * 3)
 
 
 def test_compare_to_baseline_degenerate_cases_give_nan_and_a_note():
@@ -141,7 +157,7 @@ def test_compare_to_baseline_degenerate_cases_give_nan_and_a_note():
 
 
 def test_main_effects_interaction_and_ranking():
-    runs = make_runs({("none", "relu"): [0.8, 0.9], ("none", "tanh"): [0.6, "diverged"],
+    runs = make_runs({("none", "relu"): [0.8, 0.9], ("none", "tanh"): [0.6, ("diverged", 0.1)],
                       ("bn", "relu"): [0.95, 0.97], ("bn", "tanh"): [0.9, 0.92]})
     effects = stats.main_effects(runs, ["norm", "activation"]).set_index(["factor", "level"])
     assert effects.loc[("norm", "none"), "mean"] == pytest.approx(np.mean([0.8, 0.9, 0.6]))

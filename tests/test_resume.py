@@ -1,0 +1,206 @@
+"""Sweeps that survive: checkpoint resume, skipping finished runs, kills, Ctrl-C, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bnbench.data import load_dataset
+from bnbench.models import build_model
+from bnbench.train import Checkpoint, train
+from conftest import make_cfg, run_cli
+
+CPU = torch.device("cpu")
+
+
+class CutOff(Exception):
+    pass
+
+
+def _train(cfg, checkpoint=None, stop_after_evals=None):
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg, CPU)
+    model = build_model(cfg, data.in_shape, data.num_classes)
+    evals = []
+
+    def on_eval(row):
+        evals.append(row)
+        if stop_after_evals is not None and len(evals) == stop_after_evals:
+            raise CutOff  # as if the process died right after this evaluation
+
+    return train(model, data, cfg, CPU, on_eval=on_eval, checkpoint=checkpoint)
+
+
+@pytest.mark.parametrize("overrides", [
+    ("trainer.epochs=4",),  # checkpoints at epoch boundaries
+    ("trainer.steps=70", "trainer.eval_every=10", "trainer.dropout=0.2", "trainer.lr_schedule=cosine",
+     "optimizer=adam"),  # mid-epoch checkpoints, dropout RNG, schedule and optimizer state
+])
+def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, overrides):
+    cfg = make_cfg("norm=bn_before", "trainer.threads=1", "trainer.log_progress=false", *overrides)
+    reference = _train(cfg)
+    checkpoint = Checkpoint(tmp_path / "checkpoint.pt", run_id="r1", every=1)
+    with pytest.raises(CutOff):
+        _train(cfg, checkpoint, stop_after_evals=3)
+    assert checkpoint.path.is_file()
+    resumed = _train(cfg, checkpoint)
+    assert resumed.resumed_from_step > 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(resumed.history) == strip(reference.history)
+
+
+def test_checkpoint_of_another_run_is_ignored(tmp_path):
+    cfg = make_cfg("trainer.epochs=2", "trainer.threads=1", "trainer.log_progress=false")
+    with pytest.raises(CutOff):
+        _train(cfg, Checkpoint(tmp_path / "c.pt", run_id="old", every=1), stop_after_evals=1)
+    fresh = _train(cfg, Checkpoint(tmp_path / "c.pt", run_id="new", every=1))
+    assert fresh.resumed_from_step == 0
+
+
+def _summaries(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+
+
+def test_rerun_skips_finished_runs_and_adds_no_rows(tmp_path):
+    args = ("run", "-m", "norm=none,bn_before", "seed=0,1", "sweep.name=again", "trainer.epochs=1",
+            "trainer.threads=1")
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    sweep = tmp_path / "results" / "again"
+    before = _summaries(sweep)
+    second = run_cli(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "4 runs were already complete and were skipped" in second.stdout
+    assert _summaries(sweep) == before  # nothing redone, nothing rewritten
+    assert len(pd.read_csv(sweep / "results.csv")) == 4
+    # a grown grid runs only the new cells
+    third = run_cli(*args[:-4], "seed=0,1,2", *args[-3:], cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert "4 runs were already complete" in third.stdout
+    assert len(pd.read_csv(sweep / "results.csv")) == 6
+
+
+def test_changed_config_is_a_different_run(tmp_path):
+    """Same command, same run folder, but a default changed in the config files: rerun, not skip."""
+    import shutil
+
+    from bnbench.config import config_dir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(config_dir(), conf)
+    trainer_yaml = conf / "trainer" / "default.yaml"
+    original = trainer_yaml.read_text()
+    base = ("run", "-m", "seed=0", "norm=none", "sweep.name=changed", "trainer.threads=1")
+    env = {"BNBENCH_CONFIG_DIR": str(conf)}
+    trainer_yaml.write_text(original.replace("epochs: 10", "epochs: 1"))
+    assert run_cli(*base, cwd=tmp_path, env=env).returncode == 0
+    (record,) = (tmp_path / "results" / "changed").glob("*/summary.json")
+    old = json.loads(record.read_text())
+    trainer_yaml.write_text(original.replace("epochs: 10", "epochs: 2"))
+    proc = run_cli(*base, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    new = json.loads(record.read_text())
+    assert "config or code changed" in proc.stdout
+    assert new["run_id"] != old["run_id"] and (old["epochs"], new["epochs"]) == (1, 2)
+
+
+def _start_sweep(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "BNBENCH_RESULTS": str(tmp_path / "results")}
+    return subprocess.Popen([sys.executable, "-m", "bnbench.cli", "run", "-m", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the sweep")
+
+
+SLOW_SWEEP = ("norm=none,bn_before", "seed=0,1", "sweep.name=killed", "trainer.epochs=30", "trainer.threads=1",
+              "dataset.train_size=600")
+
+
+def test_sigkill_mid_sweep_then_rerun_completes_everything(tmp_path):
+    sweep = tmp_path / "results" / "killed"
+    proc = _start_sweep(tmp_path, *SLOW_SWEEP)
+
+    def one_done_and_one_checkpointed():
+        done = [s for s in _summaries(sweep).values() if s["status"] == "completed"] if sweep.is_dir() else []
+        return len(done) >= 1 and any(sweep.glob("*/checkpoint.pt"))
+
+    try:
+        _wait_for(one_done_and_one_checkpointed)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished_before = {k: v for k, v in _summaries(sweep).items() if v["status"] == "completed"}
+    cut_off = [p.parent.name for p in sweep.glob("*/checkpoint.pt")]
+    assert finished_before and cut_off
+
+    rerun = run_cli("run", "-m", *SLOW_SWEEP, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    after = _summaries(sweep)
+    assert len(after) == 4 and {s["status"] for s in after.values()} == {"completed"}
+    for name, summary in finished_before.items():
+        assert after[name] == summary, "a completed run was redone"
+    assert any(after[name].get("resumed_from_step", 0) > 0 for name in cut_off)
+    assert not list(sweep.glob("*/checkpoint.pt"))
+    runs = pd.read_csv(sweep / "results.csv")
+    assert len(runs) == 4 and runs["run"].is_unique
+    # nothing half-written: every record parses (the temp files of a killed write are not records)
+    for path in sweep.glob("*/metrics.csv"):
+        assert len(pd.read_csv(path)) == 30
+
+
+def test_ctrl_c_saves_state_and_rerun_resumes(tmp_path):
+    args = ("norm=bn_before", "seed=0", "sweep.name=ctrlc", "trainer.epochs=30", "trainer.threads=1",
+            "dataset.train_size=600")
+    sweep = tmp_path / "results" / "ctrlc"
+    proc = _start_sweep(tmp_path, *args)
+    _wait_for(lambda: any(sweep.glob("*/checkpoint.pt")))
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    (summary,) = _summaries(sweep).values()
+    assert summary["status"] == "interrupted"
+    rerun = run_cli("run", "-m", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    (summary,) = _summaries(sweep).values()
+    assert summary["status"] == "completed" and summary["resumed_from_step"] > 0
+
+
+def test_failures_and_divergence_recorded_while_sweep_goes_on(tmp_path):
+    proc = run_cli("run", "-m", "norm=none", "seed=0", "optimizer.lr=1e6,0.1", "activation.name=relu,nope",
+                   "trainer.epochs=3", "trainer.threads=1", cwd=tmp_path)
+    assert proc.returncode == 1  # failed runs make the sweep fail ...
+    assert "2 of 4 runs failed" in proc.stderr
+    sweep = next((tmp_path / "results").iterdir())
+    runs = pd.read_csv(sweep / "results.csv")
+    assert sorted(runs["status"]) == ["completed", "diverged", "failed", "failed"]
+
+
+def test_divergence_alone_is_not_a_failure(tmp_path):
+    proc = run_cli("run", "-m", "norm=none", "seed=0", "optimizer.lr=1e6,0.1", "trainer.epochs=3",
+                   "trainer.threads=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr  # ... diverged runs are results
+    assert "1 diverged" in (next((tmp_path / "results").iterdir()) / "report.md").read_text()
+
+
+def test_fail_fast_stops_at_the_first_failure(tmp_path):
+    proc = run_cli("run", "-m", "--fail-fast", "activation.name=nope,relu", "norm=none", "seed=0", "sweep.name=ff",
+                   "trainer.epochs=1", "trainer.threads=1", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "--fail-fast" in proc.stderr and "nope" in proc.stderr and "Traceback" not in proc.stderr
+    ran = [p.parent.name for p in (tmp_path / "results" / "ff").glob("*/summary.json")]
+    assert len(ran) == 1 and "nope" in ran[0]
