@@ -61,7 +61,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         log.info(
             "%s: test acc %.2f%% (best %.2f%% at epoch %.2f), train loss %.4f, %.1fs, %s",
             status, 100 * final["test_acc"], 100 * best["test_acc"], best["epoch"], final["train_loss"],
-            summary["wall_s"], run_dir,
+            summary["wall_s"], run_dir if hydra_cfg.mode == RunMode.RUN else run_dir.name,
         )
     if hydra_cfg.mode == RunMode.RUN:
         last_run = summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -24,7 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output (logs, CI) gets wide tables instead of Rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
@@ -115,6 +117,7 @@ def run(
 
     if fail_fast:
         overrides.append("sweep.fail_fast=true")
+    os.environ["BNBENCH_COMMAND"] = " ".join(shlex.quote(a) for a in ["bnbench", *sys.argv[1:]])
     sys.argv = ["bnbench", *(["--multirun"] if multirun else []), *overrides]
     hydra_app.last_run, sweep.last_sweep = None, None
     # Let Hydra's exceptions reach us, so each ends as one line here rather than a trace.
@@ -139,21 +142,44 @@ def run(
 @app.command()
 def report(
     sweep_dir: Path = typer.Argument(..., help="A sweep folder (the one `bnbench run -m` printed)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the files without printing the table."),
+    metric: str = typer.Option("final_test_acc", "--metric",
+                               help="final_test_acc, best_test_acc, final_train_loss, final_test_loss or "
+                               "final_train_acc."),
+    baseline: Optional[List[str]] = typer.Option(
+        None, "--baseline", help="Cell to compare against, e.g. norm=none (repeat for several keys). "
+        "Default: norm=none when norm is swept. --baseline '' turns comparisons off."),
+    target_acc: Optional[float] = typer.Option(None, "--target-acc",
+                                               help="Report the time to reach this test accuracy (0-1) instead."),
+    time_unit: str = typer.Option("epochs", "--time-unit", help="epochs, steps or seconds (with --target-acc)."),
+    confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999, help="Confidence level of intervals."),
+    formats: List[str] = typer.Option(["md", "csv"], "--format", help="md, csv, latex (repeat for several)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Render learning curves and the cell chart."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the files without printing the tables."),
 ) -> None:
-    """Rebuild results.csv and report.md of a finished or partial sweep from its run records."""
+    """Rebuild the tables, statistics and plots of a finished or partial sweep from its run records."""
+    from bnbench import records
     from bnbench import report as report_mod
 
+    base: Optional[dict] = None
+    if baseline:
+        base = records.parse_overrides([b for b in baseline if b])
+        if not base and any(b for b in baseline):
+            fail(f"--baseline {baseline[0]!r}: expected key=value, e.g. --baseline norm=none")
+    if time_unit not in ("epochs", "steps", "seconds"):
+        fail(f"--time-unit {time_unit!r}: choose epochs, steps or seconds")
+    fmt = tuple(f.strip() for item in formats for f in item.split(",") if f.strip())
+    options = report_mod.ReportOptions(metric=metric, baseline=base, confidence=confidence, target_acc=target_acc,
+                                       time_unit=time_unit, formats=fmt, plots=plots)
     try:
-        tables = report_mod.build(sweep_dir)
-        csv_path, md_path = report_mod.write(tables)
+        tables = report_mod.build(sweep_dir, options)
+        written = report_mod.write(tables, options)
     except report_mod.ReportError as err:
         fail(str(err))
     except OSError as err:
         fail(f"cannot write the report into {sweep_dir} ({err.strerror or err})")
     if not quiet:
         report_mod.print_tables(tables, console)
-    console.print(f"wrote {csv_path} and {md_path}", highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
 
 
 def _describe(path: Path) -> str:

@@ -97,6 +97,10 @@ class TrainerConfig:
     threads: Optional[int] = None
     dropout: float = 0.0
     lr_schedule: str = "constant"  # constant | cosine
+    # A training loss that is not finite, or above this value, ends the run as "diverged"
+    # (cross-entropy starts near ln(classes); a saturated sigmoid net can blow it up to 1e7
+    # without ever producing NaN). null: only non-finite losses count.
+    diverge_above: Optional[float] = 1000.0
     # Save a resumable checkpoint every N evaluations (0 = never). A rerun of a run that was
     # cut off continues from it and reaches the same final metrics.
     checkpoint_every: int = 1

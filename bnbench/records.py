@@ -23,9 +23,15 @@ METRICS = "metrics.csv"
 
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "wall_s"]
 
-# Config keys that do not change a run's result: left out of its identity hash.
-_IDENTITY_EXCLUDED = ("results_dir", "sweep", "dataset.root", "dataset.download", "trainer.threads",
-                      "trainer.log_progress", "trainer.device")
+# Config keys that do not change a run's result (paths, runtime and display settings): left out
+# of its identity hash and of the factors of a report. conf/config.yaml keeps them out of run
+# folder names too (hydra.job.config.override_dirname.exclude_keys).
+RUNTIME_KEYS = ("results_dir", "sweep", "dataset.root", "dataset.download", "trainer.threads",
+                "trainer.log_progress", "trainer.device")
+
+
+def is_runtime_key(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RUNTIME_KEYS)
 
 
 _UMASK = os.umask(0)
@@ -80,7 +86,7 @@ def run_identity(cfg: DictConfig) -> str:
 
     data = OmegaConf.to_container(cfg, resolve=True)
     data = {k: v for k, v in data.items() if k != "hydra"}
-    for dotted in _IDENTITY_EXCLUDED:
+    for dotted in RUNTIME_KEYS:
         node = data
         *parents, last = dotted.split(".")
         for part in parents:

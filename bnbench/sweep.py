@@ -9,10 +9,12 @@ running the same sweep command again completes what is missing and redoes nothin
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from rich.console import Console
 from omegaconf import DictConfig
 
 from bnbench import records, report
@@ -41,7 +43,9 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)  # left by an earlier --fail-fast sweep
+        records.write_json(sweep_dir / report.SWEEP_INFO, report.sweep_info(sys.argv))
         self.finished_before = finished_runs(sweep_dir) if sweep_dir.is_dir() else {}
         if self.finished_before:
             log.info("%s already holds %d finished runs: they will be skipped", sweep_dir,
@@ -55,11 +59,11 @@ class SweepReport(Callback):
         except report.ReportError as err:
             log.error("no report: %s", err)
             return
-        csv_path, md_path = report.write(tables)
-        report.print_tables(tables)
+        written = report.write(tables)
+        report.print_tables(tables, Console(width=None if sys.stdout.isatty() else 160))
         now = finished_runs(sweep_dir)
         skipped = sum(1 for d, t in now.items() if self.finished_before.get(d) == t)
         if skipped:
             print(f"{skipped} runs were already complete and were skipped")
-        print(f"wrote {csv_path} and {md_path}")
+        print(f"wrote {', '.join(str(p) for p in written)}")
         last_sweep = tables

@@ -1,7 +1,7 @@
 """The training engine: one readable loop over data held on the device.
 
 Metrics are accumulated on the device and read once per evaluation, so the step loop never
-waits on the host. A non-finite training loss ends the run with status ``diverged``: that is
+waits on the host. A non-finite (or exploding) training loss ends the run with status ``diverged``: that is
 a result (the configuration cannot train at this learning rate), not a crash.
 """
 
@@ -241,7 +241,8 @@ def train(
                     result.history.append(row)
                     if on_eval is not None:
                         on_eval(row)
-                    if not math.isfinite(train_loss):
+                    limit = trainer.diverge_above
+                    if not math.isfinite(train_loss) or (limit is not None and train_loss > limit):
                         result.status = "diverged"
                         return result
                     loss_sum.zero_()

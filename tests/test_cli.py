@@ -31,7 +31,7 @@ def test_default_grid_is_the_readme_command(tmp_path):
     assert sorted(runs["seed"].unique()) == [0, 1, 2]
     report = (sweep / "report.md").read_text()
     for norm in ("none", "bn_before", "bn_after"):
-        assert f"| {norm} | 3/3 |" in report
+        assert f"| {norm} | 3/3 |" in report  # rank | norm | seeds ok | ...
     assert "±" in report and "test acc" in proc.stdout
 
 
@@ -123,6 +123,7 @@ def test_report_rebuilds_partial_sweep(tmp_path):
     assert len(runs) == 4
     assert runs.set_index("run").loc[killed.name, "status"] == "incomplete"
     assert "| none | 1/2 (1 incomplete) |" in (sweep / "report.md").read_text()
+    assert "no summary.json (killed or still running)" in (sweep / "report.md").read_text()
 
 
 def test_report_on_a_folder_without_runs(tmp_path):

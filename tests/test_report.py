@@ -1,0 +1,123 @@
+"""`bnbench report` on real sweep folders: statistics, baselines, formats, provenance, plots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from bnbench import report
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A real sweep with a completed grid plus one diverged and one failed run."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    ok = run_cli("run", "-m", "norm=none,bn_before", "activation=relu,tanh", "seed=0,1,2", "sweep.name=s",
+                 "trainer.epochs=2", "trainer.threads=1", "trainer.log_progress=false", cwd=cwd)
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("run", "-m", "norm=none", "activation=sigmoid", "seed=0,1", "sweep.name=s", "trainer.epochs=2",
+                  "trainer.threads=1", "trainer.log_progress=false", "optimizer.lr=1e6", cwd=cwd)
+    assert bad.returncode == 0, bad.stderr  # diverged is a result
+    folder = cwd / "results" / "s"
+    # make one of them a crash, as a run that raised would record it
+    (crashed,) = folder.glob("activation=sigmoid,*seed=1*")
+    summary = json.loads((crashed / "summary.json").read_text())
+    summary.update(status="failed", error="RuntimeError: CUDA out of memory", final={}, best={})
+    (crashed / "summary.json").write_text(json.dumps(summary))
+    return cwd, folder
+
+
+def test_cells_match_scipy_and_show_every_status(sweep):
+    _, folder = sweep
+    tables = report.build(folder)
+    runs = tables.runs
+    cell = tables.cells.set_index(["norm", "activation"]).loc[("bn_before", "relu")]
+    values = runs[(runs["norm"] == "bn_before") & (runs["activation"] == "relu")]["final_test_acc"].to_numpy(float)
+    assert cell["n"] == 3
+    assert cell["mean"] == pytest.approx(values.mean())
+    assert cell["std"] == pytest.approx(values.std(ddof=1))
+    low, high = st.t.interval(0.95, 2, loc=values.mean(), scale=st.sem(values))
+    assert (cell["ci_low"], cell["ci_high"]) == pytest.approx((low, high))
+    # the second sweep changed optimizer.lr, so it is a factor: "(default)" for the first grid
+    assert tables.factors == ["norm", "activation", "optimizer.lr"]
+    sigmoid = tables.cells.set_index(["norm", "activation", "optimizer.lr"]).loc[("none", "sigmoid", "1000000.0")]
+    assert sigmoid["diverged"] == 1 and sigmoid["failed"] == 1 and sigmoid["n"] == 0
+    written = report.write(tables)
+    md = (folder / "report.md").read_text()
+    assert "| none | sigmoid | 1000000.0 | 0/2 (1 diverged, 1 failed" in md
+    assert "CUDA out of memory" in md
+    assert {p.name for p in written} >= {"results.csv", "report.md", "cells.csv", "comparisons.csv"}
+
+
+def test_paired_comparison_against_default_baseline(sweep):
+    _, folder = sweep
+    tables = report.build(folder)
+    comp = tables.comparisons.set_index(["norm", "activation"])
+    assert comp["baseline"].iloc[0] == "norm=none"
+    runs = tables.runs.set_index(["norm", "activation", "seed"])["final_test_acc"]
+    a = np.array([runs.loc[("bn_before", "tanh", s)] for s in (0, 1, 2)], dtype=float)
+    b = np.array([runs.loc[("none", "tanh", s)] for s in (0, 1, 2)], dtype=float)
+    row = comp.loc[("bn_before", "tanh")]
+    assert row["n_pairs"] == 3
+    assert row["mean_diff"] == pytest.approx((a - b).mean())
+    assert row["p_ttest"] == pytest.approx(st.ttest_rel(a, b).pvalue)
+    holm = tables.comparisons["p_ttest_holm"].dropna()
+    assert (holm >= tables.comparisons["p_ttest"].dropna()).all()
+
+
+def test_report_cli_options_and_formats(sweep):
+    cwd, folder = sweep
+    proc = run_cli("report", str(folder), "--baseline", "activation=relu", "--format", "md,csv,latex",
+                   "--metric", "best_test_acc", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    md = (folder / "report.md").read_text()
+    assert "best test accuracy" in md and "Against the baseline `activation=relu`" in md
+    tex = (folder / "report.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\toprule" in tex
+    assert "## Provenance" in md and "bnbench run -m" in md and "torch" in md
+    assert (folder / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / "cells.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_to_target_accuracy(sweep):
+    cwd, folder = sweep
+    proc = run_cli("report", str(folder), "--target-acc", "0.5", "--time-unit", "epochs", "--no-plots", "-q",
+                   cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    cells = pd.read_csv(folder / "cells.csv")
+    assert set(cells["mean"].dropna()) <= {1.0, 2.0}
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("--metric", "accuracy"), "unknown metric"),
+    (("--baseline", "norm=batch"), "--baseline"),
+    (("--baseline", "colour=red"), "--baseline"),
+    (("--format", "docx"), "unknown format"),
+])
+def test_bad_report_options_are_one_line_errors(sweep, args, fragment):
+    cwd, folder = sweep
+    proc = run_cli("report", str(folder), "--no-plots", *args, cwd=cwd)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_missing_cell_of_the_grid_is_listed(tmp_path):
+    proc = run_cli("run", "-m", "norm=none,bn_before", "activation=relu,tanh", "seed=0,1", "sweep.name=m",
+                   "trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "results" / "m"
+    for run in folder.glob("activation=tanh,norm=bn_before,*"):
+        shutil.rmtree(run)  # a cell that never ran at all
+    tables = report.build(folder)
+    cell = tables.cells.set_index(["norm", "activation"]).loc[("bn_before", "tanh")]
+    assert cell["status"] == "missing" and cell["runs"] == 0
+    assert tables.counts["missing cells"] == 1
+    report.write(tables)
+    assert "| bn_before | tanh | 0/0 (2 missing) |" in (folder / "report.md").read_text()
