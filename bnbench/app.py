@@ -49,6 +49,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         run_dir,
         overrides=list(hydra_cfg.overrides.task),
         choices=OmegaConf.to_container(hydra_cfg.runtime.choices),
+        console_progress=hydra_cfg.mode == RunMode.RUN,
     )
     status = summary["status"]
     if summary.get("skipped"):

@@ -99,6 +99,9 @@ def run(
         "sweep again skips finished runs and resumes cut-off ones.",
     ),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop a sweep at the first failed run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="No live display: one line per finished run (for logs; automatic when "
+                               "output is not a terminal)."),
 ) -> None:
     """Train one run (or, with -m, a sweep) and record it under results/.
 
@@ -117,6 +120,8 @@ def run(
 
     if fail_fast:
         overrides.append("sweep.fail_fast=true")
+    if quiet:
+        overrides.append("sweep.quiet=true")
     os.environ["BNBENCH_COMMAND"] = " ".join(shlex.quote(a) for a in ["bnbench", *sys.argv[1:]])
     sys.argv = ["bnbench", *(["--multirun"] if multirun else []), *overrides]
     hydra_app.last_run, sweep.last_sweep = None, None
@@ -130,6 +135,8 @@ def run(
         fail(f"stopped at the first failed run (--fail-fast): {err}")
     except (HydraException, OmegaConfBaseException) as err:
         fail(_one_line(err))
+    finally:
+        sweep.stop_monitor()  # the live view, if an error ended the sweep before its last callback
     if multirun:
         tables = sweep.last_sweep
         if tables is not None and len(tables.failed_runs):

@@ -114,6 +114,8 @@ class SweepConfig:
     name: str = "${now:%Y-%m-%d_%H-%M-%S}"
     # Stop the sweep at the first failed run (bnbench run -m --fail-fast).
     fail_fast: bool = False
+    # No live display, only a line per finished run (bnbench run -m --quiet; logs and CI).
+    quiet: bool = False
 
 
 @dataclass

@@ -27,6 +27,7 @@ from bnbench.models import build_model, count_parameters
 from bnbench.train import Checkpoint, Interrupted, steps_plan, train
 
 log = logging.getLogger("bnbench")
+epoch_log = logging.getLogger("bnbench.epochs")  # run.log only (conf/hydra/job_logging/bnbench.yaml)
 
 # Errors whose message is the whole story: shown as one line, no traceback.
 USER_ERRORS = (ConfigError, DataError)
@@ -79,8 +80,11 @@ def run_experiment(
     run_dir: Path,
     overrides: list[str] | None = None,
     choices: Mapping[str, Any] | None = None,
+    console_progress: bool = True,
 ) -> dict[str, Any]:
     """Train the run ``cfg`` describes and write its record into ``run_dir``; return the summary.
+
+    ``console_progress=False`` (sweeps) sends the per-evaluation lines to run.log only.
 
     A run folder that already holds a finished record of the same run (same identity hash) is
     skipped; one cut off mid-way resumes from its checkpoint; one whose config changed since is
@@ -116,7 +120,7 @@ def run_experiment(
 
     def on_eval(row: dict) -> None:
         if cfg.trainer.log_progress:
-            log.info(_format_row(row))
+            (log if console_progress else epoch_log).info(_format_row(row))
         summary["progress"] = {"step": row["step"], "total_steps": total_steps, "epoch": row["epoch"],
                                "test_acc": row["test_acc"], "train_loss": row["train_loss"]}
         records.write_json(run_dir / records.SUMMARY, summary)  # what progress displays read

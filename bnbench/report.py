@@ -124,6 +124,27 @@ def _factor_sort_key(name: str) -> tuple[int, str]:
     return (_FACTOR_ORDER.index(name), name) if name in _FACTOR_ORDER else (len(_FACTOR_ORDER), name)
 
 
+def sweep_lists(params: Mapping[str, Any] | None, task_overrides: list[str] | None) -> dict[str, list[str]]:
+    """Each swept key's values, in the order given, from the sweeper's params and the command
+    line (which wins), read with Hydra's own parser so they match what the jobs saw
+    (1e6 -> 1000000.0, ranges expanded)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    items = [f"{k}={v}" for k, v in (params or {}).items()] + list(task_overrides or [])
+    try:
+        parsed = OverridesParser.create().parse_overrides(items)
+    except Exception:  # an override this parser cannot read without the config (rare): no order
+        return {}
+    order: dict[str, list[str]] = {}
+    for override in parsed:
+        key = override.get_key_element().lstrip("+~")
+        if override.is_discrete_sweep():
+            order[key] = list(override.sweep_string_iterator())
+        elif not override.is_sweep_override():
+            order[key] = [override.get_value_element_as_str()]
+    return order
+
+
 def _value_order(sweep_dir: Path) -> dict[str, list[str]]:
     """The order in which the sweep listed each key's values (from Hydra's multirun.yaml)."""
     path = sweep_dir / "multirun.yaml"
@@ -134,23 +155,7 @@ def _value_order(sweep_dir: Path) -> dict[str, list[str]]:
     except yaml.YAMLError:
         return {}
     hydra_cfg = saved.get("hydra", {}) or {}
-    items = [f"{k}={v}" for k, v in ((hydra_cfg.get("sweeper") or {}).get("params") or {}).items()]
-    items += list((hydra_cfg.get("overrides") or {}).get("task") or [])
-    # Hydra's own parser, so values read as the jobs saw them (1e6 -> 1000000.0, ranges expanded)
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    order: dict[str, list[str]] = {}
-    try:
-        parsed = OverridesParser.create().parse_overrides(items)
-    except Exception:  # an override this parser cannot read without the config (rare): no order
-        return {}
-    for override in parsed:
-        key = override.get_key_element().lstrip("+~")
-        if override.is_discrete_sweep():
-            order[key] = list(override.sweep_string_iterator())
-        elif not override.is_sweep_override():
-            order[key] = [override.get_value_element_as_str()]
-    return order
+    return sweep_lists((hydra_cfg.get("sweeper") or {}).get("params"), (hydra_cfg.get("overrides") or {}).get("task"))
 
 
 def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, str]]:

@@ -9,6 +9,7 @@ running the same sweep command again completes what is missing and redoes nothin
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 from bnbench import records, report
 from bnbench.app import FAIL_FAST_MARKER
 from bnbench.experiment import FINISHED
+from bnbench.progress import SweepMonitor
 
 log = logging.getLogger("bnbench")
 
@@ -37,6 +39,27 @@ def finished_runs(sweep_dir: Path) -> dict[Path, str]:
     return out
 
 
+_monitor: SweepMonitor | None = None
+
+
+def stop_monitor() -> None:
+    global _monitor
+    if _monitor is not None:
+        _monitor.stop()
+        _monitor = None
+
+
+def planned_runs(config: DictConfig) -> int:
+    """How many jobs the basic sweeper will launch: the product of the swept lists."""
+    lists = report.sweep_lists(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
+    return math.prod(len(v) for v in lists.values()) if lists else 1
+
+
+def launcher_workers(config: DictConfig) -> int:
+    launcher = config.hydra.get("launcher") or {}
+    return int(launcher.get("n_jobs") or launcher.get("array_parallelism") or 1)
+
+
 class SweepReport(Callback):
     def __init__(self) -> None:
         self.finished_before: dict[Path, str] = {}
@@ -50,9 +73,16 @@ class SweepReport(Callback):
         if self.finished_before:
             log.info("%s already holds %d finished runs: they will be skipped", sweep_dir,
                      len(self.finished_before))
+        global _monitor
+        console = Console()
+        if console.is_terminal and not config.sweep.quiet:
+            _monitor = SweepMonitor(sweep_dir, planned_runs(config), self.finished_before, launcher_workers(config),
+                                    console)
+            _monitor.start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global last_sweep
+        stop_monitor()
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             tables = report.build(sweep_dir)
