@@ -209,12 +209,17 @@ def list_configs() -> None:
     table.add_column("group", style="bold")
     table.add_column("option")
     table.add_column("description")
-    for group in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra" and not p.name.startswith("_")):
+    groups = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra" and not p.name.startswith("_"))
+    if (root / "hydra" / "launcher").is_dir():
+        groups.append(root / "hydra" / "launcher")
+    for group in groups:
+        name = group.relative_to(root).as_posix()
         for i, option in enumerate(sorted(group.glob("*.yaml"))):
-            mark = " (default)" if defaults.get(group.name) == option.stem else ""
-            table.add_row(group.name if i == 0 else "", option.stem + mark, _describe(option))
+            mark = " (default)" if defaults.get(name) == option.stem else ""
+            table.add_row(name if i == 0 else "", option.stem + mark, _describe(option))
     console.print(table)
-    console.print("Launchers: hydra/launcher=basic (default), or any installed Hydra launcher plugin.", style="dim")
+    console.print("hydra/launcher: basic (default, one run at a time) or a preset above; the plugins' own "
+                  "joblib, submitit_local, submitit_slurm and ray work too.", style="dim")
     console.print("Any key can be overridden too: `bnbench run --cfg job` prints the full config.", style="dim")
 
 

@@ -93,8 +93,10 @@ class TrainerConfig:
     eval_every: Optional[int] = None
     eval_batch_size: int = 2000
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # Torch intra-op threads on CPU; null = auto (one per core this process may use).
+    # Torch intra-op threads on CPU; null = auto (the cores divided among parallel workers).
     threads: Optional[int] = None
+    # In a sweep on GPUs, how many jobs share one GPU (each job claims a GPU slot).
+    jobs_per_gpu: int = 1
     dropout: float = 0.0
     lr_schedule: str = "constant"  # constant | cosine
     # A training loss that is not finite, or above this value, ends the run as "diverged"
@@ -118,6 +120,23 @@ class SweepConfig:
     quiet: bool = False
 
 
+# --- diagnostics (bnbench/diagnostics.py) -------------------------------------------------
+@dataclass
+class DiagnosticsConfig:
+    # Per-layer diagnostics into diagnostics.csv: gradient norms, pre-activation statistics,
+    # percentiles of the input to the nonlinearity, saturated/dead units, BN batch vs running
+    # statistics, train- vs eval-mode accuracy. Off: no cost at all.
+    enabled: bool = False
+    every: int = 100  # steps between diagnostics steps (step 1 is always one)
+    unit: int = 0  # the unit (channel) of each layer whose own percentiles are recorded
+    # Train- vs eval-mode accuracy is measured on the first probe_batches x trainer.batch_size
+    # test samples (2 batches keep the cost within a few % of a run; more: less noise).
+    probe_batches: int = 2
+
+
+# --- end diagnostics ------------------------------------------------------------------------
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -127,6 +146,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     seed: int = 0
     results_dir: str = "${oc.env:BNBENCH_RESULTS,results}"
 
@@ -187,3 +207,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
+    if cfg.diagnostics.enabled and min(cfg.diagnostics.every, cfg.diagnostics.probe_batches) < 1:  # diagnostics
+        raise ConfigError(f"diagnostics.every={cfg.diagnostics.every} and diagnostics.probe_batches="
+                          f"{cfg.diagnostics.probe_batches} must be at least 1")

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from bnbench import records
+from bnbench import diagnostics, records
 from bnbench.config import ConfigError, validate
 from bnbench.data import DataError, load_dataset
+from bnbench.devices import job_device, release_gpu_slot, set_threads
 from bnbench.models import build_model, count_parameters
 from bnbench.train import Checkpoint, Interrupted, steps_plan, train
 
@@ -31,32 +32,6 @@ epoch_log = logging.getLogger("bnbench.epochs")  # run.log only (conf/hydra/job_
 
 # Errors whose message is the whole story: shown as one line, no traceback.
 USER_ERRORS = (ConfigError, DataError)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu or auto")
-    return device
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def set_threads(requested: int | None) -> int:
-    """Intra-op threads for this process. Parallel workers set BNBENCH_WORKERS so that
-    workers x threads never exceed the cores (oversubscription costs far more than it gains)."""
-    workers = max(1, int(os.environ.get("BNBENCH_WORKERS", "1")))
-    threads = requested or max(1, usable_cores() // workers)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return threads
 
 
 def seed_everything(seed: int) -> None:
@@ -81,10 +56,14 @@ def run_experiment(
     overrides: list[str] | None = None,
     choices: Mapping[str, Any] | None = None,
     console_progress: bool = True,
+    workers: int = 1,
+    gpu_slots_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train the run ``cfg`` describes and write its record into ``run_dir``; return the summary.
 
-    ``console_progress=False`` (sweeps) sends the per-evaluation lines to run.log only.
+    ``console_progress=False`` (sweeps) sends the per-evaluation lines to run.log only;
+    ``workers`` (parallel jobs on this machine) sets the CPU threads; ``gpu_slots_dir`` makes
+    a sweep's job claim a GPU slot (see devices.py).
 
     A run folder that already holds a finished record of the same run (same identity hash) is
     skipped; one cut off mid-way resumes from its checkpoint; one whose config changed since is
@@ -126,12 +105,13 @@ def run_experiment(
         records.write_json(run_dir / records.SUMMARY, summary)  # what progress displays read
 
     history: list[dict] = []
+    diagnostics_rows: list[dict] = []  # diagnostics.enabled: rows of diagnostics.csv
     try:
         validate(cfg)
-        device = resolve_device(cfg.trainer.device)
-        summary["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        device = job_device(cfg.trainer.device, gpu_slots_dir, cfg.trainer.jobs_per_gpu)
+        summary["device"] = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
         if device.type == "cpu":
-            summary["threads"] = set_threads(cfg.trainer.threads)
+            summary["threads"] = set_threads(cfg.trainer.threads, workers)
         seed_everything(cfg.seed)
         data = load_dataset(cfg, device)
         model = build_model(cfg, data.in_shape, data.num_classes).to(device)
@@ -142,6 +122,7 @@ def run_experiment(
             summary["resumed_from_step"] = result.resumed_from_step
             log.info("resumed from the checkpoint at step %d", result.resumed_from_step)
         history = result.history
+        diagnostics_rows = result.diagnostics
         summary["status"] = result.status
         checkpoint.remove()
     except Interrupted:
@@ -158,7 +139,12 @@ def run_experiment(
     summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     summary.update(_outcome(history))
     records.write_csv(run_dir / records.METRICS, history, records.METRIC_COLUMNS)
+    if diagnostics_rows:  # bnbench/diagnostics.py; a stale file of an earlier run is removed
+        records.write_csv(run_dir / diagnostics.FILE, diagnostics_rows, diagnostics.COLUMNS)
+    else:
+        (run_dir / diagnostics.FILE).unlink(missing_ok=True)
     records.write_json(run_dir / records.SUMMARY, summary)  # last: its status marks the run finished
+    release_gpu_slot()
     return summary
 
 

@@ -27,7 +27,7 @@ METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test
 # of its identity hash and of the factors of a report. conf/config.yaml keeps them out of run
 # folder names too (hydra.job.config.override_dirname.exclude_keys).
 RUNTIME_KEYS = ("results_dir", "sweep", "dataset.root", "dataset.download", "trainer.threads",
-                "trainer.log_progress", "trainer.device")
+                "trainer.log_progress", "trainer.device", "trainer.jobs_per_gpu")
 
 
 def is_runtime_key(key: str) -> bool:
@@ -86,6 +86,8 @@ def run_identity(cfg: DictConfig) -> str:
 
     data = OmegaConf.to_container(cfg, resolve=True)
     data = {k: v for k, v in data.items() if k != "hydra"}
+    if not (data.get("diagnostics") or {}).get("enabled"):
+        data.pop("diagnostics", None)  # diagnostics off change nothing; on, they add a file
     for dotted in RUNTIME_KEYS:
         node = data
         *parents, last = dotted.split(".")

@@ -23,7 +23,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bnbench import records, stats
+from bnbench import diagnostics, records, stats
 
 STATUSES = stats.STATUSES
 SWEEP_INFO = "sweep.json"  # written when a multirun starts: command line, git state, date
@@ -69,6 +69,7 @@ class SweepTables:
     counts: dict[str, int] = field(default_factory=dict)
     plots: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    diagnostics: pd.DataFrame | None = None  # per cell and layer: bnbench.diagnostics.summarize
 
     @property
     def failed_runs(self) -> pd.DataFrame:
@@ -303,6 +304,7 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
             tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric)
     tables.counts = {status: int((runs["status"] == status).sum()) for status in STATUSES}
     tables.counts["missing cells"] = int((tables.cells["status"] == "missing").sum())
+    tables.diagnostics = diagnostics.summarize(sweep_dir, runs, factors)
     tables.provenance = _provenance(sweep_dir, runs)
     return tables
 
@@ -413,6 +415,7 @@ def to_markdown(tables: SweepTables) -> str:
         header = [f"{a} \\ {b}", *[str(c) for c in pivot.columns]]
         rows = [[str(idx), *[_fmt(v, m) for v in row]] for idx, row in pivot.iterrows()]
         lines += [*_md_table(header, rows), ""]
+    lines += diagnostics.markdown_lines(tables.diagnostics, tables.factors)
     if tables.plots:
         lines += ["## Plots", ""]
         lines += [f"![{name}]({path.name})" for name, path in tables.plots.items()] + [""]
@@ -457,6 +460,7 @@ def _render_plots(tables: SweepTables, confidence: float) -> None:
     if (tables.cells["n"] > 0).any():
         out["final metric per cell"] = plots.cell_intervals(tables.cells, tables.factors,
                                                             tables.sweep_dir / "cells.png", metric=tables.metric)
+    out.update(diagnostics.plot_diagnostics(tables.sweep_dir, tables.runs, tables.factors))
     tables.plots = out
 
 
@@ -472,7 +476,8 @@ def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Pat
     public_runs = tables.runs[[c for c in tables.runs.columns if not c.startswith("_")]]
     written = [d / "results.csv"]
     records.write_text(written[0], public_runs.to_csv(index=False))
-    frames = {"cells": tables.cells, "comparisons": tables.comparisons, "main_effects": tables.effects}
+    frames = {"cells": tables.cells, "comparisons": tables.comparisons, "main_effects": tables.effects,
+              "diagnostics_summary": tables.diagnostics}
     if "md" in options.formats:
         written.append(d / "report.md")
         records.write_text(written[-1], to_markdown(tables))

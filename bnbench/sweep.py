@@ -19,7 +19,7 @@ from rich.console import Console
 from omegaconf import DictConfig
 
 from bnbench import records, report
-from bnbench.app import FAIL_FAST_MARKER
+from bnbench.app import FAIL_FAST_MARKER, launcher_workers
 from bnbench.experiment import FINISHED
 from bnbench.progress import SweepMonitor
 
@@ -53,11 +53,6 @@ def planned_runs(config: DictConfig) -> int:
     """How many jobs the basic sweeper will launch: the product of the swept lists."""
     lists = report.sweep_lists(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
     return math.prod(len(v) for v in lists.values()) if lists else 1
-
-
-def launcher_workers(config: DictConfig) -> int:
-    launcher = config.hydra.get("launcher") or {}
-    return int(launcher.get("n_jobs") or launcher.get("array_parallelism") or 1)
 
 
 class SweepReport(Callback):

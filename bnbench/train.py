@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnbench.data import TensorDataset, eval_batches
+from bnbench.diagnostics import Diagnostics
 
 # name -> constructor from (parameters, optimizer config); a new optimizer is one entry here
 # plus conf/optimizer/NAME.yaml.
@@ -60,6 +61,7 @@ class TrainResult:
     status: str  # completed | diverged
     history: list[dict] = field(default_factory=list)
     resumed_from_step: int = 0
+    diagnostics: list[dict] = field(default_factory=list)  # rows of diagnostics.csv (bnbench/diagnostics.py)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -164,6 +166,7 @@ def train(
     n_train, batch_size = len(data.train_y), trainer.batch_size
 
     result = TrainResult(status="completed")
+    diagnostics = Diagnostics.for_run(model, cfg, data)  # None when off: the loop then does nothing extra
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen, step, pos, elapsed_before = 0, 0, 0, 0.0
@@ -182,6 +185,7 @@ def train(
         correct.fill_(state["correct"])
         seen, elapsed_before = state["seen"], state["elapsed"]
         result.history = list(state["history"])
+        result.diagnostics = list(state.get("diagnostics", []))
         result.resumed_from_step = step
 
     def snapshot() -> dict:
@@ -199,6 +203,7 @@ def train(
             "seen": seen,
             "elapsed": elapsed_before + time.perf_counter() - start,
             "history": result.history,
+            "diagnostics": result.diagnostics,
         }
 
     start = time.perf_counter()
@@ -212,10 +217,15 @@ def train(
             while pos < steps_per_epoch and step < total_steps:
                 idx = order[pos * batch_size : (pos + 1) * batch_size]
                 xb, yb = data.train_x[idx], data.train_y[idx]
+                probing = diagnostics is not None and diagnostics.due(step + 1)
+                if probing:
+                    diagnostics.arm()  # hooks for this forward pass only
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if probing:
+                    diagnostics.read_gradients()  # removes the hooks
                 optimizer.step()
                 schedule.step()
                 loss_sum += loss.detach() * len(yb)
@@ -223,6 +233,8 @@ def train(
                 seen += len(yb)
                 step += 1
                 pos += 1
+                if probing:
+                    result.diagnostics += diagnostics.record(step, round(step / steps_per_epoch, 4), loss)
                 if pos == steps_per_epoch:  # the next epoch starts from the generator's state now
                     pos, epoch_rng = 0, order_rng.get_state()
                 if step % eval_every == 0 or step == total_steps:

@@ -1,0 +1,62 @@
+"""Devices for parallel jobs: thread shares and GPU slot claims (locks tested without a GPU)."""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+import time
+
+import torch
+
+from bnbench import devices
+from bnbench.app import launcher_workers
+
+
+def _hold(path):
+    handle = open(path, "w")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+def test_threads_are_the_cores_shared_among_workers(monkeypatch):
+    monkeypatch.delenv("BNBENCH_WORKERS", raising=False)
+    monkeypatch.setattr(devices, "usable_cores", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        assert devices.set_threads(None, workers=4) == 2
+        assert devices.set_threads(None, workers=16) == 1
+        assert devices.set_threads(3, workers=4) == 3  # an explicit setting wins
+        monkeypatch.setenv("BNBENCH_WORKERS", "8")
+        assert devices.set_threads(None, workers=1) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_launcher_workers():
+    assert launcher_workers({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}) == 1
+    assert launcher_workers({"n_jobs": 3}) == 3
+    assert launcher_workers({"n_jobs": -1}) == devices.usable_cores()
+    assert launcher_workers(None) == 1
+
+
+def test_gpu_slots_spread_jobs_one_per_gpu_then_pack(tmp_path):
+    held = [_hold(tmp_path / "gpu0.slot0.lock")]  # another worker runs on GPU 0
+    tmp_path.mkdir(exist_ok=True)
+    try:
+        assert devices.claim_gpu_slot(tmp_path, n_gpus=2, per_gpu=2) == 1
+        devices._held_slot, mine = None, devices._held_slot  # keep holding it as "another worker"
+        held.append(mine)
+        assert devices.claim_gpu_slot(tmp_path, n_gpus=2, per_gpu=2) == 0  # second slot of GPU 0
+        devices.release_gpu_slot()
+    finally:
+        for handle in held:
+            handle.close()
+
+
+def test_gpu_slot_waits_until_one_is_free(tmp_path):
+    blocker = _hold(tmp_path / "gpu0.slot0.lock")
+    threading.Timer(0.3, blocker.close).start()
+    start = time.monotonic()
+    assert devices.claim_gpu_slot(tmp_path, n_gpus=1, per_gpu=1, poll_s=0.05) == 0
+    assert time.monotonic() - start >= 0.25
+    devices.release_gpu_slot()

@@ -1,0 +1,122 @@
+"""The ablation presets of issue 5 (conf/ablation/): each composes into the grid and the model
+the issue describes, every value of its grid composes and validates, and each of its norm
+settings trains a few steps with diagnostics on, on data written here in the real format."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from bnbench import diagnostics
+from bnbench.config import config_dir, validate
+from bnbench.experiment import run_experiment
+from bnbench.models import build_model
+from conftest import write_mnist_family
+
+PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam")
+
+
+def compose_preset(name: str, *overrides: str, hydra: bool = False):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=[f"ablation={name}", *overrides], return_hydra_config=hydra)
+
+
+def grid(name: str) -> dict[str, list[str]]:
+    """The preset's sweep grid as `bnbench run -m ablation=NAME` expands it."""
+    params = compose_preset(name, hydra=True).hydra.sweeper.params
+    return {key: [v.strip() for v in str(value).split(",")] for key, value in params.items()}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_mnist_family(root, "FashionMNIST", n_train=120, n_test=60)
+    return root
+
+
+def _blocks(model: nn.Module) -> list[list[type]]:
+    return [[type(m) for m in block] for block in model.modules()
+            if isinstance(block, nn.Sequential) and isinstance(block[0], (nn.Linear, nn.Conv2d))]
+
+
+def test_ioffe2015():
+    cfg = compose_preset("ioffe2015")
+    assert (cfg.model.name, cfg.model.depth, cfg.model.width, cfg.activation.name) == ("mlp", 3, 100, "sigmoid")
+    assert (cfg.trainer.batch_size, cfg.trainer.steps, cfg.model.init) == (60, 50000, "gaussian")
+    assert cfg.diagnostics.enabled and cfg.diagnostics.every <= 500
+    assert grid("ioffe2015")["norm"] == ["none", "bn_before"]
+    model = build_model(compose_preset("ioffe2015", "norm=bn_before"), (1, 28, 28), 10)
+    assert [b for b in _blocks(model)] == [[nn.Linear, nn.BatchNorm1d, nn.Sigmoid]] * 3
+    assert model.head.in_features == 100 and model.hidden[0][0].in_features == 784
+
+
+def test_placement():
+    g = grid("placement")
+    assert compose_preset("placement").model.name == "alexnet"
+    assert g["norm"] == ["none", "bn_before", "bn_after"]
+    assert set(g["activation"]) == {"relu", "leaky_relu", "elu", "tanh", "sigmoid"}
+
+
+def test_lr_tolerance():
+    g = grid("lr_tolerance")
+    assert g["norm"] == ["none", "bn_before"]
+    base, *others = (float(v) for v in g["optimizer.lr"])
+    assert [x / base for x in others] == pytest.approx([5, 30])
+
+
+def test_deep_sigmoid():
+    cfg = compose_preset("deep_sigmoid")
+    assert cfg.model.depth >= 10 and cfg.activation.name == "sigmoid" and cfg.diagnostics.enabled
+    assert grid("deep_sigmoid")["norm"] == ["none", "bn_before"]
+
+
+def test_keras_mlp():
+    cfg = compose_preset("keras_mlp", "norm=bn_before")  # the grid's norm choice keeps Keras' BN settings
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("nesterov", 0.1, 0.9)
+    assert (cfg.norm.momentum, cfg.norm.eps) == (0.01, 0.001)
+    model = build_model(cfg, (1, 28, 28), 10)
+    assert _blocks(model) == [[nn.Linear, nn.BatchNorm1d, nn.Tanh, nn.Dropout]] * 2
+    assert model.hidden[0][0].out_features == 64 and model.hidden[0][3].p == 0.5
+
+
+def test_mlp64_adam():
+    cfg = compose_preset("mlp64_adam", "norm=bn_before")
+    assert (cfg.optimizer.name, cfg.optimizer.lr) == ("adam", 0.001)
+    model = build_model(cfg, (1, 28, 28), 10)
+    assert _blocks(model) == [[nn.Linear, nn.BatchNorm1d, nn.ReLU]]
+    assert (model.hidden[0][0].in_features, model.hidden[0][0].out_features, model.head.out_features) == (784, 64, 10)
+
+
+def test_alexnet_bn_adam():
+    cfg = compose_preset("alexnet_bn_adam", "norm=bn_before")
+    assert cfg.optimizer.name == "adam" and cfg.activation.name == "relu"
+    blocks = _blocks(build_model(cfg, (1, 28, 28), 10))
+    assert blocks == [[nn.Conv2d, nn.BatchNorm2d, nn.ReLU]] * 5 + [[nn.Linear, nn.BatchNorm1d, nn.ReLU]] * 2
+    assert "bn_before" in grid("alexnet_bn_adam")["norm"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
+    g = grid(name)
+    assert g.pop("seed") == ["0", "1", "2"]
+    first = {k: v[0] for k, v in g.items()}
+    cells = [first] + [{**first, key: value} for key, values in g.items() for value in values[1:]]
+    for cell in cells:  # every value of every key composes (one key at a time)
+        validate(compose_preset(name, *(f"{k}={v}" for k, v in cell.items())))
+    quick = ("trainer.steps=3", "trainer.batch_size=20", "diagnostics.every=2", "trainer.threads=1",
+             "trainer.log_progress=false", f"dataset.root={data_root}", "dataset.download=false")
+    for norm in g["norm"]:  # each norm setting, other keys at their first value, a few steps
+        cell = {**first, "norm": norm}
+        overrides = [f"{k}={v}" for k, v in cell.items()]
+        cfg = compose_preset(name, *overrides, *quick)
+        assert cfg.diagnostics.enabled, "presets record diagnostics"
+        run_dir = tmp_path / norm
+        summary = run_experiment(cfg, run_dir, overrides=overrides)
+        assert summary["status"] in ("completed", "diverged"), summary["error"]
+        rows = diagnostics.read_diagnostics(run_dir)
+        assert sorted(rows["step"].unique()) == [1, 2]
+        n_layers = cfg.model.depth + 1 if cfg.model.name == "mlp" else 8
+        assert rows["layer"].nunique() == n_layers
+        assert rows["grad_norm"].notna().all()
+        assert rows["bn_mean_gap"].notna().any() == (norm != "none")
