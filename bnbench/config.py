@@ -120,7 +120,6 @@ class SweepConfig:
     quiet: bool = False
 
 
-# --- diagnostics (bnbench/diagnostics.py) -------------------------------------------------
 @dataclass
 class DiagnosticsConfig:
     # Per-layer diagnostics into diagnostics.csv: gradient norms, pre-activation statistics,
@@ -132,9 +131,6 @@ class DiagnosticsConfig:
     # Train- vs eval-mode accuracy is measured on the first probe_batches x trainer.batch_size
     # test samples (2 batches keep the cost within a few % of a run; more: less noise).
     probe_batches: int = 2
-
-
-# --- end diagnostics ------------------------------------------------------------------------
 
 
 @dataclass
@@ -207,6 +203,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
-    if cfg.diagnostics.enabled and min(cfg.diagnostics.every, cfg.diagnostics.probe_batches) < 1:  # diagnostics
+    if cfg.diagnostics.enabled and min(cfg.diagnostics.every, cfg.diagnostics.probe_batches) < 1:
         raise ConfigError(f"diagnostics.every={cfg.diagnostics.every} and diagnostics.probe_batches="
                           f"{cfg.diagnostics.probe_batches} must be at least 1")
