@@ -6,6 +6,7 @@ ends in a ``summary.json`` with a status, so a sweep always has a row for every 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
@@ -50,7 +51,24 @@ def _format_row(row: Mapping[str, Any]) -> str:
 FINISHED = ("completed", "diverged")  # results; a rerun of the same sweep skips them
 
 
-def run_experiment(
+def run_experiment(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> dict[str, Any]:
+    """:func:`_run` under a lock on the run folder, so two processes given the same run (two
+    sweep commands racing on one sweep folder) never train it twice: the second skips it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".run.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        log.info("skipped: another process is running %s right now", run_dir.name)
+        return {"status": "running", "skipped": True, "run_id": records.run_identity(cfg)}
+    try:
+        return _run(cfg, run_dir, **kwargs)
+    finally:
+        handle.close()
+
+
+def _run(
     cfg: DictConfig,
     run_dir: Path,
     overrides: list[str] | None = None,

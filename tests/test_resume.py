@@ -204,3 +204,21 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path):
     assert "--fail-fast" in proc.stderr and "nope" in proc.stderr and "Traceback" not in proc.stderr
     ran = [p.parent.name for p in (tmp_path / "results" / "ff").glob("*/summary.json")]
     assert len(ran) == 1 and "nope" in ran[0]
+
+
+def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
+    import fcntl
+
+    from bnbench.experiment import run_experiment
+
+    tmp_path.mkdir(exist_ok=True)
+    other = open(tmp_path / ".run.lock", "w")
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another worker is training this run
+    cfg = make_cfg("trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false")
+    try:
+        summary = run_experiment(cfg, tmp_path)
+    finally:
+        other.close()
+    assert summary["skipped"] and summary["status"] == "running"
+    assert not (tmp_path / "summary.json").exists()
+    assert run_experiment(cfg, tmp_path)["status"] == "completed"  # once free, it runs
