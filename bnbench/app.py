@@ -17,22 +17,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bnbench.config import config_dir, register_configs
-from bnbench.devices import usable_cores
+from bnbench.devices import cpu_share, uses_gpu_slots
 from bnbench.experiment import run_experiment
 
 log = logging.getLogger("bnbench")
 register_configs()
 
 FAIL_FAST_MARKER = ".fail-fast-stop"
-
-
-def launcher_workers(launcher: Any) -> int:
-    """Jobs that run at once on this machine: joblib's n_jobs (-1 = one per core), else 1
-    (basic runs one at a time; submitit and Ray jobs get their own cores or machines)."""
-    n_jobs = (launcher or {}).get("n_jobs")
-    if not n_jobs:
-        return 1
-    return usable_cores() if int(n_jobs) < 0 else int(n_jobs)
 
 
 class FailFast(RuntimeError):
@@ -60,8 +51,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         overrides=list(hydra_cfg.overrides.task),
         choices=OmegaConf.to_container(hydra_cfg.runtime.choices),
         console_progress=hydra_cfg.mode == RunMode.RUN,
-        workers=launcher_workers(hydra_cfg.launcher),
-        gpu_slots_dir=Path(hydra_cfg.sweep.dir) / ".gpu-slots" if hydra_cfg.mode == RunMode.MULTIRUN else None,
+        cpu_threads=cpu_share(hydra_cfg.launcher),
+        gpu_slots_dir=(Path(hydra_cfg.sweep.dir) / ".gpu-slots"
+                       if hydra_cfg.mode == RunMode.MULTIRUN and uses_gpu_slots(hydra_cfg.launcher) else None),
     )
     status = summary["status"]
     if summary.get("skipped"):

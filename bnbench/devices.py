@@ -38,11 +38,53 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def set_threads(requested: int | None, workers: int = 1) -> int:
-    """Intra-op threads for this process: ``requested``, or the cores divided among the
-    launcher's parallel workers (BNBENCH_WORKERS overrides the worker count)."""
-    workers = max(1, int(os.environ.get("BNBENCH_WORKERS", workers)))
-    threads = requested or max(1, usable_cores() // workers)
+def launcher_kind(launcher) -> str:
+    """basic | joblib | submitit_local | slurm | ray | other, from the launcher's _target_."""
+    target = str((launcher or {}).get("_target_", ""))
+    for suffix, kind in (("BasicLauncher", "basic"), ("JoblibLauncher", "joblib"), ("LocalLauncher", "submitit_local"),
+                         ("SlurmLauncher", "slurm"), ("RayLauncher", "ray")):
+        if target.endswith(suffix):
+            return kind
+    return "other"
+
+
+def parallel_jobs(launcher) -> int:
+    """How many of a sweep's jobs run at once on one machine's cores."""
+    kind, cores = launcher_kind(launcher), usable_cores()
+    if kind == "joblib":
+        n_jobs = int(launcher.get("n_jobs") or 1)
+        return max(1, cores + 1 + n_jobs if n_jobs < 0 else n_jobs)  # joblib: -1 = all, -2 = all but one
+    if kind == "ray":
+        return max(1, int(cores // max(1, (launcher.get("ray") or {}).get("remote", {}).get("num_cpus") or 1)))
+    if kind == "submitit_local":
+        return max(1, cores // max(1, int(launcher.get("cpus_per_task") or 1)))
+    return 1
+
+
+def cpu_share(launcher) -> int | None:
+    """Threads one job may use: its launcher's share of the cores, or None (all usable cores,
+    as for one job at a time, or a Slurm job whose cores Slurm pins)."""
+    kind = launcher_kind(launcher)
+    if kind == "joblib":
+        return max(1, usable_cores() // parallel_jobs(launcher))
+    if kind == "submitit_local":  # every job starts at once, unpinned
+        return max(1, int(launcher.get("cpus_per_task") or 1))
+    if kind == "ray":  # Ray's OMP_NUM_THREADS reaches a reused worker after torch has read it
+        return max(1, int((launcher.get("ray") or {}).get("remote", {}).get("num_cpus") or 1))
+    return None
+
+
+def uses_gpu_slots(launcher) -> bool:
+    """Slurm and Ray give each job its own GPU (CUDA_VISIBLE_DEVICES); local launchers don't."""
+    return launcher_kind(launcher) in ("basic", "joblib", "submitit_local", "other")
+
+
+def set_threads(requested: int | None, share: int | None = None) -> int:
+    """Intra-op threads for this process: ``requested``, else the launcher's ``share`` of the
+    cores, else all usable cores divided by BNBENCH_WORKERS (default 1; for bnbench processes
+    started by hand side by side)."""
+    workers = max(1, int(os.environ.get("BNBENCH_WORKERS", "1")))
+    threads = requested or share or max(1, usable_cores() // workers)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

@@ -65,6 +65,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> dict[str, A
     try:
         return _run(cfg, run_dir, **kwargs)
     finally:
+        release_gpu_slot()
         handle.close()
 
 
@@ -74,13 +75,13 @@ def _run(
     overrides: list[str] | None = None,
     choices: Mapping[str, Any] | None = None,
     console_progress: bool = True,
-    workers: int = 1,
+    cpu_threads: int | None = None,
     gpu_slots_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train the run ``cfg`` describes and write its record into ``run_dir``; return the summary.
 
     ``console_progress=False`` (sweeps) sends the per-evaluation lines to run.log only;
-    ``workers`` (parallel jobs on this machine) sets the CPU threads; ``gpu_slots_dir`` makes
+    ``cpu_threads`` is this job's share of the cores under its launcher; ``gpu_slots_dir`` makes
     a sweep's job claim a GPU slot (see devices.py).
 
     A run folder that already holds a finished record of the same run (same identity hash) is
@@ -129,7 +130,7 @@ def _run(
         device = job_device(cfg.trainer.device, gpu_slots_dir, cfg.trainer.jobs_per_gpu)
         summary["device"] = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
         if device.type == "cpu":
-            summary["threads"] = set_threads(cfg.trainer.threads, workers)
+            summary["threads"] = set_threads(cfg.trainer.threads, cpu_threads)
         seed_everything(cfg.seed)
         data = load_dataset(cfg, device)
         model = build_model(cfg, data.in_shape, data.num_classes).to(device)
@@ -162,7 +163,6 @@ def _run(
     else:
         (run_dir / diagnostics.FILE).unlink(missing_ok=True)
     records.write_json(run_dir / records.SUMMARY, summary)  # last: its status marks the run finished
-    release_gpu_slot()
     return summary
 
 

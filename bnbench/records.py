@@ -111,17 +111,23 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
 
 
 def library_versions() -> dict[str, str]:
-    import hydra
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
-    import torchvision
 
     from bnbench import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)  # without importing it: torchvision's import costs seconds per worker
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
         "bnbench": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "hydra": hydra.__version__,
+        "torchvision": installed("torchvision"),
+        "hydra": installed("hydra-core"),
         "cuda": torch.version.cuda or "none",
     }

@@ -19,7 +19,8 @@ from rich.console import Console
 from omegaconf import DictConfig
 
 from bnbench import records, report
-from bnbench.app import FAIL_FAST_MARKER, launcher_workers
+from bnbench.app import FAIL_FAST_MARKER
+from bnbench.devices import parallel_jobs
 from bnbench.experiment import FINISHED
 from bnbench.progress import SweepMonitor
 
@@ -71,7 +72,7 @@ class SweepReport(Callback):
         global _monitor
         console = Console()
         if console.is_terminal and not config.sweep.quiet:
-            _monitor = SweepMonitor(sweep_dir, planned_runs(config), self.finished_before, launcher_workers(config),
+            _monitor = SweepMonitor(sweep_dir, planned_runs(config), self.finished_before, parallel_jobs(config.hydra.get("launcher")),
                                     console)
             _monitor.start()
 

@@ -9,7 +9,6 @@ import time
 import torch
 
 from bnbench import devices
-from bnbench.app import launcher_workers
 
 
 def _hold(path):
@@ -23,20 +22,29 @@ def test_threads_are_the_cores_shared_among_workers(monkeypatch):
     monkeypatch.setattr(devices, "usable_cores", lambda: 8)
     before = torch.get_num_threads()
     try:
-        assert devices.set_threads(None, workers=4) == 2
-        assert devices.set_threads(None, workers=16) == 1
-        assert devices.set_threads(3, workers=4) == 3  # an explicit setting wins
+        joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
+        assert devices.set_threads(None, devices.cpu_share({**joblib, "n_jobs": 4})) == 2
+        assert devices.set_threads(None, devices.cpu_share({**joblib, "n_jobs": 16})) == 1
+        assert devices.set_threads(None, devices.cpu_share({**joblib, "n_jobs": -1})) == 1
+        assert devices.set_threads(None, devices.cpu_share({**joblib, "n_jobs": -2})) == 1  # 7 workers
+        assert devices.set_threads(3, 2) == 3  # an explicit trainer.threads wins
+        assert devices.set_threads(None, None) == 8  # one job at a time: every core
         monkeypatch.setenv("BNBENCH_WORKERS", "8")
-        assert devices.set_threads(None, workers=1) == 1
+        assert devices.set_threads(None, None) == 1
     finally:
         torch.set_num_threads(before)
 
 
-def test_launcher_workers():
-    assert launcher_workers({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}) == 1
-    assert launcher_workers({"n_jobs": 3}) == 3
-    assert launcher_workers({"n_jobs": -1}) == devices.usable_cores()
-    assert launcher_workers(None) == 1
+def test_launcher_shares(monkeypatch):
+    monkeypatch.setattr(devices, "usable_cores", lambda: 8)
+    basic = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -2}
+    local = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "cpus_per_task": 2}
+    slurm = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 4}
+    ray = {"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher", "ray": {"remote": {"num_cpus": 2}}}
+    assert [devices.parallel_jobs(x) for x in (basic, joblib, local, slurm, ray, None)] == [1, 7, 4, 1, 4, 1]
+    assert [devices.cpu_share(x) for x in (basic, joblib, local, slurm, ray)] == [None, 1, 2, None, 2]
+    assert [devices.uses_gpu_slots(x) for x in (basic, joblib, local, slurm, ray)] == [True, True, True, False, False]
 
 
 def test_gpu_slots_spread_jobs_one_per_gpu_then_pack(tmp_path):

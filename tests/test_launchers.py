@@ -1,0 +1,111 @@
+"""Hydra launcher plugins, end to end through the ``bnbench`` CLI in a subprocess.
+
+Each sweep trains the same two tiny runs (digits, 1 epoch, one torch thread per run). With the
+thread count fixed, a run's numbers cannot depend on which process ran it or what ran beside
+it, so every launcher must reproduce the sequential (basic launcher) records run for run,
+exactly. The presets under test live in conf/hydra/launcher/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_cli
+
+GRID = ["dataset=digits", "trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false",
+        "norm=none,bn_before", "seed=0"]
+
+
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def bnbench(*args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True):
+    proc = run_cli(*args, cwd=cwd, env=env)
+    if check:
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def sweep(tmp: Path, name: str, *launcher: str, env: dict[str, str] | None = None) -> Path:
+    bnbench("run", "-m", *launcher, f"results_dir={tmp}", f"sweep.name={name}", *GRID, cwd=tmp, env=env)
+    return tmp / name
+
+
+def outcomes(sweep_dir: Path) -> dict[str, dict]:
+    """Final metrics of each run, keyed by its folder (the override_dirname)."""
+    out = {}
+    for path in sorted(sweep_dir.glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        assert summary["status"] == "completed", f"{path.parent.name}: {summary['error']}"
+        out[path.parent.name] = summary["final"]
+    assert (sweep_dir / "results.csv").is_file(), "the SweepReport callback did not run"
+    return out
+
+
+def launcher_cfg(sweep_dir: Path) -> dict:
+    return yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["launcher"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, dict]:
+    """The sequential sweep every launcher is compared with."""
+    tmp = tmp_path_factory.mktemp("basic")
+    result = outcomes(sweep(tmp, "basic"))
+    assert len(result) == 2 and all(0 < r["test_acc"] <= 1 for r in result.values())
+    return result
+
+
+def test_joblib_two_workers_match_sequential(tmp_path, reference):
+    sweep_dir = sweep(tmp_path, "joblib", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2")
+    cfg = launcher_cfg(sweep_dir)
+    assert cfg["_target_"].endswith("JoblibLauncher") and cfg["n_jobs"] == 2
+    assert outcomes(sweep_dir) == reference
+
+
+def test_submitit_local_matches_sequential(tmp_path, reference):
+    sweep_dir = sweep(tmp_path, "submitit", "hydra/launcher=slurm_local")
+    assert launcher_cfg(sweep_dir)["_target_"].endswith("submitit_launcher.LocalLauncher")
+    # Each job went through submitit: a pickled submission and its result per job.
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
+    assert outcomes(sweep_dir) == reference
+
+
+def test_slurm_preset_submits_the_expected_sbatch_script(tmp_path):
+    """No cluster here: stand-ins for srun (submitit looks for it) and sbatch (keeps the
+    submission file it is given, then refuses the job) show what the preset would submit."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$FAKE_SBATCH_COPY"\necho "fake sbatch: refused" >&2\nexit 1\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    copy = tmp_path / "submitted.sh"
+    proc = bnbench("run", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"results_dir={tmp_path}",
+                   "sweep.name=slurm", *GRID, cwd=tmp_path, check=False,
+                   env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SBATCH_COPY": str(copy)})
+    assert proc.returncode != 0 and "fake sbatch: refused" in proc.stdout + proc.stderr
+    script = copy.read_text()
+    for line in ["--array=0-1%2", "--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=4", "--mem=16GB",
+                 "--time=120", "--ntasks-per-node=1"]:
+        assert f"#SBATCH {line}\n" in script, f"#SBATCH {line} missing from:\n{script}"
+    assert "-m submitit.core._submit" in script
+    assert not list((tmp_path / "slurm").glob("*/summary.json")), "nothing should have run locally"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_module("hydra_plugins.hydra_ray_launcher"),
+                    reason="hydra-ray-launcher is not installed (pip install 'bnbench[ray]')")
+def test_ray_local_matches_sequential(tmp_path, reference):
+    sweep_dir = sweep(tmp_path, "ray", "hydra/launcher=ray_local",
+                      env={"RAY_USAGE_STATS_ENABLED": "0"})  # no usage report attempts offline
+    assert launcher_cfg(sweep_dir)["_target_"].endswith("RayLauncher")
+    assert outcomes(sweep_dir) == reference
