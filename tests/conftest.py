@@ -27,6 +27,35 @@ def make_cfg(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
+class CutOff(Exception):
+    """Raised from inside training, as if the process died right after an evaluation."""
+
+
+def train_until(cfg, checkpoint=None, stop_after_evals=None):
+    """Build and train the model ``cfg`` describes on CPU; with ``stop_after_evals``, raise
+    CutOff after that many evaluations. Returns (model, TrainResult)."""
+    from bnbench.data import load_dataset
+    from bnbench.models import build_model
+    from bnbench.train import train
+
+    torch.manual_seed(cfg.seed)
+    cpu = torch.device("cpu")
+    data = load_dataset(cfg, cpu)
+    model = build_model(cfg, data.in_shape, data.num_classes)
+    evals = []
+
+    def on_eval(row):
+        evals.append(row)
+        if stop_after_evals is not None and len(evals) == stop_after_evals:
+            raise CutOff
+
+    return model, train(model, data, cfg, cpu, on_eval=on_eval, checkpoint=checkpoint)
+
+
+def without_wall_time(rows):
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "BNBENCH_RESULTS": str(cwd / "results"), "COLUMNS": "200", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)

@@ -14,12 +14,11 @@ import yaml
 from torch import nn
 
 from bnbench import diagnostics, records, report
-from bnbench.data import load_dataset
 from bnbench.diagnostics import Diagnostics, find_layers
 from bnbench.experiment import run_experiment
 from bnbench.models import build_model
-from bnbench.train import Checkpoint, train
-from conftest import make_cfg
+from bnbench.train import Checkpoint
+from conftest import CutOff, make_cfg, train_until, without_wall_time
 
 CPU = torch.device("cpu")
 QUICK = ("trainer.threads=1", "trainer.log_progress=false")
@@ -171,29 +170,11 @@ def test_train_and_eval_mode_accuracy_differ_only_by_bn_and_leave_no_trace():
     assert model.training and bn.training and model[0][3].training
 
 
-def _train(cfg, checkpoint=None, stop_after_evals=None):
-    torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg, CPU)
-    model = build_model(cfg, data.in_shape, data.num_classes)
-    evals = []
-
-    def on_eval(row):
-        evals.append(row)
-        if stop_after_evals is not None and len(evals) == stop_after_evals:
-            raise KeyboardInterrupt  # as if the process died here
-
-    return model, train(model, data, cfg, CPU, on_eval=on_eval, checkpoint=checkpoint)
-
-
-def _strip(rows):
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
-
-
 def test_diagnostics_do_not_change_training_and_remove_their_hooks():
     common = ("norm=bn_before", "trainer.steps=30", "trainer.eval_every=10", "trainer.dropout=0.2", *QUICK)
-    plain_model, plain = _train(make_cfg(*common))
-    diag_model, probed = _train(make_cfg(*common, "diagnostics.enabled=true", "diagnostics.every=15"))
-    assert _strip(probed.history) == _strip(plain.history)
+    plain_model, plain = train_until(make_cfg(*common))
+    diag_model, probed = train_until(make_cfg(*common, "diagnostics.enabled=true", "diagnostics.every=15"))
+    assert without_wall_time(probed.history) == without_wall_time(plain.history)
     for a, b in zip(plain_model.state_dict().values(), diag_model.state_dict().values()):
         assert torch.equal(a, b)
     assert plain.diagnostics == []
@@ -206,11 +187,11 @@ def test_diagnostics_do_not_change_training_and_remove_their_hooks():
 def test_diagnostics_resume_exactly(tmp_path):
     cfg = make_cfg("norm=bn_before", "trainer.steps=60", "trainer.eval_every=10", "diagnostics.enabled=true",
                    "diagnostics.every=7", *QUICK)
-    _, reference = _train(cfg)
+    _, reference = train_until(cfg)
     checkpoint = Checkpoint(tmp_path / "checkpoint.pt", run_id="r", every=1)
-    with pytest.raises(KeyboardInterrupt):
-        _train(cfg, checkpoint, stop_after_evals=3)
-    _, resumed = _train(cfg, checkpoint)
+    with pytest.raises(CutOff):
+        train_until(cfg, checkpoint, stop_after_evals=3)
+    _, resumed = train_until(cfg, checkpoint)
     assert resumed.resumed_from_step == 20  # the checkpoint of evaluation 2
     assert resumed.diagnostics == reference.diagnostics
 

@@ -12,33 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
-from bnbench.data import load_dataset
-from bnbench.models import build_model
-from bnbench.train import Checkpoint, train
-from conftest import make_cfg, run_cli
-
-CPU = torch.device("cpu")
-
-
-class CutOff(Exception):
-    pass
-
-
-def _train(cfg, checkpoint=None, stop_after_evals=None):
-    torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg, CPU)
-    model = build_model(cfg, data.in_shape, data.num_classes)
-    evals = []
-
-    def on_eval(row):
-        evals.append(row)
-        if stop_after_evals is not None and len(evals) == stop_after_evals:
-            raise CutOff  # as if the process died right after this evaluation
-
-    return train(model, data, cfg, CPU, on_eval=on_eval, checkpoint=checkpoint)
-
+from bnbench.train import Checkpoint
+from conftest import CutOff, make_cfg, run_cli, train_until, without_wall_time
 
 @pytest.mark.parametrize("overrides", [
     ("trainer.epochs=4",),  # checkpoints at epoch boundaries
@@ -47,22 +23,21 @@ def _train(cfg, checkpoint=None, stop_after_evals=None):
 ])
 def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, overrides):
     cfg = make_cfg("norm=bn_before", "trainer.threads=1", "trainer.log_progress=false", *overrides)
-    reference = _train(cfg)
+    _, reference = train_until(cfg)
     checkpoint = Checkpoint(tmp_path / "checkpoint.pt", run_id="r1", every=1)
     with pytest.raises(CutOff):
-        _train(cfg, checkpoint, stop_after_evals=3)
+        train_until(cfg, checkpoint, stop_after_evals=3)
     assert checkpoint.path.is_file()
-    resumed = _train(cfg, checkpoint)
+    _, resumed = train_until(cfg, checkpoint)
     assert resumed.resumed_from_step > 0
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
-    assert strip(resumed.history) == strip(reference.history)
+    assert without_wall_time(resumed.history) == without_wall_time(reference.history)
 
 
 def test_checkpoint_of_another_run_is_ignored(tmp_path):
     cfg = make_cfg("trainer.epochs=2", "trainer.threads=1", "trainer.log_progress=false")
     with pytest.raises(CutOff):
-        _train(cfg, Checkpoint(tmp_path / "c.pt", run_id="old", every=1), stop_after_evals=1)
-    fresh = _train(cfg, Checkpoint(tmp_path / "c.pt", run_id="new", every=1))
+        train_until(cfg, Checkpoint(tmp_path / "c.pt", run_id="old", every=1), stop_after_evals=1)
+    _, fresh = train_until(cfg, Checkpoint(tmp_path / "c.pt", run_id="new", every=1))
     assert fresh.resumed_from_step == 0
 
 
