@@ -10,7 +10,6 @@ composition (before any training) with Hydra's own message. Names that pick an i
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,10 +159,11 @@ def config_dir() -> Path:
     env = os.environ.get("BNBENCH_CONFIG_DIR")
     if env:
         return Path(env).resolve()
-    repo_conf = Path(__file__).resolve().parent.parent / "conf"
+    package = Path(__file__).resolve().parent
+    repo_conf = package.parent / "conf"  # a checkout (editable install)
     if (repo_conf / "config.yaml").is_file():
         return repo_conf
-    return Path(str(importlib.resources.files("bnbench.conf")))
+    return package / "conf"  # a wheel ships conf/ as bnbench/conf (pyproject.toml)
 
 
 def validate(cfg: DictConfig) -> None:

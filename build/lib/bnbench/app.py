@@ -1,0 +1,76 @@
+"""The Hydra application: composes the config, then runs one job.
+
+``bnbench run`` hands its arguments to :func:`main` unchanged, so every Hydra feature
+(overrides, ``-m`` multirun, ``hydra.sweeper.params`` grids, launcher plugins, ``--cfg``)
+works as Hydra documents it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from bnbench.config import config_dir, register_configs
+from bnbench.devices import cpu_share, uses_gpu_slots
+from bnbench.experiment import run_experiment
+
+log = logging.getLogger("bnbench")
+register_configs()
+
+FAIL_FAST_MARKER = ".fail-fast-stop"
+
+
+class FailFast(RuntimeError):
+    """A run failed and the sweep was started with --fail-fast."""
+
+
+# Summary of the last single (non-multirun) run in this process, for the CLI.
+last_run: dict[str, Any] | None = None
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    global last_run
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    # --fail-fast: launchers start a whole batch of jobs at once, so the first failure leaves a
+    # marker in the sweep folder and the jobs after it return without running.
+    stop_marker = Path(hydra_cfg.sweep.dir) / FAIL_FAST_MARKER
+    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.sweep.fail_fast and stop_marker.exists():
+        log.info("cancelled: an earlier run failed (--fail-fast)")
+        return {"status": "cancelled"}
+    summary = run_experiment(
+        cfg,
+        run_dir,
+        overrides=list(hydra_cfg.overrides.task),
+        choices=OmegaConf.to_container(hydra_cfg.runtime.choices),
+        console_progress=hydra_cfg.mode == RunMode.RUN,
+        cpu_threads=cpu_share(hydra_cfg.launcher),
+        gpu_slots_dir=(Path(hydra_cfg.sweep.dir) / ".gpu-slots"
+                       if hydra_cfg.mode == RunMode.MULTIRUN and uses_gpu_slots(hydra_cfg.launcher) else None),
+    )
+    status = summary["status"]
+    if summary.get("skipped"):
+        return summary
+    if status == "failed":
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run's error is printed once, by the CLI
+            log.error("failed: %s", summary["error"])
+    else:
+        final, best = summary["final"], summary["best"]
+        log.info(
+            "%s: test acc %.2f%% (best %.2f%% at epoch %.2f), train loss %.4f, %.1fs, %s",
+            status, 100 * final["test_acc"], 100 * best["test_acc"], best["epoch"], final["train_loss"],
+            summary["wall_s"], run_dir if hydra_cfg.mode == RunMode.RUN else run_dir.name,
+        )
+    if hydra_cfg.mode == RunMode.RUN:
+        last_run = summary
+    elif status == "failed" and cfg.sweep.fail_fast:
+        stop_marker.touch()
+        raise FailFast(f"{run_dir.name}: {summary['error']} (bnbench report {run_dir.parent} tabulates what ran)")
+    return summary

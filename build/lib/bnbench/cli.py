@@ -1,0 +1,227 @@
+"""The ``bnbench`` command: a thin layer that hands overrides to Hydra and prints results."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+import yaml
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
+
+from bnbench import __version__
+from bnbench.config import config_dir
+
+app = typer.Typer(
+    help="Ablation studies of batch normalization: placement x activation x optimizer x model, "
+    "configured with Hydra.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (logs, CI) gets wide tables instead of Rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    # soft_wrap: one line, however narrow the terminal, so logs and greps see the whole message
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra's messages span lines (e.g. the list of options); keep them on one."""
+    lines = str(err).splitlines()
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        lines.append(str(err.__cause__).splitlines()[0])
+    text, listing = "", False
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("Config search path"):
+            break
+        if listing and raw.startswith(("\t", " ")):
+            text += (" " if text.endswith(":") else ", ") + line
+            continue
+        text += ("" if not text else " " if text.endswith((".", ":")) else ". ") + line
+        listing = line.endswith(":")
+    return text
+
+
+def _results_dir(overrides: list[str]) -> Path:
+    for item in overrides:
+        if item.lstrip("+").startswith("results_dir="):
+            return Path(item.split("=", 1)[1])
+    return Path(os.environ.get("BNBENCH_RESULTS", "results"))
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before any training if results cannot be saved (nothing is lost at the end)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".bnbench-write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        fail(f"cannot write to the results folder {folder} ({err.strerror or err}); "
+             "choose another with results_dir=PATH or BNBENCH_RESULTS")
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        console.print(f"bnbench {__version__}")
+        raise typer.Exit()
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def run(
+    overrides: Optional[List[str]] = typer.Argument(
+        None,
+        help="Hydra overrides: group=option (norm=bn_after), key=value (optimizer.lr=0.05), "
+        "comma lists to sweep with -m (seed=0,1,2). Hydra flags such as --cfg job pass through.",
+        show_default=False,
+    ),
+    multirun: bool = typer.Option(
+        False, "--multirun", "-m",
+        help="Sweep: run every combination of the comma lists, plus the default grid "
+        "(norm x 3 seeds) unless overridden; ends with a table per cell. Running the same "
+        "sweep again skips finished runs and resumes cut-off ones.",
+    ),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop a sweep at the first failed run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="No live display: one line per finished run (for logs; automatic when "
+                               "output is not a terminal)."),
+) -> None:
+    """Train one run (or, with -m, a sweep) and record it under results/.
+
+    \b
+    Examples:
+      bnbench run                                   one run with the defaults
+      bnbench run norm=none activation=sigmoid      one run, two overrides
+      bnbench run -m                                the default grid: norm x 3 seeds
+      bnbench run -m ablation=activations           a preset grid from conf/ablation/
+      bnbench run -m activation=relu,tanh seed=0,1  your own grid
+    """
+    overrides = list(overrides or [])
+    _check_writable(_results_dir(overrides))
+    from bnbench import app as hydra_app
+    from bnbench import sweep
+
+    if fail_fast:
+        overrides.append("sweep.fail_fast=true")
+    if quiet:
+        overrides.append("sweep.quiet=true")
+    os.environ["BNBENCH_COMMAND"] = " ".join(shlex.quote(a) for a in ["bnbench", *sys.argv[1:]])
+    sys.argv = ["bnbench", *(["--multirun"] if multirun else []), *overrides]
+    hydra_app.last_run, sweep.last_sweep = None, None
+    # Let Hydra's exceptions reach us, so each ends as one line here rather than a trace.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_app.main()
+    except KeyboardInterrupt:
+        fail("interrupted; the current run saved a checkpoint: run the same command again to resume", code=130)
+    except hydra_app.FailFast as err:
+        fail(f"stopped at the first failed run (--fail-fast): {err}")
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(_one_line(err))
+    finally:
+        sweep.stop_monitor()  # the live view, if an error ended the sweep before its last callback
+    if multirun:
+        tables = sweep.last_sweep
+        if tables is not None and len(tables.failed_runs):
+            fail(f"{len(tables.failed_runs)} of {len(tables.runs)} runs failed; first error: "
+                 f"{tables.failed_runs['error'].iloc[0]}")
+    elif hydra_app.last_run is not None and hydra_app.last_run["status"] == "failed":
+        fail(hydra_app.last_run["error"])
+
+
+@app.command()
+def report(
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder (the one `bnbench run -m` printed)."),
+    metric: str = typer.Option("final_test_acc", "--metric",
+                               help="final_test_acc, best_test_acc, final_train_loss, final_test_loss or "
+                               "final_train_acc."),
+    baseline: Optional[List[str]] = typer.Option(
+        None, "--baseline", help="Cell to compare against, e.g. norm=none (repeat for several keys). "
+        "Default: norm=none when norm is swept. --baseline '' turns comparisons off."),
+    target_acc: Optional[float] = typer.Option(None, "--target-acc",
+                                               help="Report the time to reach this test accuracy (0-1) instead."),
+    time_unit: str = typer.Option("epochs", "--time-unit", help="epochs, steps or seconds (with --target-acc)."),
+    confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999, help="Confidence level of intervals."),
+    formats: List[str] = typer.Option(["md", "csv"], "--format", help="md, csv, latex (repeat for several)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Render learning curves and the cell chart."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the files without printing the tables."),
+) -> None:
+    """Rebuild the tables, statistics and plots of a finished or partial sweep from its run records."""
+    from bnbench import records
+    from bnbench import report as report_mod
+
+    base: Optional[dict] = None
+    if baseline:
+        base = records.parse_overrides([b for b in baseline if b])
+        if not base and any(b for b in baseline):
+            fail(f"--baseline {baseline[0]!r}: expected key=value, e.g. --baseline norm=none")
+    if time_unit not in ("epochs", "steps", "seconds"):
+        fail(f"--time-unit {time_unit!r}: choose epochs, steps or seconds")
+    fmt = tuple(f.strip() for item in formats for f in item.split(",") if f.strip())
+    options = report_mod.ReportOptions(metric=metric, baseline=base, confidence=confidence, target_acc=target_acc,
+                                       time_unit=time_unit, formats=fmt, plots=plots)
+    try:
+        tables = report_mod.build(sweep_dir, options)
+        written = report_mod.write(tables, options)
+    except report_mod.ReportError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"cannot write the report into {sweep_dir} ({err.strerror or err})")
+    if not quiet:
+        report_mod.print_tables(tables, console)
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+
+
+def _describe(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and "@package" not in line:
+            return line.lstrip("# ").strip()
+    return ""
+
+
+@app.command("list")
+def list_configs() -> None:
+    """Show every config group, its options and the default choice."""
+    root = config_dir()
+    defaults: dict[str, str] = {}
+    for entry in (yaml.safe_load((root / "config.yaml").read_text()) or {}).get("defaults", []):
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                defaults[key] = "null" if value is None else str(value)
+    table = Table(title=f"config groups in {root}", title_justify="left", show_lines=True)
+    table.add_column("group", style="bold")
+    table.add_column("option")
+    table.add_column("description")
+    groups = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra" and not p.name.startswith("_"))
+    if (root / "hydra" / "launcher").is_dir():
+        groups.append(root / "hydra" / "launcher")
+    for group in groups:
+        name = group.relative_to(root).as_posix()
+        for i, option in enumerate(sorted(group.glob("*.yaml"))):
+            mark = " (default)" if defaults.get(name) == option.stem else ""
+            table.add_row(name if i == 0 else "", option.stem + mark, _describe(option))
+    console.print(table)
+    console.print("hydra/launcher: basic (default, one run at a time) or a preset above; the plugins' own "
+                  "joblib, submitit_local, submitit_slurm and ray work too.", style="dim")
+    console.print("Any key can be overridden too: `bnbench run --cfg job` prints the full config.", style="dim")
+
+
+if __name__ == "__main__":
+    app()

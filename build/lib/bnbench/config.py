@@ -1,0 +1,208 @@
+"""Typed run configuration.
+
+The YAML files under ``conf/`` are the vocabulary users sweep over; the dataclasses here are
+their schema. They are registered in Hydra's ConfigStore as ``base_config`` and sit first in
+``conf/config.yaml``'s defaults list, so a misspelt key or a value of the wrong type fails at
+composition (before any training) with Hydra's own message. Names that pick an implementation
+(activation, optimizer, dataset, model) are checked against the code's tables by
+:func:`validate`, also before training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; its message is shown to the user as one line."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"  # mlp | alexnet
+    # MLP: `depth` hidden layers of `width` units (3x100 as in Ioffe & Szegedy 2015, sec. 4.1).
+    depth: int = 3
+    width: int = 100
+    # AlexNet-style CNN: five conv layers and two hidden FC layers before the classifier.
+    channels: List[int] = field(default_factory=lambda: [32, 64, 96, 96, 64])
+    fc_width: int = 256
+    # Weight init: "default" (PyTorch's) or "gaussian" (N(0, init_std^2), biases zero).
+    init: str = "default"
+    init_std: float = 0.01
+
+
+@dataclass
+class NormConfig:
+    # none | before (Linear/Conv -> BN -> act) | after (Linear/Conv -> act -> BN)
+    placement: str = "before"
+    # PyTorch convention: running = (1 - momentum) * running + momentum * batch_stat,
+    # so PyTorch's 0.1 is Keras' 0.9. The running variance uses the unbiased estimate.
+    momentum: float = 0.1
+    eps: float = 1e-5
+    affine: bool = True
+    # Drop the bias of a Linear/Conv whose output goes straight into BN (its mean is
+    # subtracted anyway; BN's beta takes its role). Only affects placement=before.
+    drop_bias: bool = False
+
+
+@dataclass
+class ActivationConfig:
+    name: str = "relu"
+    # Keyword arguments for the torch.nn module, e.g. {negative_slope: 0.01} for leaky_relu.
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"  # sgd | momentum | nesterov | adam | adamw | rmsprop
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # used by momentum, nesterov and rmsprop
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    alpha: float = 0.99  # rmsprop smoothing constant
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "digits"
+    # Where torchvision looks for (and downloads) files; BNBENCH_DATA overrides the default.
+    root: str = "${oc.env:BNBENCH_DATA,data}"
+    download: bool = True
+    # Optional subsets (first N after a seeded shuffle) for quick runs; null = all.
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    # Standardize inputs per channel with the training set's mean and std.
+    normalize: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    # If set, train for this many optimizer steps instead of `epochs`.
+    steps: Optional[int] = None
+    batch_size: int = 60
+    # Evaluate on the test set every N steps; null = once per epoch.
+    eval_every: Optional[int] = None
+    eval_batch_size: int = 2000
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Torch intra-op threads on CPU; null = auto (the cores divided among parallel workers).
+    threads: Optional[int] = None
+    # In a sweep on GPUs, how many jobs share one GPU (each job claims a GPU slot).
+    jobs_per_gpu: int = 1
+    dropout: float = 0.0
+    lr_schedule: str = "constant"  # constant | cosine
+    # A training loss that is not finite, or above this value, ends the run as "diverged"
+    # (cross-entropy starts near ln(classes); a saturated sigmoid net can blow it up to 1e7
+    # without ever producing NaN). null: only non-finite losses count.
+    diverge_above: Optional[float] = 1000.0
+    # Save a resumable checkpoint every N evaluations (0 = never). A rerun of a run that was
+    # cut off continues from it and reaches the same final metrics.
+    checkpoint_every: int = 1
+    # Print one line per evaluation.
+    log_progress: bool = True
+
+
+@dataclass
+class SweepConfig:
+    # Name of the sweep folder under results_dir (default: a timestamp).
+    name: str = "${now:%Y-%m-%d_%H-%M-%S}"
+    # Stop the sweep at the first failed run (bnbench run -m --fail-fast).
+    fail_fast: bool = False
+    # No live display, only a line per finished run (bnbench run -m --quiet; logs and CI).
+    quiet: bool = False
+
+
+@dataclass
+class DiagnosticsConfig:
+    # Per-layer diagnostics into diagnostics.csv: gradient norms, pre-activation statistics,
+    # percentiles of the input to the nonlinearity, saturated/dead units, BN batch vs running
+    # statistics, train- vs eval-mode accuracy. Off: no cost at all.
+    enabled: bool = False
+    every: int = 100  # steps between diagnostics steps (step 1 is always one)
+    unit: int = 0  # the unit (channel) of each layer whose own percentiles are recorded
+    # Train- vs eval-mode accuracy is measured on the first probe_batches x trainer.batch_size
+    # test samples (2 batches keep the cost within a few % of a run; more: less noise).
+    probe_batches: int = 2
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    activation: ActivationConfig = field(default_factory=ActivationConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    seed: int = 0
+    results_dir: str = "${oc.env:BNBENCH_RESULTS,results}"
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def config_dir() -> Path:
+    """The folder holding config.yaml and the config groups.
+
+    An editable install maps ``bnbench.conf`` onto the repository's ``conf/``; a regular
+    install ships a copy. BNBENCH_CONFIG_DIR points elsewhere (e.g. a lab's own presets).
+    """
+    env = os.environ.get("BNBENCH_CONFIG_DIR")
+    if env:
+        return Path(env).resolve()
+    package = Path(__file__).resolve().parent
+    repo_conf = package.parent / "conf"  # a checkout (editable install)
+    if (repo_conf / "config.yaml").is_file():
+        return repo_conf
+    return package / "conf"  # a wheel ships conf/ as bnbench/conf (pyproject.toml)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the names that select code, so a typo fails before any data is loaded."""
+    from bnbench.data import DATASETS
+    from bnbench.models import ACTIVATIONS, MODELS, PLACEMENTS
+    from bnbench.train import LR_SCHEDULES, OPTIMIZERS
+
+    checks = [
+        ("model.name", cfg.model.name, MODELS),
+        ("norm.placement", cfg.norm.placement, PLACEMENTS),
+        ("activation.name", cfg.activation.name, ACTIVATIONS),
+        ("optimizer.name", cfg.optimizer.name, OPTIMIZERS),
+        ("dataset.name", cfg.dataset.name, DATASETS),
+        ("trainer.lr_schedule", cfg.trainer.lr_schedule, LR_SCHEDULES),
+        ("model.init", cfg.model.init, ("default", "gaussian")),
+    ]
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(sorted(allowed))}")
+    positive = {
+        "trainer.batch_size": cfg.trainer.batch_size,
+        "trainer.eval_batch_size": cfg.trainer.eval_batch_size,
+        "model.depth": cfg.model.depth,
+        "model.width": cfg.model.width,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1")
+    if cfg.trainer.steps is None and cfg.trainer.epochs < 1:
+        raise ConfigError("trainer.epochs must be at least 1 (or set trainer.steps)")
+    if cfg.trainer.steps is not None and cfg.trainer.steps < 1:
+        raise ConfigError("trainer.steps must be at least 1")
+    if not 0.0 <= cfg.trainer.dropout < 1.0:
+        raise ConfigError(f"trainer.dropout={cfg.trainer.dropout} must be in [0, 1)")
+    if len(cfg.model.channels) != 5:
+        raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
+    if cfg.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
+    if cfg.diagnostics.enabled and min(cfg.diagnostics.every, cfg.diagnostics.probe_batches) < 1:
+        raise ConfigError(f"diagnostics.every={cfg.diagnostics.every} and diagnostics.probe_batches="
+                          f"{cfg.diagnostics.probe_batches} must be at least 1")

@@ -1,0 +1,155 @@
+"""Model builders: architecture x batch-norm placement x activation.
+
+Every hidden layer is a small ``nn.Sequential`` block whose order *is* the placement:
+
+    none:    Linear/Conv -> act
+    before:  Linear/Conv -> BN -> act        (Ioffe & Szegedy 2015: normalize the pre-activation)
+    after:   Linear/Conv -> act -> BN
+
+so the layer order can be read off (and tested) directly, and diagnostics can hook the input
+of each activation module (the "input to the nonlinearity" of the 2015 paper, Fig. 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+# name -> torch.nn module class; a new activation is one entry here plus conf/activation/NAME.yaml
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "selu": nn.SELU,
+}
+
+PLACEMENTS = ("none", "before", "after")
+
+
+def _hidden_block(
+    layer_cls: type[nn.Module],
+    bn_cls: type[nn.Module],
+    in_dim: int,
+    out_dim: int,
+    norm_cfg,
+    make_act: Callable[[], nn.Module],
+    dropout: nn.Module | None,
+    **layer_kwargs,
+) -> nn.Sequential:
+    placement = norm_cfg.placement
+    # A bias right before BN is cancelled by the mean subtraction; BN's beta replaces it.
+    bias = not (placement == "before" and norm_cfg.drop_bias)
+    layer = layer_cls(in_dim, out_dim, bias=bias, **layer_kwargs)
+
+    def bn() -> nn.Module:
+        return bn_cls(out_dim, eps=norm_cfg.eps, momentum=norm_cfg.momentum, affine=norm_cfg.affine)
+
+    if placement == "before":
+        modules = [layer, bn(), make_act()]
+    elif placement == "after":
+        modules = [layer, make_act(), bn()]
+    else:
+        modules = [layer, make_act()]
+    if dropout is not None:
+        modules.append(dropout)
+    return nn.Sequential(*modules)
+
+
+class MLP(nn.Module):
+    """Fully connected net: `depth` hidden blocks of `width` units, then a linear classifier."""
+
+    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, dropout: float):
+        super().__init__()
+        in_features = math.prod(in_shape)
+        widths = [in_features] + [model_cfg.width] * model_cfg.depth
+        self.flatten = nn.Flatten()
+        self.hidden = nn.Sequential(
+            *[
+                _hidden_block(
+                    nn.Linear, nn.BatchNorm1d, widths[i], widths[i + 1], norm_cfg, make_act,
+                    nn.Dropout(dropout) if dropout > 0 else None,
+                )
+                for i in range(model_cfg.depth)
+            ]
+        )
+        self.head = nn.Linear(widths[-1], num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(self.flatten(x)))
+
+
+class AlexNetStyle(nn.Module):
+    """AlexNet's shape (5 conv + 3 FC, max-pooling after conv 1, 2 and 5) scaled to small images.
+
+    Kernel sizes and pooling follow the input size, so the same config serves 8x8 digits,
+    28x28 MNIST-family and 32x32 CIFAR, with 1 or 3 channels: a pool is applied only while
+    the feature map is at least 4 pixels wide, and an adaptive average pool fixes the
+    classifier's input at no more than 3x3 per channel.
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, dropout: float):
+        super().__init__()
+        in_channels, height, width = in_shape
+        size = min(height, width)
+        channels = [in_channels, *model_cfg.channels]
+        first_kernel = 5 if size >= 16 else 3
+        blocks: list[nn.Module] = []
+        for i in range(5):
+            kernel = first_kernel if i == 0 else 3
+            blocks.append(
+                _hidden_block(nn.Conv2d, nn.BatchNorm2d, channels[i], channels[i + 1], norm_cfg, make_act, None,
+                              kernel_size=kernel, padding=kernel // 2)
+            )
+            if i in (0, 1, 4) and size >= 4:
+                blocks.append(nn.MaxPool2d(2))
+                size //= 2
+        pooled = min(size, 3)
+        blocks.append(nn.AdaptiveAvgPool2d(pooled))
+        self.features = nn.Sequential(*blocks)
+        self.flatten = nn.Flatten()
+        fc_in = channels[-1] * pooled * pooled
+        make_dropout = (lambda: nn.Dropout(dropout)) if dropout > 0 else (lambda: None)
+        self.hidden = nn.Sequential(
+            _hidden_block(nn.Linear, nn.BatchNorm1d, fc_in, model_cfg.fc_width, norm_cfg, make_act, make_dropout()),
+            _hidden_block(nn.Linear, nn.BatchNorm1d, model_cfg.fc_width, model_cfg.fc_width, norm_cfg, make_act,
+                          make_dropout()),
+        )
+        self.head = nn.Linear(model_cfg.fc_width, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(self.flatten(self.features(x))))
+
+
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "alexnet": AlexNetStyle}
+
+
+def _gaussian_init(model: nn.Module, std: float) -> None:
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def build_model(cfg, in_shape: Sequence[int], num_outputs: int) -> nn.Module:
+    """Build the model a run config describes. Uses the global torch RNG for initialization."""
+    act_cls = ACTIVATIONS[cfg.activation.name]
+    act_kwargs = dict(cfg.activation.kwargs or {})
+
+    def make_act() -> nn.Module:
+        return act_cls(**act_kwargs)
+
+    model = MODELS[cfg.model.name](in_shape, num_outputs, cfg.model, cfg.norm, make_act, cfg.trainer.dropout)
+    if cfg.model.init == "gaussian":
+        _gaussian_init(model, cfg.model.init_std)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,246 @@
+"""Figures of a sweep, rendered headless to PNG (matplotlib's Agg backend).
+
+``learning_curves`` reads each run's metrics.csv and draws the mean over completed seeds with
+a t-based confidence band; ``cell_intervals`` draws the per-cell mean and interval of a
+:func:`bnbench.stats.cell_stats` table. Runs that diverged are drawn thin and dashed up to
+where they stopped (they are not in the mean); failed and missing runs are named in the panel
+titles or next to their cell, so no run disappears without a trace.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
+from scipy import stats as st  # noqa: E402
+
+from bnbench import records  # noqa: E402
+from bnbench.stats import STATUSES, higher_is_better, split_cells, with_levels  # noqa: E402
+
+_LABELS = {"test_acc": "test accuracy", "train_acc": "train accuracy", "train_loss": "train loss",
+           "test_loss": "test loss", "final_test_acc": "final test accuracy",
+           "best_test_acc": "best test accuracy", "final_train_loss": "final train loss",
+           "final_test_loss": "final test loss"}
+_MAX_COLS = 4  # panels per row before wrapping, so many levels grow the figure downwards
+
+
+def _label(metric: str) -> str:
+    return _LABELS.get(metric, metric.replace("_", " "))
+
+
+def _is_accuracy(metric: str) -> bool:
+    return "acc" in metric and "_to_acc_" not in metric
+
+
+def _colors(n: int) -> list:
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
+    return [cmap(i) for i in range(n)] if n <= 20 else [cmap(x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
+    try:
+        frame = pd.read_csv(run_dir / records.METRICS)
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+    return frame if len(frame) and "epoch" in frame else None
+
+
+def _mean_band(curves: list[pd.Series], confidence: float) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Mean over seeds per epoch, with a t-interval half-width from scipy (0 where n < 2)."""
+    table = pd.concat(curves, axis=1)
+    n = table.notna().sum(axis=1)
+    mean = table.mean(axis=1)
+    with warnings.catch_warnings():  # single-seed epochs: sem is NaN, replaced by 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sem = pd.Series(st.sem(table, axis=1, nan_policy="omit"), index=table.index)
+    half = pd.Series(st.t.ppf((1 + confidence) / 2, np.maximum(n - 1, 1)), index=table.index) * sem
+    half = half.where(n >= 2, 0.0)
+    return mean, mean - half, mean + half
+
+
+def _limits(metric: str, means: list[float], bands: list[float]) -> tuple[float, float, bool]:
+    """(low, high, log) for a metric row from the completed runs' curves: accuracies span
+    0-100%; losses that span more than a decade get a log axis fitted to the means (a linear
+    t-band reaches below zero there); otherwise the bands fit."""
+    if _is_accuracy(metric) or not means:
+        return -0.03, 1.03, False
+    lo, hi = min(means), max(means)
+    if "loss" in metric and lo > 0 and hi / lo > 10:
+        return lo / 1.5, hi * 1.5, True
+    lo, hi = min(lo, *bands), max(hi, *bands)
+    pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 0.05
+    return lo - pad, hi + pad, False
+
+
+def _format_axis(ax, metric: str, axis: str = "y") -> None:
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    if _is_accuracy(metric):
+        target.set_major_formatter(PercentFormatter(xmax=1.0))
+
+
+def learning_curves(
+    sweep_dir: Path,
+    runs: pd.DataFrame,
+    factors: list[str],
+    out_path: Path,
+    metric: str = "test_acc",
+    panel_factor: str | None = None,
+    confidence: float = 0.95,
+) -> Path:
+    """Per-epoch ``metric`` (top row) and train loss (bottom row) for every cell: one panel
+    per level of ``panel_factor`` (default: the first factor, or a single panel when only one
+    factor varies), one coloured line per combination of the remaining factors, mean over
+    completed seeds with a ``confidence`` band. Returns ``out_path``."""
+    sweep_dir, out_path = Path(sweep_dir), Path(out_path)
+    runs = with_levels(runs, factors)
+    if panel_factor is None and len(factors) > 1:
+        panel_factor = factors[0]
+    if panel_factor is not None and panel_factor not in factors:
+        raise ValueError(f"panel factor {panel_factor!r} is not a swept factor; factors: {factors}")
+    if metric not in records.METRIC_COLUMNS:
+        raise ValueError(f"metric must be a metrics.csv column {records.METRIC_COLUMNS[2:6]}, not {metric!r}")
+    line_factors = [f for f in factors if f != panel_factor]
+    panels = list(runs[panel_factor].cat.categories) if panel_factor else [None]
+    line_keys = list(split_cells(runs, line_factors))  # in the sweep's value order
+    colors = dict(zip(line_keys, _colors(len(line_keys))))
+    rows = list(dict.fromkeys([metric, "train_loss"]))
+    curves = {r: _read_metrics(sweep_dir / str(r)) for r in runs["run"]}
+
+    ncols = min(_MAX_COLS, len(panels))
+    blocks = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(blocks * len(rows), ncols, figsize=(3.6 * ncols + 0.5, 2.7 * blocks * len(rows)),
+                             squeeze=False, sharex=True, layout="constrained")
+    for ax in axes.flat:
+        ax.set_visible(False)
+    by_metric: dict[str, list] = {m: [] for m in rows}  # axes of each metric row, to share limits
+    means: dict[str, list] = {m: [] for m in rows}  # completed curves: what the limits are set from
+    bands: dict[str, list] = {m: [] for m in rows}
+    diverged: list = []  # drawn last, clipped to those limits
+    for i, panel in enumerate(panels):
+        in_panel = runs if panel is None else runs[runs[panel_factor] == panel]
+        cells = split_cells(in_panel, line_factors)
+        for m, row_metric in enumerate(rows):
+            ax = axes[(i // ncols) * len(rows) + m, i % ncols]
+            ax.set_visible(True)
+            by_metric[row_metric].append(ax)
+            for key, cell in cells.items():
+                series = {r: curves[r].set_index("epoch")[row_metric] for r in cell["run"]
+                          if curves[r] is not None and row_metric in curves[r]}
+                done = [series[r] for r in cell.loc[cell["status"] == "completed", "run"] if r in series]
+                if done:
+                    mean, low, high = _mean_band(done, confidence)
+                    if _is_accuracy(row_metric):  # a t-band can pass 0% or 100%; accuracy cannot
+                        low, high = low.clip(0, 1), high.clip(0, 1)
+                    ax.plot(mean.index, mean, color=colors[key], lw=1.6)
+                    ax.fill_between(mean.index, low, high, color=colors[key], alpha=0.18, lw=0)
+                    means[row_metric].extend(mean[np.isfinite(mean)])
+                    bands[row_metric].extend(v for v in (*low, *high) if np.isfinite(v))
+                for r in cell.loc[cell["status"] == "diverged", "run"]:
+                    ok = series[r][np.isfinite(series[r])] if r in series else []
+                    if len(ok):  # NaN from the first evaluation on: nothing to draw
+                        diverged.append((ax, row_metric, ok, colors[key]))
+            ax.grid(alpha=0.3)
+            if i % ncols == 0:
+                ax.set_ylabel(_label(row_metric))
+            else:
+                ax.tick_params(labelleft=False)  # same scale as the first column
+            _format_axis(ax, row_metric)
+            if m == len(rows) - 1:  # bottom of each block: sharex hid the others' labels
+                ax.set_xlabel("epoch")
+                ax.xaxis.set_tick_params(labelbottom=True)
+            if m == 0:
+                title = "all runs" if panel is None else f"{panel_factor} = {panel}"
+                lost = {s: int((in_panel["status"] == s).sum()) for s in STATUSES[1:]}
+                lost = ", ".join(f"{n} {s}" for s, n in lost.items() if n)
+                ax.set_title(title + (f"\n({lost})" if lost else ""), fontsize=10)
+
+    limits = {m: _limits(m, means[m], bands[m]) for m in rows}
+    for m, axs in by_metric.items():
+        for ax in axs:  # one y scale per metric, so panels compare at a glance
+            if limits[m][2]:
+                ax.set_yscale("log")
+            ax.set_ylim(*limits[m][:2])
+    for ax, m, curve, color in diverged:
+        # A loss that exploded before NaN would flatten every other curve: pin it to the edge.
+        lo, hi, _ = limits[m]
+        ax.plot(curve.index, curve.clip(lo, hi), color=color, lw=0.8, ls="--", marker="x",
+                markevery=[len(curve) - 1], clip_on=False)  # the x may sit on the edge
+    handles = [plt.Line2D([], [], color=colors[k], lw=2) for k in line_keys]
+    labels = [" / ".join(k) or "mean over seeds" for k in line_keys]
+    if (runs["status"] == "diverged").any():
+        handles.append(plt.Line2D([], [], color="gray", lw=0.8, ls="--", marker="x"))
+        labels.append("diverged run (not in mean)")
+    if line_factors or len(handles) > len(line_keys):
+        fig.legend(handles, labels, title=" / ".join(line_factors) or None, loc="outside right center",
+                   ncols=math.ceil(len(handles) / 24), fontsize=9, title_fontsize=9, frameon=False)
+    fig.suptitle(f"{sweep_dir.name}: mean over completed seeds, {confidence:.0%} confidence band", fontsize=11)
+    return _save(fig, out_path)
+
+
+def cell_intervals(
+    cell_stats_df: pd.DataFrame,
+    factors: list[str],
+    out_path: Path,
+    metric: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """One row per cell (in the table's order): mean of the final metric with its confidence
+    interval; colour groups the first factor. The right margin says how many seeds each point
+    stands on, and cells without a completed run say why in place of a point."""
+    cells = cell_stats_df.reset_index(drop=True)
+    metric = metric or cells.attrs.get("metric", "final_test_acc")
+    confidence = cells.attrs.get("confidence", 0.95)
+    n = len(cells)
+    fig, ax = plt.subplots(figsize=(7.5, 1.3 + 0.3 * max(n, 2)), layout="constrained")
+    y = np.arange(n)[::-1]  # first cell on top, as in the tables
+    groups = cells[factors[0]].astype(str) if factors else pd.Series(["all"] * n)
+    levels = [str(v) for v in cells[factors[0]].cat.categories] if factors and isinstance(
+        cells[factors[0]].dtype, pd.CategoricalDtype) else list(dict.fromkeys(groups))
+    palette = dict(zip(levels, _colors(len(levels))))  # by level, not by row: same colours once ranked
+    low, high = cells["ci_low"], cells["ci_high"]
+    if _is_accuracy(metric):  # a t-interval can pass 0% or 100%; accuracy cannot
+        low, high = low.clip(0, 1), high.clip(0, 1)
+    has_ci = low.notna().to_numpy()
+    ax.errorbar(cells["mean"][has_ci], y[has_ci], xerr=[(cells["mean"] - low)[has_ci], (high - cells["mean"])[has_ci]],
+                fmt="none", ecolor="0.35", elinewidth=1.2, capsize=3)
+    ax.scatter(cells["mean"], y, c=[palette[g] for g in groups], s=30, zorder=3)
+    for yi, (_, cell) in zip(y, cells.iterrows()):
+        done = int(cell.get("completed", cell["n"]))
+        runs = int(cell.get("runs", done)) + int(cell.get("missing", 0))
+        lost = [f"{int(cell[s])} {s}" for s in (*STATUSES[1:], "missing") if cell.get(s, 0)]
+        note = f"n={int(cell['n'])}" + (f"  ({done}/{runs} completed; {', '.join(lost)})" if lost else "")
+        ax.annotate(note, (1.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=8, color="0.3")
+        if cell["n"] == 0:  # nothing to plot: say so on the row itself
+            ax.annotate("no completed run", (0.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0),
+                        textcoords="offset points", va="center", fontsize=8, style="italic", color="firebrick")
+    labels = [" / ".join(str(cell[f]) for f in factors) or "all runs" for _, cell in cells.iterrows()]
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.set_ylim(-0.7, n - 0.3)
+    boundaries = np.flatnonzero(groups.to_numpy()[1:] != groups.to_numpy()[:-1])
+    if len(boundaries) == groups.nunique() - 1:  # rows grouped by the first factor (not ranked)
+        for boundary in boundaries:
+            ax.axhline(y[boundary] - 0.5, color="0.85", lw=0.8)
+    ax.set_ylabel(" / ".join(factors))
+    direction = "higher is better" if higher_is_better(metric) else "lower is better"
+    ax.set_xlabel(f"{_label(metric)} ({direction})")
+    _format_axis(ax, metric, "x")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title or f"{_label(metric)}: mean and {confidence:.0%} CI over completed seeds", fontsize=11)
+    return _save(fig, out_path)
+
+
+def _save(fig, out_path: Path) -> Path:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120, bbox_inches="tight")  # tight: keep outside legends and notes
+    plt.close(fig)
+    return out_path

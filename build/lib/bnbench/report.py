@@ -1,0 +1,536 @@
+"""Sweep reports, rebuilt from the run records on disk.
+
+``results.csv`` has one row per run folder (finished or not). ``report.md`` has, per cell (a
+config without its seed), the seeds' mean, std, confidence interval and status counts; paired
+comparisons with a baseline cell (t-test, Wilcoxon, Holm, effect size, bootstrap interval);
+main effects and two-way interactions of the factors; plots; and the provenance of the runs.
+A run that failed, diverged or never finished is counted in its cell, never dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from bnbench import diagnostics, records, stats
+
+STATUSES = stats.STATUSES
+SWEEP_INFO = "sweep.json"  # written when a multirun starts: command line, git state, date
+# Known factors first, in the order a reader scans a placement ablation; others follow.
+_FACTOR_ORDER = ("model", "norm", "activation", "optimizer", "dataset", "trainer")
+_MAX_INTERACTION_TABLES = 6
+
+RUN_COLUMNS = [
+    "run", "status", "seed", "final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss",
+    "final_train_acc", "steps", "epochs", "wall_s", "n_params", "device", "run_id", "error",
+]
+METRICS = ("final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss", "final_train_acc")
+FORMATS = ("md", "csv", "latex")
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ReportOptions:
+    metric: str = "final_test_acc"
+    baseline: dict[str, str] | None = None  # None: norm=none when norm is swept
+    confidence: float = 0.95
+    target_acc: float | None = None  # with time_unit: report the time to reach this accuracy
+    time_unit: str = "epochs"
+    formats: tuple[str, ...] = ("md", "csv")
+    plots: bool = True
+
+
+@dataclass
+class SweepTables:
+    sweep_dir: Path
+    runs: pd.DataFrame
+    factors: list[str]
+    constants: dict[str, str]
+    metric: str
+    cells: pd.DataFrame
+    comparisons: pd.DataFrame | None = None
+    effects: pd.DataFrame | None = None
+    interactions: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    plots: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    diagnostics: pd.DataFrame | None = None  # per cell and layer: bnbench.diagnostics.summarize
+
+    @property
+    def failed_runs(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "failed"]
+
+
+# ------------------------------------------------------------------ reading run records
+
+
+def _run_dirs(sweep_dir: Path) -> list[Path]:
+    found = {p.parent for p in sweep_dir.rglob(records.SUMMARY)}
+    found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    return sorted(found)
+
+
+def _row(run_dir: Path, sweep_dir: Path) -> dict:
+    summary = records.read_summary(run_dir)
+    row: dict = {"run": str(run_dir.relative_to(sweep_dir)) or "."}
+    if summary is None:  # started but never wrote its record: killed, or still starting
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        params = records.parse_overrides(overrides or [])
+        row.update(status="incomplete", seed=int(params["seed"]) if "seed" in params else None)
+    else:
+        params = summary.get("params", {})
+        final, best = summary.get("final") or {}, summary.get("best") or {}
+        row.update(
+            status=summary.get("status", "incomplete"),
+            seed=summary.get("seed"),
+            final_test_acc=final.get("test_acc"),
+            best_test_acc=best.get("test_acc"),
+            final_train_loss=final.get("train_loss"),
+            final_test_loss=final.get("test_loss"),
+            final_train_acc=final.get("train_acc"),
+            steps=summary.get("steps"),
+            epochs=summary.get("epochs"),
+            wall_s=summary.get("wall_s"),
+            n_params=summary.get("n_params"),
+            device=summary.get("device"),
+            run_id=summary.get("run_id"),
+            error=summary.get("error"),
+            _versions=summary.get("versions"),
+            _started=summary.get("started_at"),
+            _finished=summary.get("finished_at"),
+        )
+        if row["status"] not in STATUSES:  # running, interrupted, or died between start and finish
+            row["status"] = "incomplete"
+    row["params"] = {k: v for k, v in params.items() if k != "seed" and not records.is_runtime_key(k)}
+    return row
+
+
+def _factor_sort_key(name: str) -> tuple[int, str]:
+    return (_FACTOR_ORDER.index(name), name) if name in _FACTOR_ORDER else (len(_FACTOR_ORDER), name)
+
+
+def sweep_lists(params: Mapping[str, Any] | None, task_overrides: list[str] | None) -> dict[str, list[str]]:
+    """Each swept key's values, in the order given, from the sweeper's params and the command
+    line (which wins), read with Hydra's own parser so they match what the jobs saw
+    (1e6 -> 1000000.0, ranges expanded)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    items = [f"{k}={v}" for k, v in (params or {}).items()] + list(task_overrides or [])
+    try:
+        parsed = OverridesParser.create().parse_overrides(items)
+    except Exception:  # an override this parser cannot read without the config (rare): no order
+        return {}
+    order: dict[str, list[str]] = {}
+    for override in parsed:
+        key = override.get_key_element().lstrip("+~")
+        if override.is_discrete_sweep():
+            order[key] = list(override.sweep_string_iterator())
+        elif not override.is_sweep_override():
+            order[key] = [override.get_value_element_as_str()]
+    return order
+
+
+def _value_order(sweep_dir: Path) -> dict[str, list[str]]:
+    """The order in which the sweep listed each key's values (from Hydra's multirun.yaml)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return {}
+    hydra_cfg = saved.get("hydra", {}) or {}
+    return sweep_lists((hydra_cfg.get("sweeper") or {}).get("params"), (hydra_cfg.get("overrides") or {}).get("task"))
+
+
+def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """One row per run folder under ``sweep_dir``, with one column per swept config key.
+
+    Returns (runs, factors, constants): factors are the keys whose value varies between runs
+    (seed excluded); constants are the overrides shared by every run.
+    """
+    if not sweep_dir.is_dir():
+        raise ReportError(f"{sweep_dir} is not a folder; give the sweep folder that `bnbench run -m` printed")
+    rows = [_row(d, sweep_dir) for d in _run_dirs(sweep_dir)]
+    if not rows:
+        raise ReportError(f"no runs found under {sweep_dir} (no summary.json or .hydra/overrides.yaml)")
+    keys = sorted({k for r in rows for k in r["params"]}, key=_factor_sort_key)
+    for r in rows:
+        params = r.pop("params")
+        for k in keys:
+            r[k] = params.get(k, "(default)")
+    runs = pd.DataFrame(rows)
+    for col in RUN_COLUMNS:
+        if col not in runs:
+            runs[col] = None
+    factors = [k for k in keys if runs[k].nunique(dropna=False) > 1]
+    constants = {k: str(runs[k].iloc[0]) for k in keys if k not in factors}
+    order = _value_order(sweep_dir)
+    for k in factors:
+        present = set(runs[k].astype(str))
+        seen = list(dict.fromkeys([*order.get(k, []), *sorted(present)]))
+        runs[k] = pd.Categorical(runs[k].astype(str), categories=[v for v in seen if v in present], ordered=True)
+    runs = runs.sort_values([*factors, "seed"], kind="stable").reset_index(drop=True)
+    private = [c for c in runs.columns if c.startswith("_")]
+    return runs[[*RUN_COLUMNS[:3], *keys, *RUN_COLUMNS[3:], *private]], factors, constants
+
+
+def _expected_cells(sweep_dir: Path, runs: pd.DataFrame, factors: list[str]) -> list[dict[str, str]]:
+    """Cells of the grid the last sweep command asked for, so a cell with no run at all shows
+    as missing. Only for grids that list every factor (a Cartesian product)."""
+    order = _value_order(sweep_dir)
+    if not factors or not all(f in order for f in factors):
+        return []
+    levels = [order[f] for f in factors]
+    return [dict(zip(factors, combo)) for combo in itertools.product(*levels)]
+
+
+# ------------------------------------------------------------------ provenance
+
+
+def git_state(path: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the git checkout holding ``path`` (bnbench's own code)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def sweep_info(argv: list[str]) -> dict[str, Any]:
+    import shlex
+    import socket
+
+    return {
+        # the CLI passes the command as typed; sys.argv is what it handed to Hydra
+        "command": os.environ.get("BNBENCH_COMMAND") or " ".join(shlex.quote(a) for a in argv),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "git": git_state(Path(__file__).resolve().parent),
+    }
+
+
+def _provenance(sweep_dir: Path, runs: pd.DataFrame) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    path = sweep_dir / SWEEP_INFO
+    if path.is_file():
+        try:
+            info = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            info = {}
+    versions = [v for v in runs.get("_versions", pd.Series(dtype=object)) if isinstance(v, dict)]
+    lib = {}
+    for name in ("bnbench", "torch", "torchvision", "cuda", "hydra", "python"):
+        values = sorted({str(v.get(name)) for v in versions if v.get(name) is not None})
+        if values:
+            lib[name] = ", ".join(values)
+    wall = pd.to_numeric(runs["wall_s"], errors="coerce").dropna()
+    started = [s for s in runs.get("_started", []) if isinstance(s, str)]
+    finished = [s for s in runs.get("_finished", []) if isinstance(s, str)]
+    return {
+        "command": info.get("command"),
+        "git": info.get("git") or git_state(Path(__file__).resolve().parent),
+        "host": info.get("host"),
+        "versions": lib,
+        "devices": sorted({str(d) for d in runs["device"].dropna()}),
+        "first_run_started": min(started) if started else None,
+        "last_run_finished": max(finished) if finished else None,
+        "report_built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_total_s": float(wall.sum()) if len(wall) else None,
+        "wall_per_run_s": (float(wall.mean()), float(wall.min()), float(wall.max())) if len(wall) else None,
+    }
+
+
+# ------------------------------------------------------------------ building
+
+
+def _default_baseline(runs: pd.DataFrame, factors: list[str]) -> dict[str, str] | None:
+    if "norm" in factors and "none" in set(runs["norm"].astype(str)):
+        return {"norm": "none"}
+    return None
+
+
+def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
+    options = options or ReportOptions()
+    runs, factors, constants = collect_runs(sweep_dir)
+    metric = options.metric
+    if options.target_acc is not None:
+        runs = stats.add_time_to_accuracy(runs, sweep_dir, options.target_acc, options.time_unit)
+        metric = stats.time_to_acc_column(options.target_acc, options.time_unit)
+    elif metric not in METRICS:
+        raise ReportError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)} (or --target-acc)")
+    tables = SweepTables(sweep_dir, runs, factors, constants, metric, cells=pd.DataFrame())
+    expected = _expected_cells(sweep_dir, runs, factors)
+    cells = stats.rank_cells(runs, factors, metric, confidence=options.confidence, expected_cells=expected)
+    # Tables read best in the sweep's own order (none, bn_before, bn_after); rank says the rest.
+    tables.cells = cells.sort_values(factors, kind="stable").reset_index(drop=True) if factors else cells
+    tables.cells.attrs.update(cells.attrs)
+    baseline = options.baseline if options.baseline is not None else _default_baseline(runs, factors)
+    if baseline:
+        try:
+            tables.comparisons = stats.compare_to_baseline(runs, factors, metric, baseline,
+                                                           confidence=options.confidence)
+        except ValueError as err:
+            raise ReportError(f"--baseline: {err}") from err
+        if len(tables.comparisons) and tables.comparisons["n_pairs"].max() <= 5:
+            tables.notes.append("With 5 or fewer seed pairs the Wilcoxon signed-rank test cannot reach p < 0.05 "
+                                "(exact minimum p = 1/2^(n-1)); use 6 or more seeds for it to be informative.")
+    if factors:
+        tables.effects = stats.main_effects(runs, factors, metric)
+        for a, b in list(itertools.combinations(factors, 2))[:_MAX_INTERACTION_TABLES]:
+            tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric)
+    tables.counts = {status: int((runs["status"] == status).sum()) for status in STATUSES}
+    tables.counts["missing cells"] = int((tables.cells["status"] == "missing").sum())
+    tables.diagnostics = diagnostics.summarize(sweep_dir, runs, factors)
+    tables.provenance = _provenance(sweep_dir, runs)
+    return tables
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def _is_fraction(metric: str) -> bool:
+    return "acc" in metric and "_to_acc_" not in metric
+
+
+def _fmt(value: Any, metric: str, signed: bool = False, clip: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if _is_fraction(metric):
+        if clip:  # a t-interval can reach past 0% or 100%; accuracy cannot
+            value = min(1.0, max(0.0, value))
+        return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def _p(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.2g}" if value >= 0.001 else "<0.001"
+
+
+def _metric_title(metric: str) -> str:
+    titles = {"final_test_acc": "final test accuracy", "best_test_acc": "best test accuracy",
+              "final_train_loss": "final train loss", "final_test_loss": "final test loss",
+              "final_train_acc": "final train accuracy"}
+    title = titles.get(metric, metric.replace("_", " "))
+    return title + (" (%)" if _is_fraction(metric) else "")
+
+
+def _status_text(cell: pd.Series) -> str:
+    text = f"{int(cell['completed'])}/{int(cell['runs'])}"
+    extra = [f"{int(cell[s])} {s}" for s in (*STATUSES[1:], "missing") if cell.get(s)]
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def cell_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    m = tables.metric
+    pct = int(round(100 * tables.cells.attrs.get("confidence", 0.95)))
+    header = ["rank", *tables.factors, "seeds ok", "mean ± std", f"{pct}% CI", "min – max"]
+    rows = []
+    for _, cell in tables.cells.iterrows():
+        ci = "—" if pd.isna(cell["ci_low"]) else f"{_fmt(cell['ci_low'], m, clip=True)} – {_fmt(cell['ci_high'], m, clip=True)}"
+        spread = "—" if pd.isna(cell["min"]) else f"{_fmt(cell['min'], m)} – {_fmt(cell['max'], m)}"
+        mean = _fmt(cell["mean"], m) + ("" if pd.isna(cell["std"]) else f" ± {_fmt(cell['std'], m)}")
+        rank = "—" if pd.isna(cell["rank"]) else str(int(cell["rank"]))
+        rows.append([rank, *[str(cell[f]) for f in tables.factors], _status_text(cell), mean, ci, spread])
+    return header, rows
+
+
+def comparison_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    m, comp = tables.metric, tables.comparisons
+    others = [f for f in tables.factors]
+    header = [*others, "pairs", "difference", "95% bootstrap CI", "d_z", "p (t)", "p (Wilcoxon)",
+              "p Holm (t)", "p Holm (W)", "note"]
+    rows = []
+    for _, row in comp.iterrows():
+        ci = "—" if pd.isna(row["ci_low"]) else f"{_fmt(row['ci_low'], m, True)} – {_fmt(row['ci_high'], m, True)}"
+        rows.append([*[str(row[f]) for f in others], str(int(row["n_pairs"])), _fmt(row["mean_diff"], m, True), ci,
+                     "—" if pd.isna(row["d_z"]) else f"{row['d_z']:.2f}", _p(row["p_ttest"]), _p(row["p_wilcoxon"]),
+                     _p(row["p_ttest_holm"]), _p(row["p_wilcoxon_holm"]),
+                     row["note"] if isinstance(row["note"], str) else ""])
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _summary_line(tables: SweepTables) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in tables.counts.items() if n or s in STATUSES)
+    return f"{len(tables.runs)} runs: {counts}"
+
+
+def to_markdown(tables: SweepTables) -> str:
+    m = tables.metric
+    pct = int(round(100 * tables.cells.attrs.get("confidence", 0.95)))
+    lines = [f"# bnbench report: {tables.sweep_dir.name}", "", _summary_line(tables) + ".", ""]
+    if tables.constants:
+        lines += ["Fixed: " + ", ".join(f"`{k}={v}`" for k, v in tables.constants.items()), ""]
+    lines += [f"Metric: **{_metric_title(m)}**; mean ± std (n−1) over the completed seeds of each cell, "
+              f"{pct}% t-interval of the mean; rank 1 is best. Diverged, failed, incomplete and missing runs "
+              "are counted, not averaged.", ""]
+    lines += ["## Cells", "", *_md_table(*cell_rows(tables)), ""]
+    if tables.comparisons is not None and len(tables.comparisons):
+        label = tables.comparisons["baseline"].iloc[0]
+        lines += [f"## Against the baseline `{label}`", "",
+                  "Each cell minus the baseline cell that matches it on every other factor, paired by seed "
+                  "(runs of one seed share the data order, and the initialization where the architectures "
+                  "match). Paired t-test and Wilcoxon signed-rank p-values, Holm-corrected over the rows of "
+                  "this table; d_z = mean difference / std of the differences.", "",
+                  *_md_table(*comparison_rows(tables)), ""]
+        lines += [f"> {note}" for note in tables.notes] + ([""] if tables.notes else [])
+    if tables.effects is not None and len(tables.factors) > 1:
+        lines += ["## Main effects", "", "Marginal mean of each level over all other factors (completed runs).", ""]
+        rows = [[str(r["factor"]), str(r["level"]), f"{int(r['n'])}/{int(r['runs'])}",
+                 _fmt(r["mean"], m) + ("" if pd.isna(r["std"]) else f" ± {_fmt(r['std'], m)}")]
+                for _, r in tables.effects.iterrows()]
+        lines += [*_md_table(["factor", "level", "runs ok", "mean ± std"], rows), ""]
+    for (a, b), pivot in tables.interactions.items():
+        lines += [f"## Interaction: {a} × {b}", "", f"Mean {_metric_title(m)} per {a} (rows) and {b} (columns).", ""]
+        header = [f"{a} \\ {b}", *[str(c) for c in pivot.columns]]
+        rows = [[str(idx), *[_fmt(v, m) for v in row]] for idx, row in pivot.iterrows()]
+        lines += [*_md_table(header, rows), ""]
+    lines += diagnostics.markdown_lines(tables.diagnostics, tables.factors)
+    if tables.plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{name}]({path.name})" for name, path in tables.plots.items()] + [""]
+    unfinished = tables.runs[tables.runs["status"].isin(["failed", "incomplete"])]
+    if len(unfinished):
+        lines += ["## Runs without a result", ""]
+        for _, run in unfinished.iterrows():
+            reason = run["error"] if isinstance(run["error"], str) else "no summary.json (killed or still running)"
+            lines.append(f"- `{run['run']}`: {run['status']}: {reason}")
+        lines.append("")
+    lines += ["## Provenance", "", *_provenance_lines(tables.provenance)]
+    return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(p: Mapping[str, Any]) -> list[str]:
+    git = p.get("git") or {}
+    commit = git.get("commit")
+    code = f"{commit[:12]}{' (uncommitted changes)' if git.get('dirty') else ''}" if commit else "not a git checkout"
+    lines = [f"- command: `{p['command']}`" if p.get("command") else "- command: not recorded",
+             f"- bnbench code: {code}",
+             "- versions: " + (", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items()) or "not recorded"),
+             f"- device: {', '.join(p.get('devices') or ['not recorded'])}" + (f" on {p['host']}" if p.get("host") else ""),
+             f"- runs: first started {p.get('first_run_started') or '—'}, last finished "
+             f"{p.get('last_run_finished') or '—'}; report built {p.get('report_built')}"]
+    if p.get("wall_per_run_s"):
+        mean, low, high = p["wall_per_run_s"]
+        lines.append(f"- wall time: {p['wall_total_s']:.1f} s in all; per run {mean:.1f} s (min {low:.1f}, max {high:.1f})")
+    return lines
+
+
+# ------------------------------------------------------------------ writing and printing
+
+
+def _render_plots(tables: SweepTables, confidence: float) -> None:
+    from bnbench import plots
+
+    out = {}
+    has_history = (tables.runs["status"].isin(["completed", "diverged"])).any()
+    if has_history:
+        out["learning curves"] = plots.learning_curves(tables.sweep_dir, tables.runs, tables.factors,
+                                                       tables.sweep_dir / "learning_curves.png", confidence=confidence)
+    if (tables.cells["n"] > 0).any():
+        out["final metric per cell"] = plots.cell_intervals(tables.cells, tables.factors,
+                                                            tables.sweep_dir / "cells.png", metric=tables.metric)
+    out.update(diagnostics.plot_diagnostics(tables.sweep_dir, tables.runs, tables.factors))
+    tables.plots = out
+
+
+def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Path]:
+    """Write results.csv and the report in the requested formats; return the paths."""
+    options = options or ReportOptions()
+    unknown = set(options.formats) - set(FORMATS)
+    if unknown:
+        raise ReportError(f"unknown format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+    if options.plots:
+        _render_plots(tables, options.confidence)
+    d = tables.sweep_dir
+    public_runs = tables.runs[[c for c in tables.runs.columns if not c.startswith("_")]]
+    written = [d / "results.csv"]
+    records.write_text(written[0], public_runs.to_csv(index=False))
+    frames = {"cells": tables.cells, "comparisons": tables.comparisons, "main_effects": tables.effects,
+              "diagnostics_summary": tables.diagnostics}
+    if "md" in options.formats:
+        written.append(d / "report.md")
+        records.write_text(written[-1], to_markdown(tables))
+    if "csv" in options.formats:
+        for name, frame in frames.items():
+            if frame is not None:
+                written.append(d / f"{name}.csv")
+                records.write_text(written[-1], frame.to_csv(index=False))
+    if "latex" in options.formats:
+        written.append(d / "report.tex")
+        records.write_text(written[-1], to_latex(tables))
+    return written
+
+
+def to_latex(tables: SweepTables) -> str:
+    """Booktabs tables (cells; comparisons) ready for \\input in a paper."""
+    def table(header: list[str], rows: list[list[str]], caption: str) -> str:
+        escape = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("—", "--")  # noqa: E731
+        body = "\n".join(" & ".join(escape(c) for c in r) + r" \\" for r in rows)
+        return (f"\\begin{{table}}[ht]\n\\centering\n\\caption{{{escape(caption)}}}\n"
+                f"\\begin{{tabular}}{{{'l' * len(header)}}}\n\\toprule\n"
+                + " & ".join(escape(h) for h in header) + " \\\\\n\\midrule\n" + body
+                + "\n\\bottomrule\n\\end{tabular}\n\\end{table}\n")
+
+    parts = [f"% bnbench report: {tables.sweep_dir.name}; needs \\usepackage{{booktabs}}\n",
+             table(*cell_rows(tables), f"{_metric_title(tables.metric)} per cell")]
+    if tables.comparisons is not None and len(tables.comparisons):
+        parts.append(table(*comparison_rows(tables),
+                           f"Paired differences against {tables.comparisons['baseline'].iloc[0]}"))
+    return "\n".join(parts)
+
+
+def print_tables(tables: SweepTables, console: Console | None = None) -> None:
+    console = console or Console()
+    header, rows = cell_rows(tables)
+    table = Table(title=f"{tables.sweep_dir}  ({_summary_line(tables)})\n{_metric_title(tables.metric)}",
+                  title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if 0 < i <= len(tables.factors) else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if tables.comparisons is not None and len(tables.comparisons):
+        header, rows = comparison_rows(tables)
+        keep = [i for i, h in enumerate(header) if h not in ("p (t)", "p (Wilcoxon)", "note")]
+        header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
+        comp = Table(title=f"against {tables.comparisons['baseline'].iloc[0]} (paired by seed)", title_justify="left")
+        for i, name in enumerate(header):
+            comp.add_column(name, justify="left" if i < len(tables.factors) else "right")
+        for row in rows:
+            comp.add_row(*row)
+        console.print(comp)
+    if tables.constants:
+        console.print("fixed: " + " ".join(f"{k}={v}" for k, v in tables.constants.items()), style="dim")
+    for _, run in tables.failed_runs.iterrows():
+        console.print(f"[red]failed[/red] {run['run']}: {run['error']}", markup=True, highlight=False)

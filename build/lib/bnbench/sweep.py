@@ -1,0 +1,95 @@
+"""Sweep bookkeeping, hooked into Hydra's multirun through its Callback API.
+
+Hydra's sweeper and launcher (basic, joblib, submitit, ray) run the jobs; this callback only
+reads and summarizes the run records on disk, in the launching process, whatever launcher ran
+the jobs and wherever they ran. Jobs themselves skip finished runs (see experiment.py), so
+running the same sweep command again completes what is missing and redoes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from rich.console import Console
+from omegaconf import DictConfig
+
+from bnbench import records, report
+from bnbench.app import FAIL_FAST_MARKER
+from bnbench.devices import parallel_jobs
+from bnbench.experiment import FINISHED
+from bnbench.progress import SweepMonitor
+
+log = logging.getLogger("bnbench")
+
+# Outcome of the last multirun in this process, for the CLI's exit code.
+last_sweep: report.SweepTables | None = None
+
+
+def finished_runs(sweep_dir: Path) -> dict[Path, str]:
+    """Run folders holding a finished record, with the time it finished."""
+    out = {}
+    for path in sweep_dir.rglob(records.SUMMARY):
+        summary = records.read_summary(path.parent)
+        if summary and summary.get("status") in FINISHED:
+            out[path.parent] = str(summary.get("finished_at"))
+    return out
+
+
+_monitor: SweepMonitor | None = None
+
+
+def stop_monitor() -> None:
+    global _monitor
+    if _monitor is not None:
+        _monitor.stop()
+        _monitor = None
+
+
+def planned_runs(config: DictConfig) -> int:
+    """How many jobs the basic sweeper will launch: the product of the swept lists."""
+    lists = report.sweep_lists(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
+    return math.prod(len(v) for v in lists.values()) if lists else 1
+
+
+class SweepReport(Callback):
+    def __init__(self) -> None:
+        self.finished_before: dict[Path, str] = {}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)  # left by an earlier --fail-fast sweep
+        records.write_json(sweep_dir / report.SWEEP_INFO, report.sweep_info(sys.argv))
+        self.finished_before = finished_runs(sweep_dir) if sweep_dir.is_dir() else {}
+        if self.finished_before:
+            log.info("%s already holds %d finished runs: they will be skipped", sweep_dir,
+                     len(self.finished_before))
+        global _monitor
+        console = Console()
+        if console.is_terminal and not config.sweep.quiet:
+            _monitor = SweepMonitor(sweep_dir, planned_runs(config), self.finished_before, parallel_jobs(config.hydra.get("launcher")),
+                                    console)
+            _monitor.start()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global last_sweep
+        stop_monitor()
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            tables = report.build(sweep_dir)
+        except report.ReportError as err:
+            log.error("no report: %s", err)
+            return
+        written = report.write(tables)
+        report.print_tables(tables, Console(width=None if sys.stdout.isatty() else 160))
+        now = finished_runs(sweep_dir)
+        skipped = sum(1 for d, t in now.items() if self.finished_before.get(d) == t)
+        if skipped:
+            print(f"{skipped} runs were already complete and were skipped")
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        last_sweep = tables
