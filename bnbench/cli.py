@@ -172,6 +172,8 @@ def report(
         base = records.parse_overrides([b for b in baseline if b])
         if not base and any(b for b in baseline):
             fail(f"--baseline {baseline[0]!r}: expected key=value, e.g. --baseline norm=none")
+    if target_acc is not None and not 0 < target_acc <= 1:
+        fail(f"--target-acc {target_acc}: give a fraction in (0, 1], e.g. 0.9 for 90%")
     if time_unit not in ("epochs", "steps", "seconds"):
         fail(f"--time-unit {time_unit!r}: choose epochs, steps or seconds")
     fmt = tuple(f.strip() for item in formats for f in item.split(",") if f.strip())

@@ -203,6 +203,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
+    at_least_one = {
+        "trainer.eval_every": cfg.trainer.eval_every,
+        "trainer.jobs_per_gpu": cfg.trainer.jobs_per_gpu,
+        "dataset.train_size": cfg.dataset.train_size,
+        "dataset.test_size": cfg.dataset.test_size,
+    }
+    for key, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1 (or null)")
+    if cfg.trainer.checkpoint_every < 0:
+        raise ConfigError(f"trainer.checkpoint_every={cfg.trainer.checkpoint_every} must be 0 (off) or more")
     if cfg.diagnostics.enabled and min(cfg.diagnostics.every, cfg.diagnostics.probe_batches) < 1:
         raise ConfigError(f"diagnostics.every={cfg.diagnostics.every} and diagnostics.probe_batches="
                           f"{cfg.diagnostics.probe_batches} must be at least 1")

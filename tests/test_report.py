@@ -99,6 +99,7 @@ def test_time_to_target_accuracy(sweep):
     (("--baseline", "norm=batch"), "--baseline"),
     (("--baseline", "colour=red"), "--baseline"),
     (("--format", "docx"), "unknown format"),
+    (("--target-acc", "90"), "--target-acc"),
 ])
 def test_bad_report_options_are_one_line_errors(sweep, args, fragment):
     cwd, folder = sweep

@@ -118,3 +118,12 @@ def test_training_reduces_loss():
     assert result.status == "completed"
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.history[-1]["test_acc"] > 0.8
+
+
+@pytest.mark.parametrize("override,key", [("trainer.eval_every=0", "trainer.eval_every"),
+                                          ("dataset.train_size=0", "dataset.train_size"),
+                                          ("trainer.jobs_per_gpu=0", "trainer.jobs_per_gpu"),
+                                          ("trainer.checkpoint_every=-1", "trainer.checkpoint_every")])
+def test_out_of_range_settings_fail_before_training(tmp_path, override, key):
+    summary, rows = _run(tmp_path, override)
+    assert summary["status"] == "failed" and key in summary["error"] and rows == []
