@@ -63,11 +63,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             log.error("failed: %s", summary["error"])
     else:
         final, best = summary["final"], summary["best"]
-        log.info(
-            "%s: test acc %.2f%% (best %.2f%% at epoch %.2f), train loss %.4f, %.1fs, %s",
-            status, 100 * final["test_acc"], 100 * best["test_acc"], best["epoch"], final["train_loss"],
-            summary["wall_s"], run_dir if hydra_cfg.mode == RunMode.RUN else run_dir.name,
-        )
+        if final.get("test_acc") is None:  # regression
+            score = f"test loss {final['test_loss']:.4f} (best {best['test_loss']:.4f} at epoch {best['epoch']:.2f})"
+        else:
+            score = f"test acc {100 * final['test_acc']:.2f}% (best {100 * best['test_acc']:.2f}% at epoch {best['epoch']:.2f})"
+        log.info("%s: %s, train loss %.4f, %.1fs, %s", status, score, final["train_loss"], summary["wall_s"],
+                 run_dir if hydra_cfg.mode == RunMode.RUN else run_dir.name)
     if hydra_cfg.mode == RunMode.RUN:
         last_run = summary
     elif status == "failed" and cfg.sweep.fail_fast:

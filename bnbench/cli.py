@@ -149,9 +149,9 @@ def run(
 @app.command()
 def report(
     sweep_dir: Path = typer.Argument(..., help="A sweep folder (the one `bnbench run -m` printed)."),
-    metric: str = typer.Option("final_test_acc", "--metric",
-                               help="final_test_acc, best_test_acc, final_train_loss, final_test_loss or "
-                               "final_train_acc."),
+    metric: Optional[str] = typer.Option(
+        None, "--metric", help="final_test_acc (default), best_test_acc, final_train_loss, final_test_loss "
+        "(default for regression), best_test_loss or final_train_acc."),
     baseline: Optional[List[str]] = typer.Option(
         None, "--baseline", help="Cell to compare against, e.g. norm=none (repeat for several keys). "
         "Default: norm=none when norm is swept. --baseline '' turns comparisons off."),

@@ -29,6 +29,8 @@ class ModelConfig:
     # MLP: `depth` hidden layers of `width` units (3x100 as in Ioffe & Szegedy 2015, sec. 4.1).
     depth: int = 3
     width: int = 100
+    # MLP hidden widths, one per layer (e.g. [18, 18, 4]); when set, depth and width are unused.
+    widths: Optional[List[int]] = None
     # AlexNet-style CNN: five conv layers and two hidden FC layers before the classifier.
     channels: List[int] = field(default_factory=lambda: [32, 64, 96, 96, 64])
     fc_width: int = 256
@@ -78,8 +80,12 @@ class DatasetConfig:
     # Optional subsets (first N after a seeded shuffle) for quick runs; null = all.
     train_size: Optional[int] = None
     test_size: Optional[int] = None
-    # Standardize inputs per channel with the training set's mean and std.
+    # Standardize inputs per channel (per feature for tabular data), and regression targets,
+    # with the training set's mean and std.
     normalize: bool = True
+    # Synthetic datasets only (friedman1): input features and the std of the target noise.
+    features: int = 10
+    noise: float = 1.0
 
 
 @dataclass
@@ -199,6 +205,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("trainer.steps must be at least 1")
     if not 0.0 <= cfg.trainer.dropout < 1.0:
         raise ConfigError(f"trainer.dropout={cfg.trainer.dropout} must be in [0, 1)")
+    if cfg.model.widths is not None and (not cfg.model.widths or min(cfg.model.widths) < 1):
+        raise ConfigError(f"model.widths={list(cfg.model.widths)} must list at least one width, each at least 1")
+    if cfg.dataset.noise < 0:
+        raise ConfigError(f"dataset.noise={cfg.dataset.noise} must be 0 or more")
     if len(cfg.model.channels) != 5:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
     if cfg.optimizer.lr <= 0:

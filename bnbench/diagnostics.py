@@ -166,6 +166,8 @@ class Diagnostics:
         batch_size = cfg.trainer.batch_size
         n = min(int(diag_cfg.probe_batches) * batch_size, len(data.test_y))
         n = max(min(batch_size, len(data.test_y)), n // batch_size * batch_size)  # whole training-size batches
+        if getattr(data, "task", "classification") != "classification":  # no accuracy to probe
+            return cls(model, diag_cfg.every, diag_cfg.unit, None, None, batch_size)
         return cls(model, diag_cfg.every, diag_cfg.unit, data.test_x[:n], data.test_y[:n], batch_size)
 
     def due(self, step: int) -> bool:

@@ -42,10 +42,12 @@ def seed_everything(seed: int) -> None:
 
 
 def _format_row(row: Mapping[str, Any]) -> str:
-    return (
-        f"step {row['step']:>6}  epoch {row['epoch']:>6.2f}  train loss {row['train_loss']:.4f}  "
-        f"train acc {100 * row['train_acc']:6.2f}%  test acc {100 * row['test_acc']:6.2f}%  ({row['wall_s']:.1f}s)"
-    )
+    if row["test_acc"] is None:  # regression
+        scores = f"test loss {row['test_loss']:.4f}"
+    else:
+        scores = f"train acc {100 * row['train_acc']:6.2f}%  test acc {100 * row['test_acc']:6.2f}%"
+    return (f"step {row['step']:>6}  epoch {row['epoch']:>6.2f}  train loss {row['train_loss']:.4f}  "
+            f"{scores}  ({row['wall_s']:.1f}s)")
 
 
 FINISHED = ("completed", "diverged")  # results; a rerun of the same sweep skips them
@@ -120,7 +122,8 @@ def _run(
         if cfg.trainer.log_progress:
             (log if console_progress else epoch_log).info(_format_row(row))
         summary["progress"] = {"step": row["step"], "total_steps": total_steps, "epoch": row["epoch"],
-                               "test_acc": row["test_acc"], "train_loss": row["train_loss"]}
+                               "test_acc": row["test_acc"], "test_loss": row["test_loss"],
+                               "train_loss": row["train_loss"]}
         records.write_json(run_dir / records.SUMMARY, summary)  # what progress displays read
 
     history: list[dict] = []
@@ -133,7 +136,7 @@ def _run(
             summary["threads"] = set_threads(cfg.trainer.threads, cpu_threads)
         seed_everything(cfg.seed)
         data = load_dataset(cfg, device)
-        model = build_model(cfg, data.in_shape, data.num_classes).to(device)
+        model = build_model(cfg, data.in_shape, data.num_outputs).to(device)
         summary["n_params"] = count_parameters(model)
         total_steps = steps_plan(len(data.train_y), cfg.trainer)[1]
         result = train(model, data, cfg, device, on_eval=on_eval, checkpoint=checkpoint)
@@ -171,10 +174,14 @@ def _outcome(history: list[dict]) -> dict[str, Any]:
         return {"final": {}, "best": {}, "steps": 0, "epochs": 0.0}
     last = history[-1]
     finite = [row for row in history if np.isfinite(row["test_loss"])] or history
-    best = max(finite, key=lambda row: row["test_acc"])
+    if last["test_acc"] is None:  # regression: the best evaluation is the lowest test loss
+        best = min(finite, key=lambda row: row["test_loss"])
+    else:
+        best = max(finite, key=lambda row: row["test_acc"])
     return {
         "final": {k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
-        "best": {"test_acc": best["test_acc"], "step": best["step"], "epoch": best["epoch"]},
+        "best": {"test_acc": best["test_acc"], "test_loss": best["test_loss"], "step": best["step"],
+                 "epoch": best["epoch"]},
         "steps": last["step"],
         "epochs": last["epoch"],
         "train_s": last["wall_s"],  # training time, summed over resumed parts

@@ -62,12 +62,14 @@ def _hidden_block(
 
 
 class MLP(nn.Module):
-    """Fully connected net: `depth` hidden blocks of `width` units, then a linear classifier."""
+    """Fully connected net: `depth` hidden blocks of `width` units (or one block per entry of
+    `widths`), then a linear output layer (classifier logits or regression outputs)."""
 
     def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, dropout: float):
         super().__init__()
         in_features = math.prod(in_shape)
-        widths = [in_features] + [model_cfg.width] * model_cfg.depth
+        hidden = list(model_cfg.widths) if getattr(model_cfg, "widths", None) else [model_cfg.width] * model_cfg.depth
+        widths = [in_features] + hidden
         self.flatten = nn.Flatten()
         self.hidden = nn.Sequential(
             *[
@@ -75,7 +77,7 @@ class MLP(nn.Module):
                     nn.Linear, nn.BatchNorm1d, widths[i], widths[i + 1], norm_cfg, make_act,
                     nn.Dropout(dropout) if dropout > 0 else None,
                 )
-                for i in range(model_cfg.depth)
+                for i in range(len(hidden))
             ]
         )
         self.head = nn.Linear(widths[-1], num_outputs)
@@ -95,6 +97,11 @@ class AlexNetStyle(nn.Module):
 
     def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, dropout: float):
         super().__init__()
+        if len(in_shape) != 3:
+            from bnbench.config import ConfigError
+
+            raise ConfigError(f"model=alexnet needs images (channels, height, width); this dataset has rows of "
+                              f"{math.prod(in_shape)} features: use model=mlp")
         in_channels, height, width = in_shape
         size = min(height, width)
         channels = [in_channels, *model_cfg.channels]

@@ -29,6 +29,7 @@ from bnbench.stats import STATUSES, higher_is_better, split_cells, with_levels  
 _LABELS = {"test_acc": "test accuracy", "train_acc": "train accuracy", "train_loss": "train loss",
            "test_loss": "test loss", "final_test_acc": "final test accuracy",
            "best_test_acc": "best test accuracy", "final_train_loss": "final train loss",
+           "best_test_loss": "best test loss",
            "final_test_loss": "final test loss"}
 _MAX_COLS = 4  # panels per row before wrapping, so many levels grow the figure downwards
 

@@ -73,7 +73,10 @@ class SweepMonitor:
         for name, progress in snap["running"][:8]:
             step, total = progress.get("step"), progress.get("total_steps")
             where = f"step {step}/{total}  epoch {progress.get('epoch', 0):.2f}" if step else "starting"
-            acc = f"test acc {100 * progress['test_acc']:.2f}%" if "test_acc" in progress else ""
+            if progress.get("test_acc") is not None:
+                acc = f"test acc {100 * progress['test_acc']:.2f}%"
+            else:
+                acc = f"test loss {progress['test_loss']:.4f}" if progress.get("test_loss") is not None else ""
             table.add_row(Text(name, overflow="ellipsis", no_wrap=True), where, acc)
         top = Table.grid(padding=(0, 1))
         top.add_row(ProgressBar(total=max(self.total, 1), completed=snap["done"], width=30), head)

@@ -33,9 +33,10 @@ _MAX_INTERACTION_TABLES = 6
 
 RUN_COLUMNS = [
     "run", "status", "seed", "final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss",
-    "final_train_acc", "steps", "epochs", "wall_s", "n_params", "device", "run_id", "error",
+    "best_test_loss", "final_train_acc", "steps", "epochs", "wall_s", "n_params", "device", "run_id", "error",
 ]
-METRICS = ("final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss", "final_train_acc")
+METRICS = ("final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss", "best_test_loss",
+           "final_train_acc")
 FORMATS = ("md", "csv", "latex")
 
 
@@ -45,7 +46,7 @@ class ReportError(RuntimeError):
 
 @dataclass
 class ReportOptions:
-    metric: str = "final_test_acc"
+    metric: str | None = None  # None: final_test_acc, or final_test_loss for regression sweeps
     baseline: dict[str, str] | None = None  # None: norm=none when norm is swept
     confidence: float = 0.95
     target_acc: float | None = None  # with time_unit: report the time to reach this accuracy
@@ -103,6 +104,7 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
             best_test_acc=best.get("test_acc"),
             final_train_loss=final.get("train_loss"),
             final_test_loss=final.get("test_loss"),
+            best_test_loss=best.get("test_loss"),
             final_train_acc=final.get("train_acc"),
             steps=summary.get("steps"),
             epochs=summary.get("epochs"),
@@ -273,11 +275,21 @@ def _default_baseline(runs: pd.DataFrame, factors: list[str]) -> dict[str, str] 
     return None
 
 
+def default_metric(runs: pd.DataFrame) -> str:
+    """Final test accuracy; final test loss when no run has an accuracy (regression sweeps)."""
+    has_accuracy = "final_test_acc" in runs and runs["final_test_acc"].notna().any()
+    has_loss = "final_test_loss" in runs and runs["final_test_loss"].notna().any()
+    return "final_test_loss" if has_loss and not has_accuracy else "final_test_acc"
+
+
 def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
     options = options or ReportOptions()
     runs, factors, constants = collect_runs(sweep_dir)
-    metric = options.metric
+    metric = options.metric or default_metric(runs)
     if options.target_acc is not None:
+        if default_metric(runs) != "final_test_acc":
+            raise ReportError("--target-acc needs test accuracies, and this sweep's runs have none (a regression "
+                              "task); report a loss with --metric instead")
         runs = stats.add_time_to_accuracy(runs, sweep_dir, options.target_acc, options.time_unit)
         metric = stats.time_to_acc_column(options.target_acc, options.time_unit)
     elif metric not in METRICS:
@@ -335,7 +347,7 @@ def _p(value: Any) -> str:
 def _metric_title(metric: str) -> str:
     titles = {"final_test_acc": "final test accuracy", "best_test_acc": "best test accuracy",
               "final_train_loss": "final train loss", "final_test_loss": "final test loss",
-              "final_train_acc": "final train accuracy"}
+              "best_test_loss": "best test loss", "final_train_acc": "final train accuracy"}
     title = titles.get(metric, metric.replace("_", " "))
     return title + (" (%)" if _is_fraction(metric) else "")
 
@@ -455,8 +467,10 @@ def _render_plots(tables: SweepTables, confidence: float) -> None:
     out = {}
     has_history = (tables.runs["status"].isin(["completed", "diverged"])).any()
     if has_history:
+        curve = "test_acc" if "acc" in tables.metric else "test_loss"
         out["learning curves"] = plots.learning_curves(tables.sweep_dir, tables.runs, tables.factors,
-                                                       tables.sweep_dir / "learning_curves.png", confidence=confidence)
+                                                       tables.sweep_dir / "learning_curves.png", metric=curve,
+                                                       confidence=confidence)
     if (tables.cells["n"] > 0).any():
         out["final metric per cell"] = plots.cell_intervals(tables.cells, tables.factors,
                                                             tables.sweep_dir / "cells.png", metric=tables.metric)

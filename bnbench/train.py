@@ -46,6 +46,25 @@ OPTIMIZERS: dict[str, Callable] = {
 LR_SCHEDULES = ("constant", "cosine")
 
 
+@dataclass(frozen=True)
+class Task:
+    """What a dataset's task trains and measures (data.TensorDataset.task)."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> mean loss
+    correct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None  # -> count right; None: no accuracy
+
+
+def _count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(dim=1) == labels).sum()
+
+
+# task -> loss and accuracy; accuracy columns stay empty for regression runs
+TASKS: dict[str, Task] = {
+    "classification": Task(F.cross_entropy, _count_correct),
+    "regression": Task(F.mse_loss, None),
+}
+
+
 def make_optimizer(model: nn.Module, optimizer_cfg) -> torch.optim.Optimizer:
     return OPTIMIZERS[optimizer_cfg.name](model.parameters(), optimizer_cfg)
 
@@ -118,19 +137,22 @@ def defer_sigint():
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean loss and accuracy in eval mode (batch norm uses its running statistics)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             task: Task = TASKS["classification"]) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None for regression) in eval mode (batch norm uses its running
+    statistics)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for xb, yb in eval_batches(x, y, batch_size):
-        logits = model(xb)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(dim=1) == yb).sum()
+        outputs = model(xb)
+        loss_sum += task.loss(outputs, yb) * len(yb)
+        if task.correct is not None:
+            correct += task.correct(outputs, yb)
     model.train(was_training)
     n = len(y)
-    return loss_sum.item() / n, correct.item() / n
+    return loss_sum.item() / n, (correct.item() / n if task.correct is not None else None)
 
 
 def steps_plan(n_train: int, trainer_cfg) -> tuple[int, int, int]:
@@ -164,6 +186,7 @@ def train(
     # differently at init) do not change which batches a seed sees.
     order_rng = torch.Generator(device=device).manual_seed(cfg.seed)
     n_train, batch_size = len(data.train_y), trainer.batch_size
+    task = TASKS[data.task]
 
     result = TrainResult(status="completed")
     diagnostics = Diagnostics.for_run(model, cfg, data)  # None when off: the loop then does nothing extra
@@ -220,8 +243,8 @@ def train(
                 probing = diagnostics is not None and diagnostics.due(step + 1)
                 if probing:
                     diagnostics.arm()  # hooks for this forward pass only
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
+                outputs = model(xb)
+                loss = task.loss(outputs, yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if probing:
@@ -229,7 +252,8 @@ def train(
                 optimizer.step()
                 schedule.step()
                 loss_sum += loss.detach() * len(yb)
-                correct += (logits.detach().argmax(dim=1) == yb).sum()
+                if task.correct is not None:
+                    correct += task.correct(outputs.detach(), yb)
                 seen += len(yb)
                 step += 1
                 pos += 1
@@ -239,12 +263,12 @@ def train(
                     pos, epoch_rng = 0, order_rng.get_state()
                 if step % eval_every == 0 or step == total_steps:
                     train_loss = loss_sum.item() / seen
-                    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size)
+                    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size, task)
                     row = {
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 4),
                         "train_loss": train_loss,
-                        "train_acc": correct.item() / seen,
+                        "train_acc": correct.item() / seen if task.correct is not None else None,
                         "test_loss": test_loss,
                         "test_acc": test_acc,
                         "lr": optimizer.param_groups[0]["lr"],

@@ -53,7 +53,7 @@ def make_cfg(overrides: list[str]):
 def time_run(cfg, data) -> tuple[float, float, int]:
     """(wall seconds in the training loop, CPU seconds of this process in it, diagnostics steps)."""
     seed_everything(cfg.seed)
-    model = build_model(cfg, data.in_shape, data.num_classes)
+    model = build_model(cfg, data.in_shape, data.num_outputs)
     started, cpu_started = time.perf_counter(), time.process_time()
     result = train(model, data, cfg, torch.device("cpu"))
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started

@@ -41,7 +41,7 @@ def train_until(cfg, checkpoint=None, stop_after_evals=None):
     torch.manual_seed(cfg.seed)
     cpu = torch.device("cpu")
     data = load_dataset(cfg, cpu)
-    model = build_model(cfg, data.in_shape, data.num_classes)
+    model = build_model(cfg, data.in_shape, data.num_outputs)
     evals = []
 
     def on_eval(row):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ def test_mnist_family_from_idx_files(tmp_path, name, class_name):
     data = load_dataset(make_cfg(f"dataset={name}", f"dataset.root={tmp_path}"), CPU)
     assert data.train_x.shape == (120, 1, 28, 28) and data.test_x.shape == (50, 1, 28, 28)
     assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
-    assert data.num_classes == 10
+    assert data.num_outputs == 10
     # normalized with the training set's statistics
     assert abs(data.train_x.mean().item()) < 1e-4 and abs(data.train_x.std().item() - 1) < 1e-3
 
@@ -48,7 +49,7 @@ def test_cifar_from_pickle_batches(tmp_path, cifar_checksums, name, num_classes)
     data = load_dataset(make_cfg(f"dataset={name}", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
     n_train = 100 if num_classes == 10 else 20
     assert data.train_x.shape == (n_train, 3, 32, 32) and data.test_x.shape == (20, 3, 32, 32)
-    assert data.num_classes == num_classes
+    assert data.num_outputs == num_classes
 
 
 def test_missing_files_name_the_folder_and_files(tmp_path):
@@ -78,3 +79,29 @@ def test_subsets_are_fixed_across_seeds(tmp_path):
     b = load_dataset(make_cfg("dataset.train_size=100", "dataset.test_size=40", "seed=2"), CPU)
     assert len(a.train_y) == 100 and len(a.test_y) == 40
     assert torch.equal(a.train_x, b.train_x)
+
+
+def test_friedman1_is_a_fixed_standardized_regression_set():
+    a = load_dataset(make_cfg("dataset=friedman1", "seed=1"), CPU)
+    b = load_dataset(make_cfg("dataset=friedman1", "seed=2"), CPU)
+    assert (a.task, a.num_outputs, a.in_shape) == ("regression", 1, (10,))
+    assert a.train_x.shape == (8000, 10) and a.test_y.shape == (2000, 1) and a.train_y.dtype == torch.float32
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y), "the run seed must not change the data"
+    assert a.train_y.mean().abs() < 1e-4 and (a.train_y.std() - 1).abs() < 1e-4  # standardized targets
+    assert torch.allclose(a.train_x.mean(dim=0), torch.zeros(10), atol=1e-4)
+
+
+def test_friedman1_follows_its_formula():
+    from sklearn.datasets import make_friedman1
+
+    data = load_dataset(make_cfg("dataset=friedman1", "dataset.noise=0", "dataset.normalize=false",
+                                 "dataset.train_size=50", "dataset.test_size=10"), CPU)
+    x, y = data.train_x.double().numpy(), data.train_y.double().numpy()[:, 0]
+    expected = 10 * np.sin(np.pi * x[:, 0] * x[:, 1]) + 20 * (x[:, 2] - 0.5) ** 2 + 10 * x[:, 3] + 5 * x[:, 4]
+    assert np.allclose(y, expected, atol=1e-4)
+    assert np.allclose(x, make_friedman1(60, n_features=10, noise=0, random_state=0)[0][:50], atol=1e-6)
+
+
+def test_friedman1_needs_five_features():
+    with pytest.raises(DataError, match="at least 5 features"):
+        load_dataset(make_cfg("dataset=friedman1", "dataset.features=3"), CPU)

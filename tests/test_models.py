@@ -93,3 +93,13 @@ def test_every_optimizer_config_builds():
         assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
     assert make_optimizer(build_model(make_cfg(), (1, 8, 8), 10), make_cfg("optimizer=nesterov").optimizer) \
         .param_groups[0]["nesterov"] is True
+
+
+def test_mlp_widths_list_and_alexnet_needs_images():
+    from bnbench.config import ConfigError
+
+    model = build_model(make_cfg("model.widths=[18,18,4]", "norm=bn_before"), (10,), 1)
+    assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [18, 18, 4, 1]
+    assert model(torch.randn(5, 10)).shape == (5, 1)
+    with pytest.raises(ConfigError, match="model=alexnet needs images"):
+        build_model(make_cfg("model=alexnet"), (10,), 1)

@@ -14,7 +14,8 @@ from bnbench.experiment import run_experiment
 from bnbench.models import build_model
 from conftest import write_mnist_family
 
-PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam")
+PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam",
+           "regression_mlp")
 
 
 def compose_preset(name: str, *overrides: str, hydra: bool = False):
@@ -96,6 +97,15 @@ def test_alexnet_bn_adam():
     assert "bn_before" in grid("alexnet_bn_adam")["norm"]
 
 
+def test_regression_mlp():
+    cfg = compose_preset("regression_mlp", "norm=none", "activation=tanh")
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.dataset.name) == ("adam", 0.001, "friedman1")
+    model = build_model(cfg, (10,), 1)
+    assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [18, 18, 4, 1]
+    assert model.hidden[0][0].in_features == 10 and _blocks(model) == [[nn.Linear, nn.Tanh]] * 3
+    assert set(grid("regression_mlp")["activation"]) == {"relu", "sigmoid", "tanh", "leaky_relu"}
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
     g = grid(name)
@@ -116,7 +126,8 @@ def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
         assert summary["status"] in ("completed", "diverged"), summary["error"]
         rows = diagnostics.read_diagnostics(run_dir)
         assert sorted(rows["step"].unique()) == [1, 2]
-        n_layers = cfg.model.depth + 1 if cfg.model.name == "mlp" else 8
+        hidden = len(cfg.model.widths) if cfg.model.widths else cfg.model.depth
+        n_layers = hidden + 1 if cfg.model.name == "mlp" else 8
         assert rows["layer"].nunique() == n_layers
         assert rows["grad_norm"].notna().all()
         assert rows["bn_mean_gap"].notna().any() == (norm != "none")

@@ -122,3 +122,20 @@ def test_missing_cell_of_the_grid_is_listed(tmp_path):
     assert tables.counts["missing cells"] == 1
     report.write(tables)
     assert "| bn_before | tanh | 0/0 (2 missing) |" in (folder / "report.md").read_text()
+
+
+def test_regression_sweep_reports_test_loss_lower_is_better(tmp_path):
+    ok = run_cli("run", "-m", "dataset=friedman1", "model.widths=[18,18,4]", "norm=none,bn_before", "seed=0,1",
+                 "optimizer=adam", "optimizer.lr=0.01", "trainer.epochs=2", "sweep.name=reg", "trainer.threads=1",
+                 "trainer.log_progress=false", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    folder = tmp_path / "results" / "reg"
+    tables = report.build(folder)
+    assert tables.metric == "final_test_loss" and tables.cells.attrs["higher_better"] is False
+    runs = tables.runs
+    assert runs["final_test_acc"].isna().all() and (runs["best_test_loss"] <= runs["final_test_loss"]).all()
+    best = tables.cells.sort_values("rank").iloc[0]
+    assert best["mean"] == tables.cells["mean"].min()
+    assert (folder / "learning_curves.png").is_file()
+    refused = run_cli("report", str(folder), "--target-acc", "0.9", cwd=tmp_path)
+    assert refused.returncode != 0 and "regression" in refused.stderr

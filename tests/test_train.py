@@ -46,7 +46,7 @@ def test_bn_running_stats_update_in_training_and_serve_evaluation():
 def test_evaluate_uses_eval_mode_and_restores_train_mode():
     cfg = make_cfg("norm=bn_before", *QUICK)
     data = load_dataset(cfg, torch.device("cpu"))
-    model = build_model(cfg, data.in_shape, data.num_classes)
+    model = build_model(cfg, data.in_shape, data.num_outputs)
     model.train()
     seen_modes = []
     model.hidden[0][1].register_forward_hook(lambda m, i, o: seen_modes.append(m.training))
@@ -113,7 +113,7 @@ def test_training_reduces_loss():
     cfg = make_cfg("norm=bn_before", *QUICK)
     data = load_dataset(cfg, torch.device("cpu"))
     torch.manual_seed(0)
-    model = build_model(cfg, data.in_shape, data.num_classes)
+    model = build_model(cfg, data.in_shape, data.num_outputs)
     result = train(model, data, cfg, torch.device("cpu"))
     assert result.status == "completed"
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -127,3 +127,22 @@ def test_training_reduces_loss():
 def test_out_of_range_settings_fail_before_training(tmp_path, override, key):
     summary, rows = _run(tmp_path, override)
     assert summary["status"] == "failed" and key in summary["error"] and rows == []
+
+
+def test_regression_run_trains_with_mse_and_records_no_accuracy(tmp_path):
+    summary, rows = _run(tmp_path, "dataset=friedman1", "model.widths=[18,18,4]", "optimizer=adam",
+                         "optimizer.lr=0.01", "trainer.epochs=3")
+    assert summary["status"] == "completed"
+    assert [r["test_acc"] for r in rows] == ["", "", ""] and summary["final"]["test_acc"] is None
+    losses = [float(r["test_loss"]) for r in rows]
+    assert losses[-1] < 0.5 < 1.0, "standardized targets: 1.0 is the mean predictor; the net must do better"
+    assert summary["best"]["test_loss"] == min(losses)
+    cfg = make_cfg("dataset=friedman1", "model.widths=[18,18,4]", "trainer.epochs=1", *QUICK[1:])
+    data = load_dataset(cfg, torch.device("cpu"))
+    model = build_model(cfg, data.in_shape, data.num_outputs)
+    from bnbench.train import TASKS
+    loss, acc = evaluate(model, data.test_x, data.test_y, 700, TASKS["regression"])
+    model.eval()
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(model(data.test_x), data.test_y).item()
+    assert acc is None and loss == pytest.approx(expected, rel=1e-5)  # uneven batches: still the mean over rows

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Re-create results/reference/<preset>/: every reproduction preset of conf/ablation/ on real
+# Fashion-MNIST (the files of Debian's dataset-fashion-mnist in $BNBENCH_DATA/FashionMNIST/raw),
+# two joblib workers with one torch thread each. The two AlexNet presets use the first 6,000
+# training and 2,000 test images and fewer epochs, to fit a 2-core CPU (about 20 minutes in
+# all); drop those overrides on a GPU.
+#
+#   BNBENCH_DATA=/path/to/data scripts/reference_presets.sh [preset ...]
+set -euo pipefail
+export BNBENCH_DATA=${BNBENCH_DATA:-data}
+common=(hydra/launcher=parallel trainer.threads=1 results_dir=results/reference --quiet)
+subset=(dataset.train_size=6000 dataset.test_size=2000)
+
+declare -A extra=(
+  [ioffe2015]=""
+  [deep_sigmoid]=""
+  [lr_tolerance]=""
+  [keras_mlp]=""
+  [mlp64_adam]=""
+  [regression_mlp]=""
+  [placement]="${subset[*]} trainer.epochs=2"
+  [alexnet_bn_adam]="${subset[*]} trainer.epochs=5"
+)
+presets=("$@")
+[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam)
+for preset in "${presets[@]}"; do
+  # shellcheck disable=SC2086  # the extra overrides are words
+  bnbench run -m "ablation=$preset" "sweep.name=$preset" ${extra[$preset]} "${common[@]}"
+done
