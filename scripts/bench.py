@@ -45,7 +45,6 @@ BNBENCH = [sys.executable, "-c", "from bnbench.cli import app; app()"]
 NORMS = ("none", "bn_before", "bn_after")
 SEEDS = (0, 1, 2, 3, 4)
 FASHION_MEAN_STD = (0.2860, 0.3530)  # over the training images, as the examples hard-code MNIST's
-TRAIN_SAMPLES = 60000
 
 
 # --------------------------------------------------------------------------- the hand-written loop
@@ -57,7 +56,6 @@ def hand_written_run(data_root: str, model_name: str, norm: str, seed: int, epoc
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from bnbench.config import register_configs
     from bnbench.models import build_model
 
     torch.manual_seed(seed)
@@ -68,7 +66,6 @@ def hand_written_run(data_root: str, model_name: str, norm: str, seed: int, epoc
     train_loader = DataLoader(train_set, batch_size=60, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=1000)
 
-    register_configs()
     cfg = _compose(f"model={model_name}", f"norm={norm}", f"seed={seed}")
     model = build_model(cfg, (1, 28, 28), 10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
@@ -97,8 +94,9 @@ def hand_written_run(data_root: str, model_name: str, norm: str, seed: int, epoc
 def _compose(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from bnbench.config import config_dir
+    from bnbench.config import config_dir, register_configs
 
+    register_configs()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose("config", overrides=["dataset=fashion_mnist", *overrides])
 
@@ -137,7 +135,7 @@ def case_mlp_run(opts, tmp: Path) -> dict:
                             f"trainer.device={opts.device}", f"results_dir={tmp}", "hydra.run.dir=" + str(tmp / "run")],
                            tmp)
     assert _statuses(tmp / "run") == ["completed"]
-    return {"runs": 1, "samples": TRAIN_SAMPLES * opts.epochs, "hand_s": hand, "hand_measured_runs": 1,
+    return {"runs": 1, "samples": opts.n_train * opts.epochs, "hand_s": hand, "hand_measured_runs": 1,
             "bnbench_s": ours, "bnbench_cmd": f"bnbench run dataset=fashion_mnist norm=bn_before trainer.epochs={opts.epochs}"}
 
 
@@ -152,7 +150,7 @@ def case_mlp_sweep(opts, tmp: Path) -> dict:
                             "--quiet"], tmp)
     statuses = _statuses(tmp / "sweep")
     assert statuses == ["completed"] * 15, statuses
-    return {"runs": 15, "samples": 15 * TRAIN_SAMPLES * opts.epochs, "hand_s": hand, "hand_measured_runs": len(measured),
+    return {"runs": 15, "samples": 15 * opts.n_train * opts.epochs, "hand_s": hand, "hand_measured_runs": len(measured),
             "bnbench_s": ours, "bnbench_cmd": "bnbench run " + " ".join(sweep_args)}
 
 
@@ -162,7 +160,7 @@ def case_alexnet_epoch(opts, tmp: Path) -> dict:
                             f"trainer.device={opts.device}", f"results_dir={tmp}", "hydra.run.dir=" + str(tmp / "cnn")],
                            tmp)
     assert _statuses(tmp / "cnn") == ["completed"]
-    return {"runs": 1, "samples": TRAIN_SAMPLES, "hand_s": hand, "hand_measured_runs": 1, "bnbench_s": ours,
+    return {"runs": 1, "samples": opts.n_train, "hand_s": hand, "hand_measured_runs": 1, "bnbench_s": ours,
             "bnbench_cmd": "bnbench run dataset=fashion_mnist model=alexnet norm=bn_before trainer.epochs=1"}
 
 
@@ -207,7 +205,8 @@ def main() -> None:
         ("cpu" if opts.device == "auto" else opts.device)
     opts.data = str(Path(opts.data).resolve())
     try:  # unpacks the IDX .gz files once, so neither side pays for it
-        load_dataset(_compose(f"dataset.root={opts.data}", "dataset.download=false"), torch.device("cpu"))
+        data = load_dataset(_compose(f"dataset.root={opts.data}", "dataset.download=false"), torch.device("cpu"))
+        opts.n_train = len(data.train_y)
     except (DataError, ConfigError) as err:
         sys.exit(f"bench.py: {err}")
     info = machine()

@@ -165,3 +165,28 @@ def test_permission_denied_results(tmp_path):
     locked.mkdir(mode=0o500)
     proc = run_cli("run", f"results_dir={locked}", *FAST, cwd=tmp_path)
     _assert_one_line_error(proc, "cannot write")
+
+
+def test_benchmark_scripts_run_end_to_end(tmp_path):
+    """scripts/bench.py and bench_stacking.py are benchmarks (they print figures, nothing is timed
+    here); this only keeps them working, on a tiny Fashion-MNIST written in the real IDX format."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import write_mnist_family
+
+    write_mnist_family(tmp_path / "data", "FashionMNIST", n_train=240, n_test=60)
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    bench = subprocess.run([sys.executable, str(scripts / "bench.py"), "--cases", "mlp_run", "--epochs", "1",
+                            "--data", str(tmp_path / "data"), "--device", "cpu", "--out", str(tmp_path / "out")],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    (written,) = (tmp_path / "out").glob("bench-*.csv")
+    (row,) = list(csv.DictReader(written.open()))
+    assert row["case"] == "mlp_run" and float(row["ratio"]) > 0 and row["samples"] == "240"
+    stacking = subprocess.run([sys.executable, str(scripts / "bench_stacking.py"), "--steps", "3", "--threads", "1"],
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert stacking.returncode == 0 and "grouped" in stacking.stdout, stacking.stderr[-2000:]
