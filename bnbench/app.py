@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnbench.config import config_dir, register_configs
 from bnbench.devices import cpu_share, uses_gpu_slots
-from bnbench.experiment import run_experiment
+from bnbench.experiment import run_experiment, run_stacked
 
 log = logging.getLogger("bnbench")
 register_configs()
@@ -34,6 +34,16 @@ class FailFast(RuntimeError):
 last_run: dict[str, Any] | None = None
 
 
+def sweep_seeds(sweep_dir: Path) -> list[int]:
+    """The seeds the sweep lists (from the multirun.yaml Hydra's sweeper saves before launching)."""
+    from bnbench.report import value_order
+
+    try:
+        return [int(float(v)) for v in value_order(sweep_dir).get("seed", [])]
+    except ValueError:
+        return []
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     global last_run
@@ -45,16 +55,18 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     if hydra_cfg.mode == RunMode.MULTIRUN and cfg.sweep.fail_fast and stop_marker.exists():
         log.info("cancelled: an earlier run failed (--fail-fast)")
         return {"status": "cancelled"}
-    summary = run_experiment(
-        cfg,
-        run_dir,
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    job = dict(
         overrides=list(hydra_cfg.overrides.task),
         choices=OmegaConf.to_container(hydra_cfg.runtime.choices),
-        console_progress=hydra_cfg.mode == RunMode.RUN,
         cpu_threads=cpu_share(hydra_cfg.launcher),
-        gpu_slots_dir=(Path(hydra_cfg.sweep.dir) / ".gpu-slots"
-                       if hydra_cfg.mode == RunMode.MULTIRUN and uses_gpu_slots(hydra_cfg.launcher) else None),
+        gpu_slots_dir=Path(hydra_cfg.sweep.dir) / ".gpu-slots" if multirun and uses_gpu_slots(hydra_cfg.launcher) else None,
     )
+    seeds = sweep_seeds(Path(hydra_cfg.sweep.dir)) if multirun and cfg.trainer.stack_seeds else []
+    if len(seeds) > 1:
+        summary = run_stacked(cfg, run_dir, seeds, **job)
+    else:
+        summary = run_experiment(cfg, run_dir, console_progress=not multirun, **job)
     status = summary["status"]
     if summary.get("skipped"):
         return summary

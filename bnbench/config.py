@@ -113,6 +113,10 @@ class TrainerConfig:
     checkpoint_every: int = 1
     # Print one line per evaluation.
     log_progress: bool = True
+    # In a sweep over seeds, train the seeds of each cell together as one stacked model
+    # (bnbench/stacking.py): same results up to float rounding, fewer, larger operations.
+    # Runs with dropout or diagnostics are not stacked.
+    stack_seeds: bool = False
 
 
 @dataclass

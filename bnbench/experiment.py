@@ -6,26 +6,29 @@ ends in a ``summary.json`` with a status, so a sweep always has a row for every 
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import logging
 import os
 import random
+import re
 import socket
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnbench import diagnostics, records
 from bnbench.config import ConfigError, validate
 from bnbench.data import DataError, load_dataset
 from bnbench.devices import job_device, release_gpu_slot, set_threads
 from bnbench.models import build_model, count_parameters
+from bnbench.stacking import train_stacked, why_not_stackable
 from bnbench.train import Checkpoint, Interrupted, steps_plan, train
 
 log = logging.getLogger("bnbench")
@@ -53,15 +56,24 @@ def _format_row(row: Mapping[str, Any]) -> str:
 FINISHED = ("completed", "diverged")  # results; a rerun of the same sweep skips them
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> dict[str, Any]:
-    """:func:`_run` under a lock on the run folder, so two processes given the same run (two
-    sweep commands racing on one sweep folder) never train it twice: the second skips it."""
+def _lock(run_dir: Path) -> IO | None:
+    """An exclusive lock on the run folder (held until the handle closes), or None if another
+    process holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / ".run.lock", "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
+        return None
+    return handle
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> dict[str, Any]:
+    """:func:`_run` under a lock on the run folder, so two processes given the same run (two
+    sweep commands racing on one sweep folder) never train it twice: the second skips it."""
+    handle = _lock(run_dir)
+    if handle is None:
         log.info("skipped: another process is running %s right now", run_dir.name)
         return {"status": "running", "skipped": True, "run_id": records.run_identity(cfg)}
     try:
@@ -102,20 +114,7 @@ def _run(
                     run_dir, previous.get("run_id"), run_id)
 
     started = time.perf_counter()
-    summary: dict[str, Any] = {
-        "run_id": run_id,
-        "status": "running",
-        "error": None,
-        "seed": int(cfg.seed),
-        "params": records.parse_overrides(overrides),
-        "overrides": overrides,
-        "choices": {k: v for k, v in (choices or {}).items() if not str(k).startswith("hydra")},
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "versions": records.library_versions(),
-    }
-    records.write_json(run_dir / records.SUMMARY, summary)
+    summary = _start_summary(cfg, run_dir, run_id, overrides, choices)
     checkpoint = Checkpoint(run_dir / "checkpoint.pt", run_id, cfg.trainer.checkpoint_every)
 
     def on_eval(row: dict) -> None:
@@ -156,6 +155,32 @@ def _run(
     except Exception as err:  # a bug or an environment problem: keep the traceback next to the record
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
         records.write_text(run_dir / "error.txt", traceback.format_exc())
+    _finish(run_dir, summary, history, diagnostics_rows, started)
+    return summary
+
+
+def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str],
+                   choices: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The record of a run that has started (status running), written to its folder."""
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "running",
+        "error": None,
+        "seed": int(cfg.seed),
+        "params": records.parse_overrides(overrides),
+        "overrides": overrides,
+        "choices": {k: v for k, v in (choices or {}).items() if not str(k).startswith("hydra")},
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "versions": records.library_versions(),
+    }
+    records.write_json(run_dir / records.SUMMARY, summary)
+    return summary
+
+
+def _finish(run_dir: Path, summary: dict[str, Any], history: list[dict], diagnostics_rows: list[dict],
+            started: float) -> None:
     summary.pop("progress", None)
     summary["wall_s"] = round(time.perf_counter() - started, 3)
     summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -166,7 +191,6 @@ def _run(
     else:
         (run_dir / diagnostics.FILE).unlink(missing_ok=True)
     records.write_json(run_dir / records.SUMMARY, summary)  # last: its status marks the run finished
-    return summary
 
 
 def _outcome(history: list[dict]) -> dict[str, Any]:
@@ -186,3 +210,129 @@ def _outcome(history: list[dict]) -> dict[str, Any]:
         "epochs": last["epoch"],
         "train_s": last["wall_s"],  # training time, summed over resumed parts
     }
+
+
+# ----------------------------------------------------------------------------- stacked seeds
+
+def sibling_dir(run_dir: Path, own_seed: int, seed: int) -> Path | None:
+    """The folder of the run that differs from ``run_dir``'s only by its seed: Hydra names run
+    folders by their overrides (``...,seed=0,...``), so it is the same name with the seed
+    swapped; None when the name does not hold the seed exactly once (a custom hydra.sweep.subdir)."""
+    pattern = re.compile(rf"(^|,)seed={own_seed}(?=,|$)")
+    if len(pattern.findall(run_dir.name)) != 1:
+        return None
+    return run_dir.parent / pattern.sub(lambda m: f"{m.group(1)}seed={seed}", run_dir.name)
+
+
+def run_stacked(cfg: DictConfig, run_dir: Path, seeds: list[int], overrides: list[str],
+                choices: Mapping[str, Any] | None = None, cpu_threads: int | None = None,
+                gpu_slots_dir: Path | None = None) -> dict[str, Any]:
+    """A sweep job with ``trainer.stack_seeds=true``: train this job's run together with the runs
+    of the same cell for the sweep's other ``seeds`` (bnbench/stacking.py), writing each seed's
+    record into its own folder exactly as its own job would. Seeds that are finished, or locked
+    by another process, are left alone; their own jobs find their records and skip. Returns this
+    job's own summary."""
+    own_seed = int(cfg.seed)
+    reason = why_not_stackable(cfg)
+    dirs = {seed: sibling_dir(run_dir, own_seed, seed) for seed in seeds}
+    if reason is None and (own_seed not in seeds or any(d is None for d in dirs.values())):
+        reason = "the run folder names do not show the seed (hydra.sweep.subdir)"
+    if reason is not None:
+        log.info("seeds not stacked: %s", reason)
+        return run_experiment(cfg, run_dir, overrides=overrides, choices=choices, console_progress=False,
+                              cpu_threads=cpu_threads, gpu_slots_dir=gpu_slots_dir)
+    handles: dict[int, IO] = {}
+    own: dict[str, Any] | None = None
+    cells: list[tuple[int, DictConfig, Path, list[str]]] = []
+    try:
+        for seed in [own_seed, *(s for s in seeds if s != own_seed)]:
+            seed_cfg = copy.deepcopy(cfg)
+            seed_cfg.seed = seed
+            folder = dirs[seed]
+            handle = _lock(folder)
+            if handle is None:  # another process trains it right now
+                if seed == own_seed:
+                    own = {"status": "running", "skipped": True, "run_id": records.run_identity(seed_cfg)}
+                continue
+            previous = records.read_summary(folder)
+            if previous is not None and previous.get("run_id") == records.run_identity(seed_cfg) \
+                    and previous.get("status") in FINISHED:
+                handle.close()
+                if seed == own_seed:
+                    log.info("skipped: already %s (%s)", previous["status"], folder.name)
+                    own = {**previous, "skipped": True}
+                continue
+            handles[seed] = handle
+            seed_overrides = [f"seed={seed}" if o.startswith("seed=") else o for o in overrides]
+            cells.append((seed, seed_cfg, folder, seed_overrides))
+        if cells:
+            summaries = _train_stacked_cell(cfg, cells, choices, cpu_threads, gpu_slots_dir)
+            own = summaries.get(own_seed, own)
+        return own if own is not None else {"status": "running", "skipped": True}
+    finally:
+        release_gpu_slot()
+        for handle in handles.values():
+            handle.close()
+
+
+def _train_stacked_cell(cfg: DictConfig, cells: list[tuple[int, DictConfig, Path, list[str]]],
+                        choices: Mapping[str, Any] | None, cpu_threads: int | None,
+                        gpu_slots_dir: Path | None) -> dict[int, dict[str, Any]]:
+    started = time.perf_counter()
+    seeds = [seed for seed, *_ in cells]
+    summaries: dict[int, dict[str, Any]] = {}
+    for seed, seed_cfg, folder, seed_overrides in cells:
+        hydra_dir = folder / ".hydra"  # what the seed's own Hydra job would have written
+        hydra_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(seed_cfg, hydra_dir / "config.yaml")
+        OmegaConf.save(OmegaConf.create(seed_overrides), hydra_dir / "overrides.yaml")
+        summaries[seed] = _start_summary(seed_cfg, folder, records.run_identity(seed_cfg), seed_overrides, choices)
+        summaries[seed]["stacked_seeds"] = seeds
+    histories: dict[int, list[dict]] = {seed: [] for seed in seeds}
+    total_steps = 0
+
+    def on_eval(i: int, row: dict) -> None:
+        seed, _, folder, _ = cells[i]
+        if cfg.trainer.log_progress:
+            epoch_log.info("seed %d: %s", seed, _format_row(row))
+        summaries[seed]["progress"] = {"step": row["step"], "total_steps": total_steps, "epoch": row["epoch"],
+                                       "test_acc": row["test_acc"], "test_loss": row["test_loss"],
+                                       "train_loss": row["train_loss"]}
+        records.write_json(folder / records.SUMMARY, summaries[seed])
+
+    def fail_all(**fields: Any) -> None:
+        for summary in summaries.values():
+            summary.update(**fields)
+
+    try:
+        validate(cfg)
+        device = job_device(cfg.trainer.device, gpu_slots_dir, cfg.trainer.jobs_per_gpu)
+        device_name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+        threads = set_threads(cfg.trainer.threads, cpu_threads) if device.type == "cpu" else None
+        data = load_dataset(cfg, device)
+        models = []
+        for seed, seed_cfg, _, _ in cells:
+            seed_everything(seed)  # the initialization the seed's own run would get
+            models.append(build_model(seed_cfg, data.in_shape, data.num_outputs).to(device))
+            summaries[seed].update(device=device_name, n_params=count_parameters(models[-1]))
+            if threads is not None:
+                summaries[seed]["threads"] = threads
+        total_steps = steps_plan(len(data.train_y), cfg.trainer)[1]
+        results = train_stacked(models, seeds, data, cfg, device, on_eval=on_eval)
+        for seed, result in zip(seeds, results):
+            histories[seed] = result.history
+            summaries[seed]["status"] = result.status
+    except Interrupted:
+        for seed, _, folder, _ in cells:
+            summaries[seed].update(status="interrupted", error="interrupted by the user; rerun the same command")
+            records.write_json(folder / records.SUMMARY, summaries[seed])
+        raise
+    except USER_ERRORS as err:
+        fail_all(status="failed", error=str(err))
+    except Exception as err:
+        fail_all(status="failed", error=f"{type(err).__name__}: {err}")
+        for _, _, folder, _ in cells:
+            records.write_text(folder / "error.txt", traceback.format_exc())
+    for seed, _, folder, _ in cells:
+        _finish(folder, summaries[seed], histories[seed], [], started)
+    return summaries

@@ -27,7 +27,7 @@ METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test
 # of its identity hash and of the factors of a report. conf/config.yaml keeps them out of run
 # folder names too (hydra.job.config.override_dirname.exclude_keys).
 RUNTIME_KEYS = ("results_dir", "sweep", "dataset.root", "dataset.download", "trainer.threads",
-                "trainer.log_progress", "trainer.device", "trainer.jobs_per_gpu")
+                "trainer.log_progress", "trainer.device", "trainer.jobs_per_gpu", "trainer.stack_seeds")
 
 
 def is_runtime_key(key: str) -> bool:

@@ -148,7 +148,7 @@ def sweep_lists(params: Mapping[str, Any] | None, task_overrides: list[str] | No
     return order
 
 
-def _value_order(sweep_dir: Path) -> dict[str, list[str]]:
+def value_order(sweep_dir: Path) -> dict[str, list[str]]:
     """The order in which the sweep listed each key's values (from Hydra's multirun.yaml)."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
@@ -183,7 +183,7 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
             runs[col] = None
     factors = [k for k in keys if runs[k].nunique(dropna=False) > 1]
     constants = {k: str(runs[k].iloc[0]) for k in keys if k not in factors}
-    order = _value_order(sweep_dir)
+    order = value_order(sweep_dir)
     for k in factors:
         present = set(runs[k].astype(str))
         seen = list(dict.fromkeys([*order.get(k, []), *sorted(present)]))
@@ -196,7 +196,7 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
 def _expected_cells(sweep_dir: Path, runs: pd.DataFrame, factors: list[str]) -> list[dict[str, str]]:
     """Cells of the grid the last sweep command asked for, so a cell with no run at all shows
     as missing. Only for grids that list every factor (a Cartesian product)."""
-    order = _value_order(sweep_dir)
+    order = value_order(sweep_dir)
     if not factors or not all(f in order for f in factors):
         return []
     levels = [order[f] for f in factors]

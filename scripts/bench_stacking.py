@@ -73,8 +73,9 @@ def grouped(models: list[nn.Sequential]) -> nn.Sequential:
 
 
 def rounds(n_seeds: int, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x, y = torch.randn(N, IN), torch.randint(0, CLASSES, (N,))
-    orders = torch.stack([torch.randperm(N, generator=torch.Generator().manual_seed(s))[: steps * BATCH]
+    n = max(N, steps * BATCH)
+    x, y = torch.randn(n, IN), torch.randint(0, CLASSES, (n,))
+    orders = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(s))[: steps * BATCH]
                           for s in range(n_seeds)]).view(n_seeds, steps, BATCH)
     return x, y, orders
 

@@ -1,0 +1,253 @@
+"""Stacked seeds: the seeds of one sweep cell trained together as one grouped model.
+
+Runs that differ only by seed run the same small operations; on their own they leave most of a
+core (or a GPU) waiting on per-operation overhead. Here S copies, each built exactly as its own
+run would build it (``torch.manual_seed(seed)`` then ``build_model``), become one model whose
+layers hold the S copies side by side:
+
+    Linear       weights (S, out, in), applied to (S, batch, in) with one batched matmul
+    Conv2d       one conv with groups=S over S x channels: S independent convolutions
+    BatchNorm    one BN over S x features: each copy's features are normalized over that
+                 copy's batch only, with its own running statistics, as S separate BNs would
+    activation, pooling   per element / per channel: shared as they are
+
+Each copy sees its own batches (the data order of its seed), its own loss, and so its own
+gradients; the optimizers are per-element, so every copy follows its separate run's
+trajectory up to float rounding (other kernels sum in another order), which the tests check.
+``scripts/bench_stacking.py`` measures the gain. Dropout (its random masks come from one
+global stream per run) and diagnostics (hooks on per-run modules) are not stacked: such runs
+train one by one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnbench.data import TensorDataset, eval_batches
+from bnbench.models import ACTIVATIONS
+from bnbench.train import (Interrupted, TrainResult, defer_sigint, make_optimizer, make_schedule, steps_plan)
+
+
+def why_not_stackable(cfg) -> str | None:
+    """None if runs of this config can be stacked, else the reason (for the log)."""
+    if cfg.trainer.dropout > 0:
+        return "dropout draws its masks from each run's own random stream"
+    if cfg.get("diagnostics") is not None and cfg.diagnostics.enabled:
+        return "diagnostics hook each run's own modules"
+    return None
+
+
+# ------------------------------------------------------------------------------- grouped layers
+
+class GroupedLinear(nn.Module):
+    """S Linear layers side by side: (S, B, in) -> (S, B, out)."""
+
+    def __init__(self, linears: Sequence[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in linears]).clone())
+        has_bias = linears[0].bias is not None
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in linears]).clone()) if has_bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.bmm(x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+def _grouped_batchnorm(bns: Sequence[nn.modules.batchnorm._BatchNorm]) -> nn.modules.batchnorm._BatchNorm:
+    first = bns[0]
+    grouped = type(first)(first.num_features * len(bns), eps=first.eps, momentum=first.momentum, affine=first.affine)
+    with torch.no_grad():
+        for name, tensor in [*grouped.named_parameters(), *grouped.named_buffers()]:
+            if name == "num_batches_tracked":
+                tensor.copy_(first.num_batches_tracked)
+            else:
+                tensor.copy_(torch.cat([getattr(bn, name) for bn in bns]))
+    return grouped
+
+
+class RowsBatchNorm(nn.Module):
+    """BN of S copies on (S, B, C): one BatchNorm1d over the S*C features of (B, S*C)."""
+
+    def __init__(self, bns: Sequence[nn.BatchNorm1d]):
+        super().__init__()
+        self.bn = _grouped_batchnorm(bns)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, b, c = x.shape
+        return self.bn(x.transpose(0, 1).reshape(b, s * c)).view(b, s, c).transpose(0, 1)
+
+
+def _grouped_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    first, s = convs[0], len(convs)
+    grouped = nn.Conv2d(first.in_channels * s, first.out_channels * s, first.kernel_size, stride=first.stride,
+                        padding=first.padding, dilation=first.dilation, groups=s, bias=first.bias is not None)
+    with torch.no_grad():
+        grouped.weight.copy_(torch.cat([c.weight for c in convs]))
+        if grouped.bias is not None:
+            grouped.bias.copy_(torch.cat([c.bias for c in convs]))
+    return grouped
+
+
+def _shared(module: nn.Module) -> nn.Module:
+    if isinstance(module, (*ACTIVATIONS.values(), nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
+        return module
+    raise TypeError(f"cannot stack a {type(module).__name__} layer")
+
+
+def _grouped_sequential(blocks: Sequence[nn.Module], conv_layout: bool) -> nn.Sequential:
+    """The same Sequential for S copies (recursing into the blocks of hidden layers)."""
+    out: list[nn.Module] = []
+    for parts in zip(*[list(b) for b in blocks]):
+        first = parts[0]
+        if isinstance(first, nn.Sequential):
+            out.append(_grouped_sequential(parts, conv_layout))
+        elif isinstance(first, nn.Linear):
+            out.append(GroupedLinear(parts))
+        elif isinstance(first, nn.Conv2d):
+            out.append(_grouped_conv(parts))
+        elif isinstance(first, nn.BatchNorm2d):
+            out.append(_grouped_batchnorm(parts))
+        elif isinstance(first, nn.BatchNorm1d):
+            out.append(RowsBatchNorm(parts))
+        else:
+            out.append(_shared(first))
+    return nn.Sequential(*out)
+
+
+class StackedNet(nn.Module):
+    """S copies of an MLP or AlexNet-style model (bnbench.models): input (S, B, ...) -> (S, B, outputs).
+
+    The conv part runs on (B, S*C, H, W) (channels of copy s at s*C..(s+1)*C), the fully
+    connected part on (S, B, features)."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        self.copies = len(models)
+        first = models[0]
+        self.features = _grouped_sequential([m.features for m in models], True) if hasattr(first, "features") else None
+        self.hidden = _grouped_sequential([m.hidden for m in models], False)
+        self.head = GroupedLinear([m.head for m in models])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, b = x.shape[:2]
+        if self.features is not None:
+            x = self.features(x.transpose(0, 1).reshape(b, s * x.shape[2], *x.shape[3:]))
+            x = x.reshape(b, s, -1).transpose(0, 1)  # each copy's (C, h, w) flattened, as nn.Flatten does
+        else:
+            x = x.reshape(s, b, -1)
+        return self.head(self.hidden(x))
+
+
+# ------------------------------------------------------------------------------- training
+
+def _per_copy_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(S, B, K) outputs and (S, B[, 1]) targets -> (S,) mean losses, as each run computes its own."""
+    if task == "classification":
+        return lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+    return lambda out, y: F.mse_loss(out, y, reduction="none").flatten(1).mean(1)
+
+
+@torch.no_grad()
+def evaluate_stacked(net: StackedNet, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                     task: str) -> tuple[list[float], list[float | None]]:
+    """Each copy's mean test loss and accuracy (None for regression), in eval mode."""
+    was_training = net.training
+    net.eval()
+    s = net.copies
+    loss_fn = _per_copy_loss(task)
+    loss_sum = torch.zeros(s, device=x.device)
+    correct = torch.zeros(s, device=x.device, dtype=torch.long)
+    for xb, yb in eval_batches(x, y, batch_size):
+        out = net(xb.unsqueeze(0).expand(s, *xb.shape))
+        targets = yb.unsqueeze(0).expand(s, *yb.shape)
+        loss_sum += loss_fn(out, targets) * len(yb)
+        if task == "classification":
+            correct += (out.argmax(dim=2) == targets).sum(dim=1)
+    net.train(was_training)
+    n = len(y)
+    accs = [c / n for c in correct.tolist()] if task == "classification" else [None] * s
+    return [v / n for v in loss_sum.tolist()], accs
+
+
+def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: TensorDataset, cfg, device: torch.device,
+                  on_eval: Callable[[int, dict], None] | None = None) -> list[TrainResult]:
+    """Train ``models`` (built for ``seeds``, from the same config but the seed) as one stacked
+    model, the loop of bnbench.train.train for each copy: each seed's own data order, its own
+    evaluation rows and its own divergence. ``on_eval(i, row)`` gets copy i's rows."""
+    trainer = cfg.trainer
+    net = StackedNet(models).to(device)
+    s = len(models)
+    optimizer = make_optimizer(net, cfg.optimizer)
+    steps_per_epoch, total_steps, eval_every = steps_plan(len(data.train_y), trainer)
+    schedule = make_schedule(optimizer, trainer.lr_schedule, total_steps)
+    order_rngs = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+    n_train, batch_size = len(data.train_y), trainer.batch_size
+    classify = data.task == "classification"
+    loss_fn = _per_copy_loss(data.task)
+
+    results = [TrainResult(status="completed") for _ in range(s)]
+    active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
+    loss_sum = torch.zeros(s, device=device)
+    correct = torch.zeros(s, device=device, dtype=torch.long)
+    seen, step, pos = 0, 0, 0
+    start = time.perf_counter()
+    net.train()
+    with defer_sigint() as sigint:
+        while step < total_steps:
+            orders = torch.stack([torch.randperm(n_train, generator=g, device=g.device) for g in order_rngs])
+            orders = orders.to(data.train_y.device)
+            while pos < steps_per_epoch and step < total_steps:
+                idx = orders[:, pos * batch_size:(pos + 1) * batch_size]  # (S, B): each copy's own batch
+                xb, yb = data.train_x[idx], data.train_y[idx]
+                outputs = net(xb)
+                losses = loss_fn(outputs, yb)
+                # a diverged copy's NaN must not reach the sum (its gradient is cut, the others' unchanged)
+                total = torch.where(active, losses, torch.zeros_like(losses)).sum()
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += losses.detach() * batch_size
+                if classify:
+                    correct += (outputs.detach().argmax(dim=2) == yb).sum(dim=1)
+                seen += batch_size
+                step += 1
+                pos += 1
+                if pos == steps_per_epoch:
+                    pos = 0
+                if step % eval_every == 0 or step == total_steps:
+                    train_losses, train_correct = (loss_sum / seen).tolist(), correct.tolist()
+                    test_losses, test_accs = evaluate_stacked(net, data.test_x, data.test_y,
+                                                              trainer.eval_batch_size, data.task)
+                    wall = round(time.perf_counter() - start, 4)
+                    for i in range(s):
+                        if results[i].status != "completed":
+                            continue  # diverged earlier: its record ended there
+                        row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": train_losses[i],
+                               "train_acc": train_correct[i] / seen if classify else None,
+                               "test_loss": test_losses[i], "test_acc": test_accs[i],
+                               "lr": optimizer.param_groups[0]["lr"], "wall_s": wall}
+                        results[i].history.append(row)
+                        if on_eval is not None:
+                            on_eval(i, row)
+                        limit = trainer.diverge_above
+                        if not math.isfinite(train_losses[i]) or (limit is not None and train_losses[i] > limit):
+                            results[i].status = "diverged"
+                            active[i] = False
+                    if not bool(active.any()):
+                        return results
+                    loss_sum.zero_()
+                    correct.zero_()
+                    seen = 0
+                if sigint["raised"]:
+                    raise Interrupted(f"interrupted at step {step}")
+                if pos == 0:
+                    break  # new epoch: new permutations
+    return results

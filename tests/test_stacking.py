@@ -1,0 +1,146 @@
+"""Stacked seeds (bnbench/stacking.py): the same runs as separate training, up to float rounding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bnbench.data import load_dataset
+from bnbench.models import build_model
+from bnbench.stacking import StackedNet, train_stacked
+from bnbench.train import train
+from conftest import make_cfg, run_cli
+
+CPU = torch.device("cpu")
+SEEDS = [0, 1, 2]
+
+
+def _models(cfg, data, seeds):
+    out = []
+    for seed in seeds:
+        torch.manual_seed(seed)  # what a run does before building its model
+        out.append(build_model(cfg, data.in_shape, data.num_outputs))
+    return out
+
+
+def _separate(cfg, data, seeds):
+    histories = []
+    for seed, model in zip(seeds, _models(cfg, data, seeds)):
+        seed_cfg = cfg.copy()
+        seed_cfg.seed = seed
+        histories.append(train(model, data, seed_cfg, CPU).history)
+    return histories
+
+
+def _assert_same_runs(separate, stacked, rel):
+    for alone, together in zip(separate, stacked):
+        assert [r["step"] for r in alone] == [r["step"] for r in together.history]
+        for a, b in zip(alone, together.history):
+            for key in ("train_loss", "test_loss"):
+                assert b[key] == pytest.approx(a[key], rel=rel, abs=rel), key
+            for key in ("train_acc", "test_acc"):
+                assert (b[key] is None) == (a[key] is None)
+                if a[key] is not None:
+                    assert b[key] == pytest.approx(a[key], abs=0.002 if rel > 1e-6 else 1e-12), key
+
+
+@pytest.fixture
+def float64():
+    """Double precision: the stacked and separate computations are the same math, so they agree
+    to ~1e-15 (in float32 they drift apart by rounding, then by the chaos of training)."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def _double(data):
+    data.train_x, data.test_x = data.train_x.double(), data.test_x.double()
+    if data.train_y.is_floating_point():
+        data.train_y, data.test_y = data.train_y.double(), data.test_y.double()
+    return data
+
+
+@pytest.mark.parametrize("overrides", [
+    ("norm=bn_before",),
+    ("norm=bn_after", "activation=tanh", "optimizer=adam", "optimizer.lr=0.003"),
+    ("norm=none", "optimizer=nesterov", "optimizer.lr=0.05", "trainer.lr_schedule=cosine"),
+    ("norm=bn_before", "norm.drop_bias=true", "optimizer=rmsprop", "optimizer.lr=0.001", "optimizer.weight_decay=0.01"),
+    ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=bn_before", "trainer.steps=30",
+     "trainer.eval_every=10"),
+    ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=bn_after", "activation=elu",
+     "optimizer=adamw", "optimizer.lr=0.003", "trainer.steps=30", "trainer.eval_every=10"),
+    ("dataset=friedman1", "model.widths=[18,18,4]", "optimizer=adam", "optimizer.lr=0.01", "dataset.train_size=600",
+     "norm=bn_before"),
+])
+def test_stacked_seeds_are_their_separate_runs(overrides, float64):
+    cfg = make_cfg(*overrides, "trainer.epochs=2", "trainer.log_progress=false")
+    data = _double(load_dataset(cfg, CPU))
+    stacked = train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU)
+    assert all(r.status == "completed" for r in stacked)
+    _assert_same_runs(_separate(cfg, data, SEEDS), stacked, rel=1e-9)
+
+
+def test_stacked_seeds_in_float32_agree_within_rounding():
+    cfg = make_cfg("norm=bn_before", "trainer.epochs=2", "trainer.log_progress=false")
+    data = load_dataset(cfg, CPU)
+    stacked = train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU)
+    _assert_same_runs(_separate(cfg, data, SEEDS), stacked, rel=1e-4)
+
+
+def test_stacked_model_holds_each_copy_unchanged():
+    cfg = make_cfg("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=bn_before")
+    models = [build_model(cfg, (1, 28, 28), 10) for _ in SEEDS]
+    for m in models:
+        m.eval()
+    net = StackedNet(models).eval()
+    x = torch.randn(len(SEEDS), 7, 1, 28, 28)
+    with torch.no_grad():
+        expected = torch.stack([m(x[i]) for i, m in enumerate(models)])
+        assert torch.allclose(net(x), expected, atol=1e-5)
+
+
+def test_a_diverging_copy_leaves_the_others_untouched():
+    cfg = make_cfg("norm=bn_before", "trainer.epochs=2", "trainer.log_progress=false")
+    data = load_dataset(cfg, CPU)
+    models = _models(cfg, data, SEEDS)
+    with torch.no_grad():
+        models[1].head.weight.fill_(float("nan"))  # copy 1 is broken from the start
+    stacked = train_stacked(models, SEEDS, data, cfg, CPU)
+    assert [r.status for r in stacked] == ["completed", "diverged", "completed"]
+    assert len(stacked[1].history) == 1, "a diverged copy's record ends at the evaluation that saw it"
+    separate = _separate(cfg, data, [0, 2])
+    _assert_same_runs(separate, [stacked[0], stacked[2]], rel=1e-4)
+
+
+def _records(folder):
+    return {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/summary.json")}
+
+
+def test_sweep_with_stacked_seeds_writes_every_seed_record(tmp_path):
+    common = ("norm=none,bn_before", "seed=0,1,2", "trainer.epochs=2", "trainer.threads=1",
+              "trainer.log_progress=false")
+    plain = run_cli("run", "-m", *common, "sweep.name=plain", "--quiet", cwd=tmp_path)
+    stacked = run_cli("run", "-m", *common, "sweep.name=stacked", "trainer.stack_seeds=true", "--quiet",
+                      cwd=tmp_path)
+    assert plain.returncode == 0 and stacked.returncode == 0, stacked.stderr[-2000:]
+    a, b = _records(tmp_path / "results" / "plain"), _records(tmp_path / "results" / "stacked")
+    assert sorted(a) == sorted(b) and len(b) == 6, "same run folders, one per seed"
+    for name, summary in b.items():
+        assert summary["status"] == "completed" and summary["stacked_seeds"] == [0, 1, 2]
+        assert summary["run_id"] == a[name]["run_id"], "stacking is how a run is computed, not which run"
+        assert summary["final"]["test_loss"] == pytest.approx(a[name]["final"]["test_loss"], rel=1e-4)
+        assert (tmp_path / "results" / "stacked" / name / ".hydra" / "overrides.yaml").is_file()
+    assert "6 runs: 6 completed" in (tmp_path / "results" / "stacked" / "report.md").read_text()
+    again = run_cli("run", "-m", *common, "sweep.name=stacked", "trainer.stack_seeds=true", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0 and "6 runs were already complete and were skipped" in again.stdout
+    assert _records(tmp_path / "results" / "stacked") == b, "a rerun redoes nothing"
+
+
+def test_runs_with_diagnostics_are_not_stacked(tmp_path):
+    result = run_cli("run", "-m", "seed=0,1", "trainer.steps=5", "trainer.threads=1", "trainer.log_progress=false",
+                     "diagnostics.enabled=true", "trainer.stack_seeds=true", "sweep.name=d", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = _records(tmp_path / "results" / "d")
+    assert len(records) == 6 and all("stacked_seeds" not in r for r in records.values())
