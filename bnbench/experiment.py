@@ -264,8 +264,17 @@ def run_stacked(cfg: DictConfig, run_dir: Path, seeds: list[int], overrides: lis
                 continue
             handles[seed] = handle
             seed_overrides = [f"seed={seed}" if o.startswith("seed=") else o for o in overrides]
+            if seed != own_seed:  # what the seed's own Hydra job writes into its folder
+                (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+                OmegaConf.save(seed_cfg, folder / ".hydra" / "config.yaml")
+                OmegaConf.save(OmegaConf.create(seed_overrides), folder / ".hydra" / "overrides.yaml")
             cells.append((seed, seed_cfg, folder, seed_overrides))
-        if cells:
+        if len(cells) == 1:  # nothing to stack it with: an ordinary run (with checkpoints), lock held here
+            seed, seed_cfg, folder, seed_overrides = cells[0]
+            summary = _run(seed_cfg, folder, overrides=seed_overrides, choices=choices, console_progress=False,
+                           cpu_threads=cpu_threads, gpu_slots_dir=gpu_slots_dir)
+            own = summary if seed == own_seed else own
+        elif cells:
             summaries = _train_stacked_cell(cfg, cells, choices, cpu_threads, gpu_slots_dir)
             own = summaries.get(own_seed, own)
         return own if own is not None else {"status": "running", "skipped": True}
@@ -282,10 +291,6 @@ def _train_stacked_cell(cfg: DictConfig, cells: list[tuple[int, DictConfig, Path
     seeds = [seed for seed, *_ in cells]
     summaries: dict[int, dict[str, Any]] = {}
     for seed, seed_cfg, folder, seed_overrides in cells:
-        hydra_dir = folder / ".hydra"  # what the seed's own Hydra job would have written
-        hydra_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(seed_cfg, hydra_dir / "config.yaml")
-        OmegaConf.save(OmegaConf.create(seed_overrides), hydra_dir / "overrides.yaml")
         summaries[seed] = _start_summary(seed_cfg, folder, records.run_identity(seed_cfg), seed_overrides, choices)
         summaries[seed]["stacked_seeds"] = seeds
     histories: dict[int, list[dict]] = {seed: [] for seed in seeds}
@@ -334,5 +339,7 @@ def _train_stacked_cell(cfg: DictConfig, cells: list[tuple[int, DictConfig, Path
         for _, _, folder, _ in cells:
             records.write_text(folder / "error.txt", traceback.format_exc())
     for seed, _, folder, _ in cells:
+        if summaries[seed]["status"] in FINISHED:  # a checkpoint left by an earlier, unstacked attempt
+            (folder / "checkpoint.pt").unlink(missing_ok=True)
         _finish(folder, summaries[seed], histories[seed], [], started)
     return summaries

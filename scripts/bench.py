@@ -13,7 +13,8 @@ Cases (Fashion-MNIST, batch 60, SGD lr 0.1, ReLU, bnbench's default config other
   mlp_run        one run of the 784-100-100-100-10 MLP, BN before the ReLU, --epochs epochs
   mlp_sweep      norm none/bn_before/bn_after x 5 seeds of that MLP (15 runs), --epochs epochs:
                  the hand loop runs them one after another; bnbench as `bnbench run -m` with
-                 the joblib launcher (hydra/launcher=parallel)
+                 the joblib launcher (hydra/launcher=parallel, on CPU), once as it is and once
+                 with trainer.stack_seeds=true (each norm's 5 seeds as one stacked model)
   alexnet_epoch  one epoch of the AlexNet-style CNN, BN before the ReLU
 
 The hand loop's 15-run sweep takes minutes, and its runs differ only by seed: by default it
@@ -135,23 +136,28 @@ def case_mlp_run(opts, tmp: Path) -> dict:
                             f"trainer.device={opts.device}", f"results_dir={tmp}", "hydra.run.dir=" + str(tmp / "run")],
                            tmp)
     assert _statuses(tmp / "run") == ["completed"]
-    return {"runs": 1, "samples": opts.n_train * opts.epochs, "hand_s": hand, "hand_measured_runs": 1,
-            "bnbench_s": ours, "bnbench_cmd": f"bnbench run dataset=fashion_mnist norm=bn_before trainer.epochs={opts.epochs}"}
+    return {"variant": "default", "runs": 1, "samples": opts.n_train * opts.epochs, "hand_s": hand,
+            "hand_measured_runs": 1, "bnbench_s": ours, "bnbench_cmd": f"bnbench run dataset=fashion_mnist norm=bn_before trainer.epochs={opts.epochs}"}
 
 
-def case_mlp_sweep(opts, tmp: Path) -> dict:
+def case_mlp_sweep(opts, tmp: Path) -> list[dict]:
     seeds = SEEDS[: opts.hand_seeds]
     measured = [hand_process(opts.data, "mlp", norm, seed, opts.epochs, opts.device) for norm in NORMS for seed in seeds]
     hand = sum(measured) * len(SEEDS) / len(seeds)  # the runs differ only by seed
     launcher = ["hydra/launcher=parallel"] if opts.device == "cpu" else []
-    sweep_args = ["-m", "dataset=fashion_mnist", f"norm={','.join(NORMS)}", f"seed={','.join(map(str, SEEDS))}",
-                  f"trainer.epochs={opts.epochs}", *launcher]
-    ours = bnbench_process(["run", *sweep_args, f"trainer.device={opts.device}", f"results_dir={tmp}", "sweep.name=sweep",
-                            "--quiet"], tmp)
-    statuses = _statuses(tmp / "sweep")
-    assert statuses == ["completed"] * 15, statuses
-    return {"runs": 15, "samples": 15 * opts.n_train * opts.epochs, "hand_s": hand, "hand_measured_runs": len(measured),
-            "bnbench_s": ours, "bnbench_cmd": "bnbench run " + " ".join(sweep_args)}
+    rows = []
+    for variant, extra in (("parallel", []), ("parallel + stacked seeds", ["trainer.stack_seeds=true"])):
+        sweep_args = ["-m", "dataset=fashion_mnist", f"norm={','.join(NORMS)}", f"seed={','.join(map(str, SEEDS))}",
+                      f"trainer.epochs={opts.epochs}", *launcher, *extra]
+        name = variant.replace(" ", "").replace("+", "_")
+        ours = bnbench_process(["run", *sweep_args, f"trainer.device={opts.device}", f"results_dir={tmp}",
+                                f"sweep.name={name}", "--quiet"], tmp)
+        statuses = _statuses(tmp / name)
+        assert statuses == ["completed"] * 15, statuses
+        rows.append({"variant": variant, "runs": 15, "samples": 15 * opts.n_train * opts.epochs, "hand_s": hand,
+                     "hand_measured_runs": len(measured), "bnbench_s": ours,
+                     "bnbench_cmd": "bnbench run " + " ".join(sweep_args)})
+    return rows
 
 
 def case_alexnet_epoch(opts, tmp: Path) -> dict:
@@ -160,7 +166,8 @@ def case_alexnet_epoch(opts, tmp: Path) -> dict:
                             f"trainer.device={opts.device}", f"results_dir={tmp}", "hydra.run.dir=" + str(tmp / "cnn")],
                            tmp)
     assert _statuses(tmp / "cnn") == ["completed"]
-    return {"runs": 1, "samples": opts.n_train, "hand_s": hand, "hand_measured_runs": 1, "bnbench_s": ours,
+    return {"variant": "default", "runs": 1, "samples": opts.n_train, "hand_s": hand, "hand_measured_runs": 1,
+            "bnbench_s": ours,
             "bnbench_cmd": "bnbench run dataset=fashion_mnist model=alexnet norm=bn_before trainer.epochs=1"}
 
 
@@ -220,17 +227,18 @@ def main() -> None:
             sys.exit(f"bench.py: unknown case {name!r}; choose from {', '.join(CASES)}")
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             load = os.getloadavg()[0]
-            res = CASES[name](opts, Path(tmp))
-        ratio = res["hand_s"] / res["bnbench_s"]
-        scaled = "" if res["hand_measured_runs"] == res["runs"] else \
-            f" (measured {res['hand_measured_runs']} of {res['runs']} runs, scaled)"
-        print(f"{name:<14} hand-written {res['hand_s']:7.1f} s  {res['samples'] / res['hand_s']:8.0f} samples/s{scaled}\n"
-              f"{'':<14} bnbench      {res['bnbench_s']:7.1f} s  {res['samples'] / res['bnbench_s']:8.0f} samples/s   "
-              f"{ratio:5.1f}x faster   [{res['bnbench_cmd']}]", flush=True)
-        rows.append({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "case": name, **res,
-                     "ratio": round(ratio, 2), "hand_samples_per_s": round(res["samples"] / res["hand_s"]),
-                     "bnbench_samples_per_s": round(res["samples"] / res["bnbench_s"]), "epochs": opts.epochs,
-                     "device": opts.device, "load_before": round(load, 2), **info})
+            results = CASES[name](opts, Path(tmp))
+        for res in results if isinstance(results, list) else [results]:
+            ratio = res["hand_s"] / res["bnbench_s"]
+            scaled = "" if res["hand_measured_runs"] == res["runs"] else \
+                f" (measured {res['hand_measured_runs']} of {res['runs']} runs, scaled)"
+            print(f"{name:<14} hand-written {res['hand_s']:7.1f} s  {res['samples'] / res['hand_s']:8.0f} samples/s{scaled}\n"
+                  f"{'':<14} bnbench      {res['bnbench_s']:7.1f} s  {res['samples'] / res['bnbench_s']:8.0f} samples/s   "
+                  f"{ratio:5.1f}x faster  {res['variant']}  [{res['bnbench_cmd']}]", flush=True)
+            rows.append({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "case": name, **res,
+                         "ratio": round(ratio, 2), "hand_samples_per_s": round(res["samples"] / res["hand_s"]),
+                         "bnbench_samples_per_s": round(res["samples"] / res["bnbench_s"]), "epochs": opts.epochs,
+                         "device": opts.device, "load_before": round(load, 2), **info})
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}.csv"

@@ -144,3 +144,33 @@ def test_runs_with_diagnostics_are_not_stacked(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     records = _records(tmp_path / "results" / "d")
     assert len(records) == 6 and all("stacked_seeds" not in r for r in records.values())
+
+
+def test_parallel_workers_share_cells_without_training_a_seed_twice(tmp_path):
+    """Two joblib workers race for the seeds of each cell: every seed is trained by exactly one
+    stack (the locks decide), and every record is complete."""
+    result = run_cli("run", "-m", "norm=none,bn_before", "seed=0,1,2", "trainer.epochs=2", "trainer.log_progress=false",
+                     "hydra/launcher=parallel", "trainer.stack_seeds=true", "sweep.name=p", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = _records(tmp_path / "results" / "p")
+    assert len(records) == 6 and all(r["status"] == "completed" for r in records.values())
+    for norm in ("none", "bn_before"):
+        cell = [r for name, r in records.items() if f"norm={norm}," in name]
+        stacks = {(r["pid"], r["started_at"], tuple(r["stacked_seeds"])) for r in cell}
+        trained = sorted(seed for _, _, seeds in stacks for seed in seeds)
+        assert trained == [0, 1, 2], f"each seed in exactly one stack: {stacks}"
+
+
+def test_a_seed_left_alone_trains_as_an_ordinary_run(tmp_path):
+    common = ("norm=bn_before", "trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false", "sweep.name=s",
+              "trainer.stack_seeds=true", "--quiet")
+    first = run_cli("run", "-m", "seed=0,1", *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = _records(tmp_path / "results" / "s")
+    assert all(r["stacked_seeds"] == [0, 1] for r in before.values())
+    second = run_cli("run", "-m", "seed=0,1,2", *common, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    after = _records(tmp_path / "results" / "s")
+    new = {name: r for name, r in after.items() if name not in before}
+    assert len(new) == 1 and "stacked_seeds" not in next(iter(new.values())), "one seed left: no stack of one"
+    assert all(after[name] == r for name, r in before.items()), "finished seeds are not retrained"
