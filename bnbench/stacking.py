@@ -26,12 +26,12 @@ import time
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bnbench.data import TensorDataset, eval_batches
 from bnbench.models import ACTIVATIONS
-from bnbench.train import (Interrupted, TrainResult, defer_sigint, make_optimizer, make_schedule, steps_plan)
+from bnbench.train import (TASKS, Interrupted, Task, TrainResult, defer_sigint, make_optimizer, make_schedule,
+                           steps_plan)
 
 
 def why_not_stackable(cfg) -> str | None:
@@ -147,32 +147,30 @@ class StackedNet(nn.Module):
 
 # ------------------------------------------------------------------------------- training
 
-def _per_copy_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(S, B, K) outputs and (S, B[, 1]) targets -> (S,) mean losses, as each run computes its own."""
-    if task == "classification":
-        return lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
-    return lambda out, y: F.mse_loss(out, y, reduction="none").flatten(1).mean(1)
+def _per_copy_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(S, B, ...) outputs and targets -> (S,) mean losses, each as its own run computes it."""
+    per_sample = task.loss(outputs.flatten(0, 1), targets.flatten(0, 1), reduction="none")
+    return per_sample.view(outputs.shape[0], -1).mean(dim=1)
 
 
 @torch.no_grad()
 def evaluate_stacked(net: StackedNet, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                     task: str) -> tuple[list[float], list[float | None]]:
+                     task: Task) -> tuple[list[float], list[float | None]]:
     """Each copy's mean test loss and accuracy (None for regression), in eval mode."""
     was_training = net.training
     net.eval()
     s = net.copies
-    loss_fn = _per_copy_loss(task)
     loss_sum = torch.zeros(s, device=x.device)
     correct = torch.zeros(s, device=x.device, dtype=torch.long)
     for xb, yb in eval_batches(x, y, batch_size):
         out = net(xb.unsqueeze(0).expand(s, *xb.shape))
         targets = yb.unsqueeze(0).expand(s, *yb.shape)
-        loss_sum += loss_fn(out, targets) * len(yb)
-        if task == "classification":
-            correct += (out.argmax(dim=2) == targets).sum(dim=1)
+        loss_sum += _per_copy_loss(task, out, targets) * len(yb)
+        if task.hits is not None:
+            correct += task.hits(out, targets).sum(dim=1)
     net.train(was_training)
     n = len(y)
-    accs = [c / n for c in correct.tolist()] if task == "classification" else [None] * s
+    accs = [c / n for c in correct.tolist()] if task.hits is not None else [None] * s
     return [v / n for v in loss_sum.tolist()], accs
 
 
@@ -189,8 +187,7 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
     schedule = make_schedule(optimizer, trainer.lr_schedule, total_steps)
     order_rngs = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
     n_train, batch_size = len(data.train_y), trainer.batch_size
-    classify = data.task == "classification"
-    loss_fn = _per_copy_loss(data.task)
+    task = TASKS[data.task]
 
     results = [TrainResult(status="completed") for _ in range(s)]
     active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
@@ -207,7 +204,7 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
                 idx = orders[:, pos * batch_size:(pos + 1) * batch_size]  # (S, B): each copy's own batch
                 xb, yb = data.train_x[idx], data.train_y[idx]
                 outputs = net(xb)
-                losses = loss_fn(outputs, yb)
+                losses = _per_copy_loss(task, outputs, yb)
                 # a diverged copy's NaN must not reach the sum (its gradient is cut, the others' unchanged)
                 total = torch.where(active, losses, torch.zeros_like(losses)).sum()
                 optimizer.zero_grad(set_to_none=True)
@@ -215,8 +212,8 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
                 optimizer.step()
                 schedule.step()
                 loss_sum += losses.detach() * batch_size
-                if classify:
-                    correct += (outputs.detach().argmax(dim=2) == yb).sum(dim=1)
+                if task.hits is not None:
+                    correct += task.hits(outputs.detach(), yb).sum(dim=1)
                 seen += batch_size
                 step += 1
                 pos += 1
@@ -225,13 +222,13 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
                 if step % eval_every == 0 or step == total_steps:
                     train_losses, train_correct = (loss_sum / seen).tolist(), correct.tolist()
                     test_losses, test_accs = evaluate_stacked(net, data.test_x, data.test_y,
-                                                              trainer.eval_batch_size, data.task)
+                                                              trainer.eval_batch_size, task)
                     wall = round(time.perf_counter() - start, 4)
                     for i in range(s):
                         if results[i].status != "completed":
                             continue  # diverged earlier: its record ended there
                         row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": train_losses[i],
-                               "train_acc": train_correct[i] / seen if classify else None,
+                               "train_acc": train_correct[i] / seen if task.hits is not None else None,
                                "test_loss": test_losses[i], "test_acc": test_accs[i],
                                "lr": optimizer.param_groups[0]["lr"], "wall_s": wall}
                         results[i].history.append(row)

@@ -50,17 +50,20 @@ LR_SCHEDULES = ("constant", "cosine")
 class Task:
     """What a dataset's task trains and measures (data.TensorDataset.task)."""
 
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> mean loss
-    correct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None  # -> count right; None: no accuracy
+    # (outputs, targets, reduction=...) -> loss, as torch.nn.functional's losses take it
+    loss: Callable[..., torch.Tensor]
+    # (outputs, targets) -> one bool per sample, True where it is right; None: no accuracy.
+    # Outputs may carry leading dims (stacked seeds: (S, B, K)); classes are the last dim.
+    hits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
 
-def _count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(dim=1) == labels).sum()
+def _argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=-1) == labels
 
 
 # task -> loss and accuracy; accuracy columns stay empty for regression runs
 TASKS: dict[str, Task] = {
-    "classification": Task(F.cross_entropy, _count_correct),
+    "classification": Task(F.cross_entropy, _argmax_hits),
     "regression": Task(F.mse_loss, None),
 }
 
@@ -148,11 +151,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     for xb, yb in eval_batches(x, y, batch_size):
         outputs = model(xb)
         loss_sum += task.loss(outputs, yb) * len(yb)
-        if task.correct is not None:
-            correct += task.correct(outputs, yb)
+        if task.hits is not None:
+            correct += task.hits(outputs, yb).sum()
     model.train(was_training)
     n = len(y)
-    return loss_sum.item() / n, (correct.item() / n if task.correct is not None else None)
+    return loss_sum.item() / n, (correct.item() / n if task.hits is not None else None)
 
 
 def steps_plan(n_train: int, trainer_cfg) -> tuple[int, int, int]:
@@ -252,8 +255,8 @@ def train(
                 optimizer.step()
                 schedule.step()
                 loss_sum += loss.detach() * len(yb)
-                if task.correct is not None:
-                    correct += task.correct(outputs.detach(), yb)
+                if task.hits is not None:
+                    correct += task.hits(outputs.detach(), yb).sum()
                 seen += len(yb)
                 step += 1
                 pos += 1
@@ -268,7 +271,7 @@ def train(
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 4),
                         "train_loss": train_loss,
-                        "train_acc": correct.item() / seen if task.correct is not None else None,
+                        "train_acc": correct.item() / seen if task.hits is not None else None,
                         "test_loss": test_loss,
                         "test_acc": test_acc,
                         "lr": optimizer.param_groups[0]["lr"],
