@@ -194,15 +194,20 @@ def validate(cfg: DictConfig) -> None:
     for key, value, allowed in checks:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(sorted(allowed))}")
-    positive = {
-        "trainer.batch_size": cfg.trainer.batch_size,
-        "trainer.eval_batch_size": cfg.trainer.eval_batch_size,
-        "model.depth": cfg.model.depth,
-        "model.width": cfg.model.width,
+    # key -> (value, whether null is allowed): counts that must be at least 1
+    at_least_one = {
+        "trainer.batch_size": (cfg.trainer.batch_size, False),
+        "trainer.eval_batch_size": (cfg.trainer.eval_batch_size, False),
+        "model.depth": (cfg.model.depth, False),
+        "model.width": (cfg.model.width, False),
+        "trainer.eval_every": (cfg.trainer.eval_every, True),
+        "trainer.jobs_per_gpu": (cfg.trainer.jobs_per_gpu, False),
+        "dataset.train_size": (cfg.dataset.train_size, True),
+        "dataset.test_size": (cfg.dataset.test_size, True),
     }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be at least 1")
+    for key, (value, nullable) in at_least_one.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1" + (" (or null)" if nullable else ""))
     if cfg.trainer.steps is None and cfg.trainer.epochs < 1:
         raise ConfigError("trainer.epochs must be at least 1 (or set trainer.steps)")
     if cfg.trainer.steps is not None and cfg.trainer.steps < 1:
@@ -217,15 +222,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
-    at_least_one = {
-        "trainer.eval_every": cfg.trainer.eval_every,
-        "trainer.jobs_per_gpu": cfg.trainer.jobs_per_gpu,
-        "dataset.train_size": cfg.dataset.train_size,
-        "dataset.test_size": cfg.dataset.test_size,
-    }
-    for key, value in at_least_one.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"{key}={value} must be at least 1 (or null)")
     if cfg.trainer.checkpoint_every < 0:
         raise ConfigError(f"trainer.checkpoint_every={cfg.trainer.checkpoint_every} must be 0 (off) or more")
     if cfg.diagnostics.enabled and min(cfg.diagnostics.every, cfg.diagnostics.probe_batches) < 1:
