@@ -203,13 +203,21 @@ def main() -> None:
         hand_written_run(*json.loads(opts.hand_run))
         return
 
+    cases = opts.cases.split(",")
+    unknown = [name for name in cases if name not in CASES]
+    if unknown:
+        sys.exit(f"bench.py: unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
+
     import torch
 
     from bnbench.config import ConfigError
     from bnbench.data import DataError, load_dataset
+    from bnbench.devices import resolve_device
 
-    opts.device = "cuda" if opts.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if opts.device == "auto" else opts.device)
+    try:
+        opts.device = str(resolve_device(opts.device))
+    except (ConfigError, RuntimeError) as err:
+        sys.exit(f"bench.py: --device {opts.device}: {err}")
     opts.data = str(Path(opts.data).resolve())
     try:  # unpacks the IDX .gz files once, so neither side pays for it
         data = load_dataset(_compose(f"dataset.root={opts.data}", "dataset.download=false"), torch.device("cpu"))
@@ -222,9 +230,7 @@ def main() -> None:
     rows = []
     env_data = {"BNBENCH_DATA": opts.data}
     os.environ.update(env_data)  # bnbench's dataset.root default
-    for name in opts.cases.split(","):
-        if name not in CASES:
-            sys.exit(f"bench.py: unknown case {name!r}; choose from {', '.join(CASES)}")
+    for name in cases:
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             load = os.getloadavg()[0]
             results = CASES[name](opts, Path(tmp))

@@ -24,6 +24,12 @@ declare -A extra=(
 presets=("$@")
 [ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam)
 for preset in "${presets[@]}"; do
+  if [[ ! -v "extra[$preset]" ]]; then
+    echo "reference_presets.sh: unknown preset '$preset'; choose from: ${!extra[*]}" >&2
+    exit 2
+  fi
+done
+for preset in "${presets[@]}"; do
   # shellcheck disable=SC2086  # the extra overrides are words
   bnbench run -m "ablation=$preset" "sweep.name=$preset" ${extra[$preset]} "${common[@]}"
 done
