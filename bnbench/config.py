@@ -160,6 +160,16 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
+def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
+    """The run config ``bnbench run`` composes from these overrides (``hydra=True``: with the
+    ``hydra`` node, e.g. a preset's sweep grid), for scripts and tests that train in-process."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
 def config_dir() -> Path:
     """The folder holding config.yaml and the config groups.
 

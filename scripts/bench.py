@@ -93,13 +93,9 @@ def hand_written_run(data_root: str, model_name: str, norm: str, seed: int, epoc
 
 
 def _compose(*overrides: str):
-    from hydra import compose, initialize_config_dir
+    from bnbench.config import compose_config
 
-    from bnbench.config import config_dir, register_configs
-
-    register_configs()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=["dataset=fashion_mnist", *overrides])
+    return compose_config("dataset=fashion_mnist", *overrides)
 
 
 def hand_process(data_root: str, model_name: str, norm: str, seed: int, epochs: int, device: str) -> float:

@@ -30,9 +30,8 @@ import statistics
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from bnbench.config import config_dir, register_configs
+from bnbench.config import compose_config
 from bnbench.data import load_dataset
 from bnbench.experiment import seed_everything
 from bnbench.models import build_model
@@ -46,8 +45,7 @@ WORKLOADS = {
 
 
 def make_cfg(overrides: list[str]):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose_config(*overrides)
 
 
 def time_run(cfg, data) -> tuple[float, float, int]:
@@ -69,7 +67,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    register_configs()
     dataset = "fashion_mnist" if os.path.isdir(os.path.join(os.environ.get("BNBENCH_DATA", "data"),
                                                             "FashionMNIST")) else "digits"
     print(f"dataset {dataset}, {args.threads} thread(s), {args.repeats} repeats, load average "

@@ -26,21 +26,12 @@ from unittest import mock
 
 import torch
 
-from bnbench.config import register_configs
+from bnbench.config import compose_config
 from bnbench.data import TensorDataset
 from bnbench.models import build_model
 from bnbench import train as train_mod
 
 N_TRAIN = 60000  # one epoch is longer than the timed steps: one evaluation, at the end
-
-
-def compose(*overrides: str):
-    from hydra import compose as hcompose, initialize_config_dir
-
-    from bnbench.config import config_dir
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return hcompose("config", overrides=list(overrides))
 
 
 def data() -> TensorDataset:
@@ -91,9 +82,8 @@ def main() -> None:
     parser.add_argument("--model", default="mlp", choices=("mlp", "alexnet"))
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to start)")
     args = parser.parse_args()
-    register_configs()
     steps = args.steps if args.model == "mlp" else min(args.steps, 100)
-    cfg = compose(f"model={args.model}", "norm=bn_before")  # one evaluation, at the end (one epoch > steps)
+    cfg = compose_config(f"model={args.model}", "norm=bn_before")  # one evaluation, at the end (one epoch > steps)
     ds = data()
     foreach_optimizers = dict(train_mod.OPTIMIZERS)
     foreach_optimizers["sgd"] = lambda params, c: torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay,

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from bnbench.config import config_dir, register_configs
+from bnbench.config import compose_config, register_configs
 
 register_configs()
 torch.set_num_threads(1)  # 2-core CI machine: one thread per test process is fastest
@@ -23,8 +22,7 @@ torch.set_num_threads(1)  # 2-core CI machine: one thread per test process is fa
 
 def make_cfg(*overrides: str):
     """Compose the real config (conf/) with overrides, as `bnbench run` would."""
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(*overrides)
 
 
 class CutOff(Exception):

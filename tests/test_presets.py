@@ -5,11 +5,10 @@ settings trains a few steps with diagnostics on, on data written here in the rea
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from torch import nn
 
 from bnbench import diagnostics
-from bnbench.config import config_dir, validate
+from bnbench.config import compose_config, validate
 from bnbench.experiment import run_experiment
 from bnbench.models import build_model
 from conftest import write_mnist_family
@@ -19,8 +18,7 @@ PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp"
 
 
 def compose_preset(name: str, *overrides: str, hydra: bool = False):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=[f"ablation={name}", *overrides], return_hydra_config=hydra)
+    return compose_config(f"ablation={name}", *overrides, hydra=hydra)
 
 
 def grid(name: str) -> dict[str, list[str]]:
