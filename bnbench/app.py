@@ -8,6 +8,7 @@ works as Hydra documents it.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from bnbench import records
 from bnbench.config import config_dir, register_configs
-from bnbench.devices import cpu_share, uses_gpu_slots
-from bnbench.experiment import run_experiment, run_stacked
+from bnbench.devices import cpu_share, parallel_jobs, uses_gpu_slots
 
 log = logging.getLogger("bnbench")
 register_configs()
@@ -34,18 +35,30 @@ class FailFast(RuntimeError):
 last_run: dict[str, Any] | None = None
 
 
-def sweep_seeds(sweep_dir: Path) -> list[int]:
-    """The seeds the sweep lists (from the multirun.yaml Hydra's sweeper saves before launching)."""
-    from bnbench.report import value_order
+def seed_stack(cfg: DictConfig, sweep_dir: Path, launcher: Any) -> list[int]:
+    """The seeds this sweep job trains as one stacked model, its own among them (bnbench/
+    stacking.py), from the grid in the multirun.yaml Hydra's sweeper saves before launching;
+    [] when the sweep lists no other seed."""
+    from bnbench.stacking import seed_stacks
 
+    grid = records.value_order(sweep_dir)
     try:
-        return [int(float(v)) for v in value_order(sweep_dir).get("seed", [])]
+        seeds = [int(float(v)) for v in grid.get("seed", [])]
     except ValueError:
         return []
+    size = cfg.trainer.stack_size
+    if int(cfg.seed) not in seeds or (size is not None and size < 1):  # the run's validate() reports a bad size
+        return []
+    cells = math.prod(len(values) for key, values in grid.items() if key != "seed")
+    stacks = seed_stacks(seeds, cells, parallel_jobs(launcher), size)
+    return next(stack for stack in stacks if int(cfg.seed) in stack)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
+    # Imported here, in the job: the launching process of a sweep never needs torch.
+    from bnbench.experiment import run_experiment, run_stacked
+
     global last_run
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -62,7 +75,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         cpu_threads=cpu_share(hydra_cfg.launcher),
         gpu_slots_dir=Path(hydra_cfg.sweep.dir) / ".gpu-slots" if multirun and uses_gpu_slots(hydra_cfg.launcher) else None,
     )
-    seeds = sweep_seeds(Path(hydra_cfg.sweep.dir)) if multirun and cfg.trainer.stack_seeds else []
+    seeds = seed_stack(cfg, Path(hydra_cfg.sweep.dir), hydra_cfg.launcher) if multirun and cfg.trainer.stack_seeds else []
     if len(seeds) > 1:
         summary = run_stacked(cfg, run_dir, seeds, **job)
     else:

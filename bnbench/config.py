@@ -117,6 +117,9 @@ class TrainerConfig:
     # (bnbench/stacking.py): same results up to float rounding, fewer, larger operations.
     # Runs with dropout or diagnostics are not stacked.
     stack_seeds: bool = False
+    # Most seeds in one stack; null = split each cell's seeds into as few stacks as keep all
+    # the parallel workers busy to the end (bnbench.stacking.seed_stacks).
+    stack_size: Optional[int] = None
 
 
 @dataclass
@@ -212,6 +215,7 @@ def validate(cfg: DictConfig) -> None:
         "model.width": (cfg.model.width, False),
         "trainer.eval_every": (cfg.trainer.eval_every, True),
         "trainer.jobs_per_gpu": (cfg.trainer.jobs_per_gpu, False),
+        "trainer.stack_size": (cfg.trainer.stack_size, True),
         "dataset.train_size": (cfg.dataset.train_size, True),
         "dataset.test_size": (cfg.dataset.test_size, True),
     }

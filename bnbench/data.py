@@ -12,6 +12,7 @@ the loss and metrics from it (bnbench/train.py, TASKS).
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,15 @@ class TensorDataset:
     @property
     def is_image(self) -> bool:
         return self.train_x.dim() == 4
+
+    def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training samples at ``idx``: (B,) -> (B, ...), or (S, B) -> (S, B, ...) for
+        stacked seeds. index_select on the flat indices: the same gather as ``x[idx]`` at a
+        third of its cost on CPU (28 vs 77 us for 3 x 60 Fashion-MNIST images)."""
+        flat = idx.reshape(-1)
+        x = self.train_x.index_select(0, flat).view(*idx.shape, *self.train_x.shape[1:])
+        y = self.train_y.index_select(0, flat).view(*idx.shape, *self.train_y.shape[1:])
+        return x, y
 
 
 # Raw arrays as loaded from disk: uint8/float images (N, C, H, W) or float rows (N, F), and
@@ -158,6 +168,14 @@ def _torchvision_loader(class_name: str, hint: str = "") -> Callable[..., RawDat
             ) from err
         return RawData(_as_arrays(train_set), _as_arrays(test_set), len(train_set.classes))
 
+    def files(ds_cfg) -> list[Path]:
+        """The files in the dataset's folder (what a cached copy depends on)."""
+        import torchvision.datasets as tvd
+
+        folder = _data_folder(getattr(tvd, class_name), Path(ds_cfg.root).expanduser())
+        return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+    load.files = files  # type: ignore[attr-defined]
     return load
 
 
@@ -199,12 +217,39 @@ def _to_float(x: np.ndarray) -> torch.Tensor:
     return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
 
+# The last dataset this process loaded: a sweep worker runs job after job on the same data, and
+# reading and normalizing Fashion-MNIST again took 0.5 s a job. Keyed by the dataset config, the
+# device and the size and time of each data file, so changed files are read again.
+_last_loaded: tuple[tuple, TensorDataset] | None = None
+
+
 def load_dataset(cfg, device: torch.device) -> TensorDataset:
-    """Load ``cfg.dataset`` into normalized tensors on ``device``."""
+    """Load ``cfg.dataset`` into normalized tensors on ``device`` (the training loops never
+    write into them, so runs of one process can share them)."""
+    global _last_loaded
     ds_cfg = cfg.dataset
     if ds_cfg.name not in DATASETS:
         raise DataError(f"unknown dataset {ds_cfg.name!r}; choose one of: {', '.join(sorted(DATASETS))}")
-    raw = DATASETS[ds_cfg.name](ds_cfg)
+    from omegaconf import OmegaConf
+
+    loader = DATASETS[ds_cfg.name]
+    try:
+        files = loader.files(ds_cfg) if hasattr(loader, "files") else []
+        key: tuple | None = (json.dumps(OmegaConf.to_container(ds_cfg, resolve=True), sort_keys=True, default=str),
+                             str(device), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    except OSError:  # an unreadable folder: no caching; loading says what is wrong
+        key = None
+    if key is not None and _last_loaded is not None and _last_loaded[0] == key:
+        return _last_loaded[1]
+    _last_loaded = None  # free the old tensors before loading new ones
+    data = _load(ds_cfg, loader, device)
+    if key is not None:
+        _last_loaded = (key, data)
+    return data
+
+
+def _load(ds_cfg, loader: Callable[..., RawData], device: torch.device) -> TensorDataset:
+    raw = loader(ds_cfg)
     train, test = _subset(raw.train, ds_cfg.train_size), _subset(raw.test, ds_cfg.test_size)
     train_x, test_x = _to_float(train[0]), _to_float(test[0])
     train_y, test_y = torch.from_numpy(train[1]), torch.from_numpy(test[1])

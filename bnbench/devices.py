@@ -13,16 +13,22 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import IO
-
-import torch
+from typing import IO, TYPE_CHECKING
 
 from bnbench.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that use it: the launching process of a sweep reads
+# the launcher shares below without paying torch's import (seconds) before the first job starts.
 
 _held_slot: IO | None = None  # the lock file of this process's GPU slot, released on exit
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -85,6 +91,8 @@ def set_threads(requested: int | None, share: int | None = None) -> int:
     started by hand side by side)."""
     workers = max(1, int(os.environ.get("BNBENCH_WORKERS", "1")))
     threads = requested or share or max(1, usable_cores() // workers)
+    import torch
+
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
@@ -119,6 +127,8 @@ def release_gpu_slot() -> None:
 
 def job_device(name: str, slots_dir: Path | None, per_gpu: int) -> torch.device:
     """The device for one job; in a sweep on CUDA, a GPU claimed through ``slots_dir``."""
+    import torch
+
     device = resolve_device(name)
     if device.type == "cuda" and device.index is None and slots_dir is not None:
         gpu = claim_gpu_slot(slots_dir, torch.cuda.device_count(), max(1, per_gpu))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bnbench import diagnostics, records
+from bnbench import records
 from bnbench.config import ConfigError, validate
 from bnbench.data import DataError, load_dataset
 from bnbench.devices import job_device, release_gpu_slot, set_threads
@@ -53,14 +53,11 @@ def _format_row(row: Mapping[str, Any]) -> str:
             f"{scores}  ({row['wall_s']:.1f}s)")
 
 
-FINISHED = ("completed", "diverged")  # results; a rerun of the same sweep skips them
-
-
-def _lock(run_dir: Path) -> IO | None:
+def _lock(run_dir: Path, name: str = ".run.lock") -> IO | None:
     """An exclusive lock on the run folder (held until the handle closes), or None if another
     process holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / ".run.lock", "w")
+    handle = open(run_dir / name, "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -106,7 +103,7 @@ def _run(
     overrides = list(overrides or [])
     run_id = records.run_identity(cfg)
     previous = records.read_summary(run_dir)
-    if previous is not None and previous.get("run_id") == run_id and previous.get("status") in FINISHED:
+    if previous is not None and previous.get("run_id") == run_id and previous.get("status") in records.FINISHED:
         log.info("skipped: already %s (%s)", previous["status"], run_dir.name)
         return {**previous, "skipped": True}
     if previous is not None and previous.get("run_id") not in (None, run_id):
@@ -187,9 +184,9 @@ def _finish(run_dir: Path, summary: dict[str, Any], history: list[dict], diagnos
     summary.update(_outcome(history))
     records.write_csv(run_dir / records.METRICS, history, records.METRIC_COLUMNS)
     if diagnostics_rows:  # bnbench/diagnostics.py; a stale file of an earlier run is removed
-        records.write_csv(run_dir / diagnostics.FILE, diagnostics_rows, diagnostics.COLUMNS)
+        records.write_csv(run_dir / records.DIAGNOSTICS, diagnostics_rows, records.DIAGNOSTICS_COLUMNS)
     else:
-        (run_dir / diagnostics.FILE).unlink(missing_ok=True)
+        (run_dir / records.DIAGNOSTICS).unlink(missing_ok=True)
     records.write_json(run_dir / records.SUMMARY, summary)  # last: its status marks the run finished
 
 
@@ -241,6 +238,13 @@ def run_stacked(cfg: DictConfig, run_dir: Path, seeds: list[int], overrides: lis
         log.info("seeds not stacked: %s", reason)
         return run_experiment(cfg, run_dir, overrides=overrides, choices=choices, console_progress=False,
                               cpu_threads=cpu_threads, gpu_slots_dir=gpu_slots_dir)
+    # The jobs of one stack start together on parallel workers: the first to take the stack's
+    # lock trains it, the others return at once (rather than racing for its seeds one by one
+    # and splitting the stack).
+    stack_handle = _lock(dirs[seeds[0]], ".stack.lock")
+    if stack_handle is None:
+        log.info("skipped: another job trains the stack of seeds %s", ",".join(map(str, seeds)))
+        return {"status": "running", "skipped": True, "run_id": records.run_identity(cfg)}
     handles: dict[int, IO] = {}
     own: dict[str, Any] | None = None
     cells: list[tuple[int, DictConfig, Path, list[str]]] = []
@@ -256,7 +260,7 @@ def run_stacked(cfg: DictConfig, run_dir: Path, seeds: list[int], overrides: lis
                 continue
             previous = records.read_summary(folder)
             if previous is not None and previous.get("run_id") == records.run_identity(seed_cfg) \
-                    and previous.get("status") in FINISHED:
+                    and previous.get("status") in records.FINISHED:
                 handle.close()
                 if seed == own_seed:
                     log.info("skipped: already %s (%s)", previous["status"], folder.name)
@@ -280,7 +284,7 @@ def run_stacked(cfg: DictConfig, run_dir: Path, seeds: list[int], overrides: lis
         return own if own is not None else {"status": "running", "skipped": True}
     finally:
         release_gpu_slot()
-        for handle in handles.values():
+        for handle in [*handles.values(), stack_handle]:
             handle.close()
 
 
@@ -339,7 +343,7 @@ def _train_stacked_cell(cfg: DictConfig, cells: list[tuple[int, DictConfig, Path
         for _, _, folder, _ in cells:
             records.write_text(folder / "error.txt", traceback.format_exc())
     for seed, _, folder, _ in cells:
-        if summaries[seed]["status"] in FINISHED:  # a checkpoint left by an earlier, unstacked attempt
+        if summaries[seed]["status"] in records.FINISHED:  # a checkpoint left by an earlier, unstacked attempt
             (folder / "checkpoint.pt").unlink(missing_ok=True)
         _finish(folder, summaries[seed], histories[seed], [], started)
     return summaries

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,10 +22,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bnbench import diagnostics, records, stats
+from bnbench import diagnostics_report, records, stats
 
 STATUSES = stats.STATUSES
-SWEEP_INFO = "sweep.json"  # written when a multirun starts: command line, git state, date
 # Known factors first, in the order a reader scans a placement ablation; others follow.
 _FACTOR_ORDER = ("model", "norm", "activation", "optimizer", "dataset", "trainer")
 _MAX_INTERACTION_TABLES = 6
@@ -70,7 +68,7 @@ class SweepTables:
     counts: dict[str, int] = field(default_factory=dict)
     plots: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    diagnostics: pd.DataFrame | None = None  # per cell and layer: bnbench.diagnostics.summarize
+    diagnostics: pd.DataFrame | None = None  # per cell and layer: bnbench.diagnostics_report.summarize
 
     @property
     def failed_runs(self) -> pd.DataFrame:
@@ -127,40 +125,6 @@ def _factor_sort_key(name: str) -> tuple[int, str]:
     return (_FACTOR_ORDER.index(name), name) if name in _FACTOR_ORDER else (len(_FACTOR_ORDER), name)
 
 
-def sweep_lists(params: Mapping[str, Any] | None, task_overrides: list[str] | None) -> dict[str, list[str]]:
-    """Each swept key's values, in the order given, from the sweeper's params and the command
-    line (which wins), read with Hydra's own parser so they match what the jobs saw
-    (1e6 -> 1000000.0, ranges expanded)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    items = [f"{k}={v}" for k, v in (params or {}).items()] + list(task_overrides or [])
-    try:
-        parsed = OverridesParser.create().parse_overrides(items)
-    except Exception:  # an override this parser cannot read without the config (rare): no order
-        return {}
-    order: dict[str, list[str]] = {}
-    for override in parsed:
-        key = override.get_key_element().lstrip("+~")
-        if override.is_discrete_sweep():
-            order[key] = list(override.sweep_string_iterator())
-        elif not override.is_sweep_override():
-            order[key] = [override.get_value_element_as_str()]
-    return order
-
-
-def value_order(sweep_dir: Path) -> dict[str, list[str]]:
-    """The order in which the sweep listed each key's values (from Hydra's multirun.yaml)."""
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        saved = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
-    hydra_cfg = saved.get("hydra", {}) or {}
-    return sweep_lists((hydra_cfg.get("sweeper") or {}).get("params"), (hydra_cfg.get("overrides") or {}).get("task"))
-
-
 def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
     """One row per run folder under ``sweep_dir``, with one column per swept config key.
 
@@ -183,7 +147,7 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
             runs[col] = None
     factors = [k for k in keys if runs[k].nunique(dropna=False) > 1]
     constants = {k: str(runs[k].iloc[0]) for k in keys if k not in factors}
-    order = value_order(sweep_dir)
+    order = records.value_order(sweep_dir)
     for k in factors:
         present = set(runs[k].astype(str))
         seen = list(dict.fromkeys([*order.get(k, []), *sorted(present)]))
@@ -196,7 +160,7 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
 def _expected_cells(sweep_dir: Path, runs: pd.DataFrame, factors: list[str]) -> list[dict[str, str]]:
     """Cells of the grid the last sweep command asked for, so a cell with no run at all shows
     as missing. Only for grids that list every factor (a Cartesian product)."""
-    order = value_order(sweep_dir)
+    order = records.value_order(sweep_dir)
     if not factors or not all(f in order for f in factors):
         return []
     levels = [order[f] for f in factors]
@@ -206,38 +170,9 @@ def _expected_cells(sweep_dir: Path, runs: pd.DataFrame, factors: list[str]) -> 
 # ------------------------------------------------------------------ provenance
 
 
-def git_state(path: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the git checkout holding ``path`` (bnbench's own code)."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
-
-
-def sweep_info(argv: list[str]) -> dict[str, Any]:
-    import shlex
-    import socket
-
-    return {
-        # the CLI passes the command as typed; sys.argv is what it handed to Hydra
-        "command": os.environ.get("BNBENCH_COMMAND") or " ".join(shlex.quote(a) for a in argv),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "git": git_state(Path(__file__).resolve().parent),
-    }
-
-
 def _provenance(sweep_dir: Path, runs: pd.DataFrame) -> dict[str, Any]:
     info: dict[str, Any] = {}
-    path = sweep_dir / SWEEP_INFO
+    path = sweep_dir / records.SWEEP_INFO
     if path.is_file():
         try:
             info = json.loads(path.read_text())
@@ -254,7 +189,7 @@ def _provenance(sweep_dir: Path, runs: pd.DataFrame) -> dict[str, Any]:
     finished = [s for s in runs.get("_finished", []) if isinstance(s, str)]
     return {
         "command": info.get("command"),
-        "git": info.get("git") or git_state(Path(__file__).resolve().parent),
+        "git": info.get("git") or records.git_state(Path(__file__).resolve().parent),
         "host": info.get("host"),
         "versions": lib,
         "devices": sorted({str(d) for d in runs["device"].dropna()}),
@@ -316,7 +251,7 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
             tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric)
     tables.counts = {status: int((runs["status"] == status).sum()) for status in STATUSES}
     tables.counts["missing cells"] = int((tables.cells["status"] == "missing").sum())
-    tables.diagnostics = diagnostics.summarize(sweep_dir, runs, factors)
+    tables.diagnostics = diagnostics_report.summarize(sweep_dir, runs, factors)
     tables.provenance = _provenance(sweep_dir, runs)
     return tables
 
@@ -427,7 +362,7 @@ def to_markdown(tables: SweepTables) -> str:
         header = [f"{a} \\ {b}", *[str(c) for c in pivot.columns]]
         rows = [[str(idx), *[_fmt(v, m) for v in row]] for idx, row in pivot.iterrows()]
         lines += [*_md_table(header, rows), ""]
-    lines += diagnostics.markdown_lines(tables.diagnostics, tables.factors)
+    lines += diagnostics_report.markdown_lines(tables.diagnostics, tables.factors)
     if tables.plots:
         lines += ["## Plots", ""]
         lines += [f"![{name}]({path.name})" for name, path in tables.plots.items()] + [""]
@@ -474,7 +409,7 @@ def _render_plots(tables: SweepTables, confidence: float) -> None:
     if (tables.cells["n"] > 0).any():
         out["final metric per cell"] = plots.cell_intervals(tables.cells, tables.factors,
                                                             tables.sweep_dir / "cells.png", metric=tables.metric)
-    out.update(diagnostics.plot_diagnostics(tables.sweep_dir, tables.runs, tables.factors))
+    out.update(diagnostics_report.plot_diagnostics(tables.sweep_dir, tables.runs, tables.factors))
     tables.plots = out
 
 

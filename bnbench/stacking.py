@@ -21,6 +21,7 @@ train one by one.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from typing import Callable, Sequence
@@ -41,6 +42,40 @@ def why_not_stackable(cfg) -> str | None:
     if cfg.get("diagnostics") is not None and cfg.diagnostics.enabled:
         return "diagnostics hook each run's own modules"
     return None
+
+
+def seed_stacks(seeds: Sequence[int], cells: int, workers: int, size: int | None = None) -> list[list[int]]:
+    """How a sweep cell's ``seeds`` split into stacks, each trained by one job.
+
+    ``size`` caps a stack. Without it: the fewest stacks per cell that finish the sweep
+    (``cells`` cells, each split the same way, on ``workers`` parallel workers) soonest. One
+    stack per cell leaves workers idle at the end when the cells do not divide among them:
+    3 cells of 5 seeds on 2 workers take 2 rounds of 5 seed-runs (10) against 7.5 for a perfect
+    split, while stacks of 3 + 2 take 8. Modelled as the launcher hands jobs out, in order,
+    each to the first free worker, a stack taking time in proportion to its seeds (larger
+    stacks are a little cheaper per seed, so ties go to fewer stacks)."""
+    seeds = list(seeds)
+    if size is not None:
+        n_stacks = math.ceil(len(seeds) / size)
+    else:
+        def finish_time(n: int) -> int:
+            loads = [0] * max(1, workers)
+            for _ in range(cells):
+                for stack_len in _split_sizes(len(seeds), n):
+                    heapq.heappush(loads, heapq.heappop(loads) + stack_len)
+            return max(loads)
+
+        n_stacks = min(range(1, len(seeds) + 1), key=lambda n: (finish_time(n), n))
+    stacks, start = [], 0
+    for stack_len in _split_sizes(len(seeds), n_stacks):
+        stacks.append(seeds[start:start + stack_len])
+        start += stack_len
+    return stacks
+
+
+def _split_sizes(n: int, parts: int) -> list[int]:
+    """n items in ``parts`` contiguous parts, the larger first: 5 in 2 -> [3, 2]."""
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
 # ------------------------------------------------------------------------------- grouped layers
@@ -205,7 +240,7 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
             orders = orders.to(data.train_y.device)
             while pos < steps_per_epoch and step < total_steps:
                 idx = orders[:, pos * batch_size:(pos + 1) * batch_size]  # (S, B): each copy's own batch
-                xb, yb = data.train_x[idx], data.train_y[idx]
+                xb, yb = data.train_batch(idx)
                 outputs = net(xb)
                 losses = _per_copy_loss(task, outputs, yb)
                 # a diverged copy's NaN must not reach the sum (its gradient is cut, the others' unchanged)

@@ -12,22 +12,24 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from rich.console import Console
 from omegaconf import DictConfig
 
-from bnbench import records, report
+from bnbench import records
 from bnbench.app import FAIL_FAST_MARKER
 from bnbench.devices import parallel_jobs
-from bnbench.experiment import FINISHED
 from bnbench.progress import SweepMonitor
+
+if TYPE_CHECKING:
+    from bnbench.report import SweepTables
 
 log = logging.getLogger("bnbench")
 
 # Outcome of the last multirun in this process, for the CLI's exit code.
-last_sweep: report.SweepTables | None = None
+last_sweep: SweepTables | None = None
 
 
 def finished_runs(sweep_dir: Path) -> dict[Path, str]:
@@ -35,7 +37,7 @@ def finished_runs(sweep_dir: Path) -> dict[Path, str]:
     out = {}
     for path in sweep_dir.rglob(records.SUMMARY):
         summary = records.read_summary(path.parent)
-        if summary and summary.get("status") in FINISHED:
+        if summary and summary.get("status") in records.FINISHED:
             out[path.parent] = str(summary.get("finished_at"))
     return out
 
@@ -52,7 +54,7 @@ def stop_monitor() -> None:
 
 def planned_runs(config: DictConfig) -> int:
     """How many jobs the basic sweeper will launch: the product of the swept lists."""
-    lists = report.sweep_lists(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
+    lists = records.sweep_lists(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
     return math.prod(len(v) for v in lists.values()) if lists else 1
 
 
@@ -64,7 +66,7 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)  # left by an earlier --fail-fast sweep
-        records.write_json(sweep_dir / report.SWEEP_INFO, report.sweep_info(sys.argv))
+        records.write_json(sweep_dir / records.SWEEP_INFO, records.sweep_info(sys.argv))
         self.finished_before = finished_runs(sweep_dir) if sweep_dir.is_dir() else {}
         if self.finished_before:
             log.info("%s already holds %d finished runs: they will be skipped", sweep_dir,
@@ -77,6 +79,8 @@ class SweepReport(Callback):
             _monitor.start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from bnbench import report  # pandas, scipy, matplotlib: not needed while the jobs run
+
         global last_sweep
         stop_monitor()
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -242,7 +242,7 @@ def train(
             # and every epoch reshuffles, so no sample is left out for long.
             while pos < steps_per_epoch and step < total_steps:
                 idx = order[pos * batch_size : (pos + 1) * batch_size]
-                xb, yb = data.train_x[idx], data.train_y[idx]
+                xb, yb = data.train_batch(idx)
                 probing = diagnostics is not None and diagnostics.due(step + 1)
                 if probing:
                     diagnostics.arm()  # hooks for this forward pass only

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -190,3 +192,15 @@ def test_benchmark_scripts_run_end_to_end(tmp_path):
     stacking = subprocess.run([sys.executable, str(scripts / "bench_stacking.py"), "--steps", "3", "--threads", "1"],
                               capture_output=True, text=True, env=env, timeout=300)
     assert stacking.returncode == 0 and "grouped" in stacking.stdout, stacking.stderr[-2000:]
+
+
+def test_the_launching_process_does_not_import_torch():
+    """`bnbench run -m` composes configs and starts workers; importing torch (and the report's
+    pandas and scipy) there would delay every sweep's first job by seconds."""
+    code = ("import sys; from bnbench import cli, app, sweep, config, devices, records, progress; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pandas', 'scipy', 'matplotlib'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    code = "import sys; from bnbench import report; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False", "reports need no torch"

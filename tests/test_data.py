@@ -105,3 +105,31 @@ def test_friedman1_follows_its_formula():
 def test_friedman1_needs_five_features():
     with pytest.raises(DataError, match="at least 5 features"):
         load_dataset(make_cfg("dataset=friedman1", "dataset.features=3"), CPU)
+
+
+def test_train_batch_gathers_as_indexing_does():
+    data = load_dataset(make_cfg("dataset=digits"), CPU)
+    idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(0))[:60]
+    x, y = data.train_batch(idx)
+    assert torch.equal(x, data.train_x[idx]) and torch.equal(y, data.train_y[idx])
+    stacked = idx.view(3, 20)  # stacked seeds: one row of indices per copy
+    x, y = data.train_batch(stacked)
+    assert x.shape == (3, 20, 1, 8, 8) and torch.equal(x, data.train_x[stacked]) and torch.equal(y, data.train_y[stacked])
+
+
+def test_a_process_reuses_loaded_data_until_the_config_or_files_change(tmp_path):
+    """Jobs of a sweep worker share one loaded copy; a changed config or data file is read again."""
+    raw = write_mnist_family(tmp_path, "MNIST", n_train=40, n_test=10)
+    cfg = make_cfg("dataset=mnist", f"dataset.root={tmp_path}")
+    first = load_dataset(cfg, CPU)
+    assert load_dataset(make_cfg("dataset=mnist", f"dataset.root={tmp_path}", "seed=7"), CPU) is first
+    smaller = load_dataset(make_cfg("dataset=mnist", f"dataset.root={tmp_path}", "dataset.train_size=20"), CPU)
+    assert len(smaller.train_y) == 20
+    assert load_dataset(cfg, CPU) is not first, "only the last dataset is kept"
+    again = load_dataset(cfg, CPU)
+    write_mnist_family(tmp_path, "MNIST", n_train=50, n_test=10)  # new files in place
+    fresh = load_dataset(cfg, CPU)
+    assert fresh is not again and len(fresh.train_y) == 50
+    (raw / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03 truncated")
+    with pytest.raises(DataError, match="corrupt"):
+        load_dataset(cfg, CPU)

@@ -13,7 +13,7 @@ import torch
 import yaml
 from torch import nn
 
-from bnbench import diagnostics, records, report
+from bnbench import diagnostics_report, records, report
 from bnbench.diagnostics import Diagnostics, find_layers
 from bnbench.experiment import run_experiment
 from bnbench.models import build_model
@@ -181,7 +181,7 @@ def test_diagnostics_do_not_change_training_and_remove_their_hooks():
     assert sorted({r["step"] for r in probed.diagnostics}) == [1, 15, 30]
     assert len(probed.diagnostics) == 3 * 4  # 3 hidden layers + head
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in diag_model.modules())
-    assert set(probed.diagnostics[0]) == set(diagnostics.COLUMNS)
+    assert set(probed.diagnostics[0]) == set(records.DIAGNOSTICS_COLUMNS)
 
 
 def test_diagnostics_resume_exactly(tmp_path):
@@ -213,8 +213,8 @@ def _sweep(tmp_path):
 
 def test_run_record_and_report_side(tmp_path):
     sweep = _sweep(tmp_path)
-    on_disk = pd.read_csv(sweep / "norm=bn_before,activation=sigmoid,seed=0" / diagnostics.FILE)
-    assert list(on_disk.columns) == diagnostics.COLUMNS
+    on_disk = pd.read_csv(sweep / "norm=bn_before,activation=sigmoid,seed=0" / records.DIAGNOSTICS)
+    assert list(on_disk.columns) == records.DIAGNOSTICS_COLUMNS
     assert sorted(on_disk["step"].unique()) == [1, 10, 20]
     assert on_disk.loc[on_disk["name"] == "head", "bn_mean_gap"].isna().all()
     assert on_disk.loc[on_disk["name"] != "head", "bn_mean_gap"].notna().all()
@@ -222,26 +222,26 @@ def test_run_record_and_report_side(tmp_path):
 
     runs, factors, _ = report.collect_runs(sweep)
     assert factors == ["norm", "activation"]  # "activation" is a factor and a diagnostics subject
-    summary = diagnostics.summarize(sweep, runs, factors)
+    summary = diagnostics_report.summarize(sweep, runs, factors)
     assert len(summary) == 4 * 4  # cells x (3 hidden layers + head)
     assert list(summary["norm"].astype(str).unique()) == list(runs["norm"].cat.categories)  # the report's order
     pick = (summary["norm"] == "bn_before") & (summary["activation"] == "sigmoid") & (summary["name"] == "fc2")
     cell = summary[pick].iloc[0]
-    first = [pd.read_csv(sweep / f"norm=bn_before,activation=sigmoid,seed={s}" / diagnostics.FILE)
+    first = [pd.read_csv(sweep / f"norm=bn_before,activation=sigmoid,seed={s}" / records.DIAGNOSTICS)
              .query("step == 1 and name == 'fc2'") for s in (0, 1)]
     assert cell["runs"] == 2 and cell["last_step"] == 20
     assert cell["grad_norm_first"] == pytest.approx(np.mean([f["grad_norm"].iloc[0] for f in first]))
     assert summary.loc[summary["norm"] == "none", "bn_mean_gap_last"].isna().all()
     assert summary.loc[summary["activation"] == "relu", "saturated_frac_last"].isna().all()
 
-    lines = diagnostics.markdown_lines(summary, factors)
+    lines = diagnostics_report.markdown_lines(summary, factors)
     text = "\n".join(lines)
     assert "## Diagnostics" in text and "| bn_before / sigmoid |" in text
     start = lines.index("**Dead ReLU units, last (% of units zero on the whole batch)**")
     dead = list(itertools.takewhile(bool, lines[start + 2:]))  # header, rule, one row per cell
     assert sorted(row.split(" | ")[0] for row in dead[2:]) == ["| bn_before / relu", "| none / relu"]  # ReLU only
 
-    figures = diagnostics.plot_diagnostics(sweep, runs, factors)
+    figures = diagnostics_report.plot_diagnostics(sweep, runs, factors)
     assert {p.name for p in figures.values()} == {
         "diagnostics_grad_norm.png", "diagnostics_act_input.png", "diagnostics_saturation.png",
         "diagnostics_dead_units.png", "diagnostics_bn_mean_gap.png", "diagnostics_bn_var_ratio.png",
@@ -250,8 +250,8 @@ def test_run_record_and_report_side(tmp_path):
 
 
 def test_off_writes_nothing_and_a_stale_file_goes(tmp_path):
-    (tmp_path / diagnostics.FILE).write_text("stale\n")
+    (tmp_path / records.DIAGNOSTICS).write_text("stale\n")
     run_experiment(make_cfg("trainer.epochs=1", *QUICK), tmp_path, overrides=[])
-    assert not (tmp_path / diagnostics.FILE).exists()
+    assert not (tmp_path / records.DIAGNOSTICS).exists()
     assert (tmp_path / records.METRICS).is_file()
-    assert diagnostics.summarize(tmp_path, *report.collect_runs(tmp_path)[:2]) is None
+    assert diagnostics_report.summarize(tmp_path, *report.collect_runs(tmp_path)[:2]) is None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from bnbench import diagnostics
+from bnbench import diagnostics_report
 from bnbench.config import compose_config, validate
 from bnbench.experiment import run_experiment
 from bnbench.models import build_model
@@ -122,7 +122,7 @@ def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
         run_dir = tmp_path / norm
         summary = run_experiment(cfg, run_dir, overrides=overrides)
         assert summary["status"] in ("completed", "diverged"), summary["error"]
-        rows = diagnostics.read_diagnostics(run_dir)
+        rows = diagnostics_report.read_diagnostics(run_dir)
         assert sorted(rows["step"].unique()) == [1, 2]
         hidden = len(cfg.model.widths) if cfg.model.widths else cfg.model.depth
         n_layers = hidden + 1 if cfg.model.name == "mlp" else 8

@@ -9,7 +9,7 @@ import torch
 
 from bnbench.data import load_dataset
 from bnbench.models import build_model
-from bnbench.stacking import StackedNet, train_stacked
+from bnbench.stacking import StackedNet, seed_stacks, train_stacked
 from bnbench.train import train
 from conftest import make_cfg, run_cli
 
@@ -174,3 +174,26 @@ def test_a_seed_left_alone_trains_as_an_ordinary_run(tmp_path):
     new = {name: r for name, r in after.items() if name not in before}
     assert len(new) == 1 and "stacked_seeds" not in next(iter(new.values())), "one seed left: no stack of one"
     assert all(after[name] == r for name, r in before.items()), "finished seeds are not retrained"
+
+
+def test_seed_stacks_keep_every_worker_busy_to_the_end():
+    # 3 cells of 5 seeds on 2 workers: whole cells take 2 rounds of 5 (10 seed-runs), stacks of
+    # 3 + 2 finish after 8
+    assert seed_stacks([0, 1, 2, 3, 4], cells=3, workers=2) == [[0, 1, 2], [3, 4]]
+    assert seed_stacks([0, 1, 2, 3, 4], cells=1, workers=2) == [[0, 1, 2], [3, 4]]
+    # cells that divide among the workers stay whole: one stack per cell
+    assert seed_stacks([0, 1, 2], cells=48, workers=2) == [[0, 1, 2]]
+    assert seed_stacks([0, 1, 2, 3, 4], cells=3, workers=1) == [[0, 1, 2, 3, 4]]
+    assert seed_stacks([5, 6, 7, 8], cells=2, workers=4) == [[5, 6], [7, 8]]
+    # trainer.stack_size caps a stack
+    assert seed_stacks([0, 1, 2, 3, 4], cells=3, workers=1, size=2) == [[0, 1], [2, 3], [4]]
+    assert seed_stacks([0, 1, 2], cells=1, workers=1, size=5) == [[0, 1, 2]]
+
+
+def test_stack_size_splits_a_cell(tmp_path):
+    result = run_cli("run", "-m", "norm=bn_before", "seed=0,1,2", "trainer.epochs=1", "trainer.threads=1",
+                     "trainer.log_progress=false", "trainer.stack_seeds=true", "trainer.stack_size=2", "sweep.name=s",
+                     "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    stacks = {name.split("seed=")[1][0]: r.get("stacked_seeds") for name, r in _records(tmp_path / "results" / "s").items()}
+    assert stacks == {"0": [0, 1], "1": [0, 1], "2": None}, "seeds 0 and 1 stacked, seed 2 an ordinary run"
