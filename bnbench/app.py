@@ -35,7 +35,7 @@ class FailFast(RuntimeError):
 last_run: dict[str, Any] | None = None
 
 
-def seed_stack(cfg: DictConfig, sweep_dir: Path, launcher: Any) -> list[int]:
+def seed_stack(cfg: DictConfig, sweep_dir: Path, overrides: list[str], launcher: Any) -> list[int]:
     """The seeds this sweep job trains as one stacked model, its own among them (bnbench/
     stacking.py), from the grid in the multirun.yaml Hydra's sweeper saves before launching;
     [] when the sweep lists no other seed."""
@@ -49,8 +49,16 @@ def seed_stack(cfg: DictConfig, sweep_dir: Path, launcher: Any) -> list[int]:
     size = cfg.trainer.stack_size
     if int(cfg.seed) not in seeds or (size is not None and size < 1):  # the run's validate() reports a bad size
         return []
+    # This job's cell in launch order: the basic sweeper launches the product of the lists in
+    # the order given, the first key varying slowest.
+    mine = records.parse_overrides(overrides)
+    cell = 0
+    for key, values in grid.items():
+        if key != "seed":
+            position = values.index(mine[key]) if mine.get(key) in values else 0
+            cell = cell * len(values) + position
     cells = math.prod(len(values) for key, values in grid.items() if key != "seed")
-    stacks = seed_stacks(seeds, cells, parallel_jobs(launcher), size)
+    stacks = seed_stacks(seeds, cell, cells, parallel_jobs(launcher), size)
     return next(stack for stack in stacks if int(cfg.seed) in stack)
 
 
@@ -75,7 +83,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         cpu_threads=cpu_share(hydra_cfg.launcher),
         gpu_slots_dir=Path(hydra_cfg.sweep.dir) / ".gpu-slots" if multirun and uses_gpu_slots(hydra_cfg.launcher) else None,
     )
-    seeds = seed_stack(cfg, Path(hydra_cfg.sweep.dir), hydra_cfg.launcher) if multirun and cfg.trainer.stack_seeds else []
+    seeds = seed_stack(cfg, Path(hydra_cfg.sweep.dir), job["overrides"], hydra_cfg.launcher) \
+        if multirun and cfg.trainer.stack_seeds else []
     if len(seeds) > 1:
         summary = run_stacked(cfg, run_dir, seeds, **job)
     else:

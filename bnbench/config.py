@@ -120,6 +120,10 @@ class TrainerConfig:
     # Most seeds in one stack; null = split each cell's seeds into as few stacks as keep all
     # the parallel workers busy to the end (bnbench.stacking.seed_stacks).
     stack_size: Optional[int] = None
+    # Convolutional models hold their activations channels-last (NHWC): oneDNN's CPU
+    # convolutions ran an AlexNet step 1.4x faster (docs/benchmarks.md). Same results up to
+    # float rounding.
+    channels_last: bool = True
 
 
 @dataclass

@@ -26,7 +26,7 @@ class DataError(RuntimeError):
     """Data that cannot be found or read; the message says where we looked and what to do."""
 
 
-@dataclass
+@dataclass(frozen=True)  # shared by the runs of a process (load_dataset): never changed in place
 class TensorDataset:
     name: str
     train_x: torch.Tensor  # float32, normalized: images (N, C, H, W) or tabular (N, F)

@@ -39,7 +39,7 @@ DIAGNOSTICS_COLUMNS = [
 # folder names too (hydra.job.config.override_dirname.exclude_keys).
 RUNTIME_KEYS = ("results_dir", "sweep", "dataset.root", "dataset.download", "trainer.threads",
                 "trainer.log_progress", "trainer.device", "trainer.jobs_per_gpu", "trainer.stack_seeds",
-                "trainer.stack_size")
+                "trainer.stack_size", "trainer.channels_last")
 
 
 def is_runtime_key(key: str) -> bool:

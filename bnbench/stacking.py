@@ -21,7 +21,6 @@ train one by one.
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from typing import Callable, Sequence
@@ -32,7 +31,7 @@ from torch import nn
 from bnbench.data import TensorDataset, eval_batches
 from bnbench.models import ACTIVATIONS
 from bnbench.train import (TASKS, Interrupted, Task, TrainResult, defer_sigint, make_optimizer, make_schedule,
-                           steps_plan)
+                           steps_plan, use_channels_last)
 
 
 def why_not_stackable(cfg) -> str | None:
@@ -44,30 +43,23 @@ def why_not_stackable(cfg) -> str | None:
     return None
 
 
-def seed_stacks(seeds: Sequence[int], cells: int, workers: int, size: int | None = None) -> list[list[int]]:
-    """How a sweep cell's ``seeds`` split into stacks, each trained by one job.
+def seed_stacks(seeds: Sequence[int], cell: int, cells: int, workers: int, size: int | None = None) -> list[list[int]]:
+    """How the ``seeds`` of a sweep's cell number ``cell`` (of ``cells``, in launch order) split
+    into stacks, each trained by one job of one of ``workers`` parallel workers.
 
-    ``size`` caps a stack. Without it: the fewest stacks per cell that finish the sweep
-    (``cells`` cells, each split the same way, on ``workers`` parallel workers) soonest. One
-    stack per cell leaves workers idle at the end when the cells do not divide among them:
-    3 cells of 5 seeds on 2 workers take 2 rounds of 5 seed-runs (10) against 7.5 for a perfect
-    split, while stacks of 3 + 2 take 8. Modelled as the launcher hands jobs out, in order,
-    each to the first free worker, a stack taking time in proportion to its seeds (larger
-    stacks are a little cheaper per seed, so ties go to fewer stacks)."""
+    ``size`` caps a stack. Without it, cells run whole, a round of ``workers`` cells at a time,
+    and the cells of an incomplete last round are split so that its stacks occupy every worker:
+    3 cells of 5 seeds on 2 workers would take 2 rounds of 5 seed-runs with one worker idle in
+    the second; with the third cell as stacks of 3 and 2 they take 5 + 3. Whole cells make the
+    largest stacks, and larger stacks cost less per seed."""
     seeds = list(seeds)
     if size is not None:
-        n_stacks = math.ceil(len(seeds) / size)
+        parts = math.ceil(len(seeds) / size)
     else:
-        def finish_time(n: int) -> int:
-            loads = [0] * max(1, workers)
-            for _ in range(cells):
-                for stack_len in _split_sizes(len(seeds), n):
-                    heapq.heappush(loads, heapq.heappop(loads) + stack_len)
-            return max(loads)
-
-        n_stacks = min(range(1, len(seeds) + 1), key=lambda n: (finish_time(n), n))
+        last_round = cells % max(1, workers)  # cells left over after the full rounds
+        parts = math.ceil(workers / last_round) if last_round and cell >= cells - last_round else 1
     stacks, start = [], 0
-    for stack_len in _split_sizes(len(seeds), n_stacks):
+    for stack_len in _split_sizes(len(seeds), min(parts, len(seeds))):
         stacks.append(seeds[start:start + stack_len])
         start += stack_len
     return stacks
@@ -218,7 +210,7 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
     model, the loop of bnbench.train.train for each copy: each seed's own data order, its own
     evaluation rows and its own divergence. ``on_eval(i, row)`` gets copy i's rows."""
     trainer = cfg.trainer
-    net = StackedNet(models).to(device)
+    net = use_channels_last(StackedNet(models).to(device), trainer)
     s = len(models)
     optimizer = make_optimizer(net, cfg.optimizer)
     steps_per_epoch, total_steps, eval_every = steps_plan(len(data.train_y), trainer)

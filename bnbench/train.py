@@ -68,6 +68,14 @@ TASKS: dict[str, Task] = {
 }
 
 
+def use_channels_last(model: nn.Module, trainer_cfg) -> nn.Module:
+    """With trainer.channels_last, 4-d weights (convolutions) go channels-last, and with them
+    the activations each convolution produces; fully connected layers are unaffected."""
+    if trainer_cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def make_optimizer(model: nn.Module, optimizer_cfg) -> torch.optim.Optimizer:
     return OPTIMIZERS[optimizer_cfg.name](model.parameters(), optimizer_cfg)
 
@@ -182,6 +190,7 @@ def train(
 ) -> TrainResult:
     """Train ``model`` on ``data`` as ``cfg`` says; the seed fixes the data order."""
     trainer = cfg.trainer
+    use_channels_last(model, trainer)
     optimizer = make_optimizer(model, cfg.optimizer)
     steps_per_epoch, total_steps, eval_every = steps_plan(len(data.train_y), trainer)
     schedule = make_schedule(optimizer, trainer.lr_schedule, total_steps)

@@ -9,6 +9,8 @@ Fashion-MNIST's shape, and then the same loop with one thing changed:
   foreach          the optimizer's multi-tensor (foreach) update instead of the per-tensor loop
                    torch uses on CPU by default
   no schedule      no LR scheduler call per step (bnbench steps a constant LambdaLR)
+  channels-first   (alexnet) trainer.channels_last=false: convolutions on NCHW activations
+                   instead of bnbench's default NHWC
   compile          torch.compile of the model: compile time (first 10 steps), then steps of the
                    same compiled model
 
@@ -96,6 +98,9 @@ def main() -> None:
         "no schedule call": lambda: _patched(train_mod, "make_schedule", _null_schedule,
                                              lambda: measure(cfg, ds, 1, steps)),
     }
+    if args.model == "alexnet":
+        nchw = compose_config(f"model={args.model}", "norm=bn_before", "trainer.channels_last=false")
+        arms["channels-first"] = lambda: measure(nchw, ds, 1, steps)
     if args.compile:
         arms["torch.compile"] = lambda: measure_compiled(cfg, ds, 1, steps)
     time_train(cfg, ds, 1, 20)  # warm-up: first-use costs of the kernels are nobody's lever

@@ -133,3 +133,9 @@ def test_a_process_reuses_loaded_data_until_the_config_or_files_change(tmp_path)
     (raw / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03 truncated")
     with pytest.raises(DataError, match="corrupt"):
         load_dataset(cfg, CPU)
+
+
+def test_a_loaded_dataset_cannot_be_changed_by_one_run_for_the_next():
+    data = load_dataset(make_cfg("dataset=digits"), CPU)
+    with pytest.raises(AttributeError):
+        data.train_x = data.train_x.double()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -56,10 +57,11 @@ def float64():
 
 
 def _double(data):
-    data.train_x, data.test_x = data.train_x.double(), data.test_x.double()
+    """A float64 copy (the loaded dataset itself is shared, and frozen)."""
+    floats = {"train_x": data.train_x.double(), "test_x": data.test_x.double()}
     if data.train_y.is_floating_point():
-        data.train_y, data.test_y = data.train_y.double(), data.test_y.double()
-    return data
+        floats.update(train_y=data.train_y.double(), test_y=data.test_y.double())
+    return dataclasses.replace(data, **floats)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -177,17 +179,19 @@ def test_a_seed_left_alone_trains_as_an_ordinary_run(tmp_path):
 
 
 def test_seed_stacks_keep_every_worker_busy_to_the_end():
-    # 3 cells of 5 seeds on 2 workers: whole cells take 2 rounds of 5 (10 seed-runs), stacks of
-    # 3 + 2 finish after 8
-    assert seed_stacks([0, 1, 2, 3, 4], cells=3, workers=2) == [[0, 1, 2], [3, 4]]
-    assert seed_stacks([0, 1, 2, 3, 4], cells=1, workers=2) == [[0, 1, 2], [3, 4]]
-    # cells that divide among the workers stay whole: one stack per cell
-    assert seed_stacks([0, 1, 2], cells=48, workers=2) == [[0, 1, 2]]
-    assert seed_stacks([0, 1, 2, 3, 4], cells=3, workers=1) == [[0, 1, 2, 3, 4]]
-    assert seed_stacks([5, 6, 7, 8], cells=2, workers=4) == [[5, 6], [7, 8]]
+    five = [0, 1, 2, 3, 4]
+    # 3 cells of 5 seeds on 2 workers: two whole cells, then the third as stacks of 3 + 2
+    assert [seed_stacks(five, cell, cells=3, workers=2) for cell in range(3)] == [[five], [five], [[0, 1, 2], [3, 4]]]
+    assert seed_stacks(five, 0, cells=1, workers=2) == [[0, 1, 2], [3, 4]]
+    # cells that divide among the workers stay whole
+    assert seed_stacks([0, 1, 2], 47, cells=48, workers=2) == [[0, 1, 2]]
+    assert seed_stacks(five, 2, cells=3, workers=1) == [five]
+    # 2 cells left for 16 workers: 8 stacks each, as far as the seeds go
+    assert seed_stacks([5, 6, 7], 0, cells=2, workers=16) == [[5], [6], [7]]
+    assert seed_stacks(five, 4, cells=5, workers=4) == [[0, 1], [2], [3], [4]]
     # trainer.stack_size caps a stack
-    assert seed_stacks([0, 1, 2, 3, 4], cells=3, workers=1, size=2) == [[0, 1], [2, 3], [4]]
-    assert seed_stacks([0, 1, 2], cells=1, workers=1, size=5) == [[0, 1, 2]]
+    assert seed_stacks(five, 0, cells=3, workers=1, size=2) == [[0, 1], [2, 3], [4]]
+    assert seed_stacks([0, 1, 2], 0, cells=1, workers=1, size=5) == [[0, 1, 2]]
 
 
 def test_stack_size_splits_a_cell(tmp_path):

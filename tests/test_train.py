@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -146,3 +147,28 @@ def test_regression_run_trains_with_mse_and_records_no_accuracy(tmp_path):
     with torch.no_grad():
         expected = torch.nn.functional.mse_loss(model(data.test_x), data.test_y).item()
     assert acc is None and loss == pytest.approx(expected, rel=1e-5)  # uneven batches: still the mean over rows
+
+
+def test_channels_last_is_how_a_cnn_computes_not_what(tmp_path):
+    """trainer.channels_last (on by default) holds the conv weights, and so the activations,
+    channels-last; in float64 the run matches the channels-first one to rounding."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        histories, models = {}, {}
+        for flag in ("true", "false"):
+            cfg = make_cfg("model=alexnet", "norm=bn_before", "trainer.steps=6", "trainer.eval_every=3",
+                           "trainer.batch_size=32", f"trainer.channels_last={flag}")
+            data = load_dataset(cfg, torch.device("cpu"))
+            data = dataclasses.replace(data, train_x=data.train_x.double(), test_x=data.test_x.double())
+            torch.manual_seed(0)
+            models[flag] = build_model(cfg, data.in_shape, data.num_outputs)
+            histories[flag] = train(models[flag], data, cfg, torch.device("cpu")).history
+    finally:
+        torch.set_default_dtype(torch.float32)
+    convs = {flag: [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)] for flag, model in models.items()}
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs["true"])
+    assert not all(w.is_contiguous() for w in convs["true"]), "(the first conv, with one input channel, is both)"
+    assert all(w.is_contiguous() for w in convs["false"])
+    for a, b in zip(histories["true"], histories["false"]):
+        for key in ("train_loss", "test_loss", "test_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
