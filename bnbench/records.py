@@ -138,7 +138,9 @@ def library_versions() -> dict[str, str]:
     return {
         "bnbench": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        # str(): torch.__version__ is a TorchVersion, and unpickling one (a sweep job's return
+        # value, in the launching process) imports torch there
+        "torch": str(torch.__version__),
         "torchvision": installed("torchvision"),
         "hydra": installed("hydra-core"),
         "cuda": torch.version.cuda or "none",

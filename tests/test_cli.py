@@ -201,6 +201,11 @@ def test_the_launching_process_does_not_import_torch():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pandas', 'scipy', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    code = ("import pickle, sys; from bnbench import records; versions = pickle.dumps(records.library_versions()); "
+            "[sys.modules.pop(m) for m in list(sys.modules) if m.startswith('torch')]; pickle.loads(versions); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False", "a job's record unpickles without torch"
     code = "import sys; from bnbench import report; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False", "reports need no torch"
