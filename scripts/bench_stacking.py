@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Stacked seeds: does training S seeds of one cell as one stacked model beat S separate runs?
 
-Three ways to train S copies of the 784-100-100-100-10 MLP (BN before ReLU, SGD lr 0.1,
+Three ways to train S copies of bnbench's 784-100-100-100-10 MLP (BN before ReLU, SGD lr 0.1,
 batch 60, each copy its own init and its own batch order, as separate runs would have):
 
   separate  S ordinary models, one step each per round (what S runs do, one after another)
   vmap      torch.func: stack_module_state + functional_call under vmap (BN running
             statistics are stacked buffers, updated in place per copy)
-  grouped   hand-stacked layers: weights (S, out, in) applied with baddbmm; BN as one
-            BatchNorm1d over S*C features, which normalizes each copy's features over that
-            copy's batch only, exactly as S separate BatchNorm1d(C) would
+  grouped   bnbench's own StackedNet (bnbench/stacking.py): weights (S, in, out) applied
+            with baddbmm; BN as one BatchNorm1d over S*C features, which normalizes each
+            copy's features over that copy's batch only, exactly as S separate
+            BatchNorm1d(C) would
 
 Prints milliseconds per round (one step of every copy) and the speed-up over `separate`, at
 each thread count, plus the largest parameter difference of the stacked copies from the
@@ -30,51 +31,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-IN, WIDTH, DEPTH, CLASSES, BATCH, N = 784, 100, 3, 10, 60, 12000
+from bnbench.config import compose_config
+from bnbench.models import build_model
+from bnbench.stacking import StackedNet
+
+CLASSES, BATCH, N = 10, 60, 12000
 
 
-def mlp() -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(DEPTH):
-        layers += [nn.Linear(IN if i == 0 else WIDTH, WIDTH), nn.BatchNorm1d(WIDTH), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(WIDTH, CLASSES))
-
-
-class GroupedLinear(nn.Module):
-    def __init__(self, linears: list[nn.Linear]):
-        super().__init__()
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in linears]))  # (S, out, in)
-        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in linears]))  # (S, out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (S, B, in) -> (S, B, out)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
-
-
-class GroupedBatchNorm(nn.Module):
-    def __init__(self, bns: list[nn.BatchNorm1d]):
-        super().__init__()
-        self.bn = nn.BatchNorm1d(len(bns) * bns[0].num_features)
-        with torch.no_grad():
-            self.bn.weight.copy_(torch.cat([b.weight for b in bns]))
-            self.bn.bias.copy_(torch.cat([b.bias for b in bns]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (S, B, C): BN over each copy's own batch
-        s, b, c = x.shape
-        return self.bn(x.transpose(0, 1).reshape(b, s * c)).view(b, s, c).transpose(0, 1)
-
-
-def grouped(models: list[nn.Sequential]) -> nn.Sequential:
-    out = []
-    for i, layer in enumerate(models[0]):
-        same = [m[i] for m in models]
-        out.append(GroupedLinear(same) if isinstance(layer, nn.Linear)
-                   else GroupedBatchNorm(same) if isinstance(layer, nn.BatchNorm1d) else copy.deepcopy(layer))
-    return nn.Sequential(*out)
+def mlp() -> nn.Module:
+    """bnbench's 784-100-100-100-10 MLP, BN before ReLU (bnbench.models.build_model)."""
+    return build_model(compose_config("dataset=fashion_mnist", "norm=bn_before"), (1, 28, 28), CLASSES)
 
 
 def rounds(n_seeds: int, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n = max(N, steps * BATCH)
-    x, y = torch.randn(n, IN), torch.randint(0, CLASSES, (n,))
+    x, y = torch.randn(n, 1, 28, 28), torch.randint(0, CLASSES, (n,))
     orders = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(s))[: steps * BATCH]
                           for s in range(n_seeds)]).view(n_seeds, steps, BATCH)
     return x, y, orders
@@ -117,7 +88,7 @@ def bench(n_seeds: int, steps: int, threads: int) -> dict[str, float]:
         loss.backward()
         v_opt.step()
 
-    g_model = grouped(copy.deepcopy(models))
+    g_model = StackedNet(copy.deepcopy(models))
     g_opt = torch.optim.SGD(g_model.parameters(), lr=0.1)
 
     def grouped_round(i):
@@ -135,9 +106,12 @@ def bench(n_seeds: int, steps: int, threads: int) -> dict[str, float]:
             fn(i)
         times[name] = (time.perf_counter() - started) / (steps - 1) * 1000
     # same math, other kernels: stacked copies track the separate runs up to float rounding
-    first_linear = [m[0].weight for m in separate]
-    times["vmap_max_diff"] = max((params["0.weight"][s] - w).abs().max().item() for s, w in enumerate(first_linear))
-    times["grouped_max_diff"] = max((g_model[0].weight[s] - w).abs().max().item() for s, w in enumerate(first_linear))
+    first_linear = [m.hidden[0][0].weight for m in separate]
+    times["vmap_max_diff"] = max((params["hidden.0.0.weight"][s] - w).abs().max().item()
+                                 for s, w in enumerate(first_linear))
+    # bnbench's GroupedLinear holds each copy's weight transposed: (S, in, out)
+    times["grouped_max_diff"] = max((g_model.hidden[0][0].weight[s].t() - w).abs().max().item()
+                                    for s, w in enumerate(first_linear))
     return times
 
 

@@ -173,9 +173,6 @@ def test_benchmark_scripts_run_end_to_end(tmp_path):
     """scripts/bench.py and bench_stacking.py are benchmarks (they print figures, nothing is timed
     here); this only keeps them working, on a tiny Fashion-MNIST written in the real IDX format."""
     import csv
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from conftest import write_mnist_family
 
