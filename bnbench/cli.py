@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -54,6 +55,17 @@ def _one_line(err: BaseException) -> str:
         text += ("" if not text else " " if text.endswith((".", ":")) else ". ") + line
         listing = line.endswith(":")
     return text
+
+
+# Hydra flags that print instead of running; Hydra refuses them together with --multirun.
+HYDRA_INFO_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+
+
+def _raised_in_launcher(err: BaseException) -> bool:
+    """Whether ``err`` came from a launcher plugin or the cluster library under it (a refused
+    sbatch, no Slurm here), not from bnbench."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return any(part in frame.filename for frame in frames for part in ("hydra_plugins", "submitit", "/ray/"))
 
 
 def _results_dir(overrides: list[str]) -> Path:
@@ -114,6 +126,10 @@ def run(
       bnbench run -m activation=relu,tanh seed=0,1  your own grid
     """
     overrides = list(overrides or [])
+    info_flag = next((a.split("=")[0] for a in overrides if a.split("=")[0] in HYDRA_INFO_FLAGS), None)
+    if multirun and info_flag:
+        fail(f"{info_flag} shows one run's config, so it does not combine with -m: drop -m "
+             f"(e.g. bnbench run {info_flag} job norm=bn_after)")
     _check_writable(_results_dir(overrides))
     from bnbench import app as hydra_app
     from bnbench import sweep
@@ -135,6 +151,12 @@ def run(
         fail(f"stopped at the first failed run (--fail-fast): {err}")
     except (HydraException, OmegaConfBaseException) as err:
         fail(_one_line(err))
+    except (RuntimeError, OSError) as err:
+        if not _raised_in_launcher(err):
+            raise  # a bug: its traceback is the useful part
+        no_slurm = any(word in str(err) for word in ("srun", "sbatch", "slurm"))
+        fail(f"the launcher could not start the jobs: {err}"
+             + (" (on a machine without Slurm use hydra/launcher=slurm_local or parallel)" if no_slurm else ""))
     finally:
         sweep.stop_monitor()  # the live view, if an error ended the sweep before its last callback
     if multirun:

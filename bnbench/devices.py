@@ -89,10 +89,10 @@ def set_threads(requested: int | None, share: int | None = None) -> int:
     """Intra-op threads for this process: ``requested``, else the launcher's ``share`` of the
     cores, else all usable cores divided by BNBENCH_WORKERS (default 1; for bnbench processes
     started by hand side by side)."""
-    workers = max(1, int(os.environ.get("BNBENCH_WORKERS", "1")))
-    threads = requested or share or max(1, usable_cores() // workers)
     import torch
 
+    workers = max(1, int(os.environ.get("BNBENCH_WORKERS", "1")))
+    threads = requested or share or max(1, usable_cores() // workers)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

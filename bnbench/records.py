@@ -1,8 +1,12 @@
-"""The run record on disk: the single source of truth for reports, resume and progress.
+"""The run and sweep records on disk: the single source of truth for reports, resume and progress.
 
 A run folder holds Hydra's config snapshot (``.hydra/``), ``metrics.csv`` (one row per
 evaluation) and ``summary.json`` (status, final and best metrics, provenance). Files are
-written to a temporary name and renamed, so a killed process never leaves half a file.
+written to a temporary name and renamed, so a killed process never leaves half a file. A sweep
+folder holds Hydra's ``multirun.yaml`` (the grid: ``value_order``) and ``sweep.json`` (the
+command and git state). This module imports neither torch (only library_versions, in a job,
+does), pandas nor scipy: the launching process of a sweep and the report read these records
+without them.
 """
 
 from __future__ import annotations

@@ -206,3 +206,19 @@ def test_the_launching_process_does_not_import_torch():
     code = "import sys; from bnbench import report; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False", "reports need no torch"
+
+
+def test_print_flags_with_multirun_are_one_line(tmp_path):
+    result = run_cli("run", "-m", "--cfg", "hydra", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--cfg" in result.stderr and "drop -m" in result.stderr
+
+
+def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
+    import shutil
+
+    if shutil.which("srun"):
+        pytest.skip("this machine has Slurm")
+    result = run_cli("run", "-m", "hydra/launcher=slurm", "trainer.steps=2", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "srun" in result.stderr and "slurm_local" in result.stderr
