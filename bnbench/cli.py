@@ -65,7 +65,8 @@ def _raised_in_launcher(err: BaseException) -> bool:
     """Whether ``err`` came from a launcher plugin or the cluster library under it (a refused
     sbatch, no Slurm here), not from bnbench."""
     frames = traceback.extract_tb(err.__traceback__)
-    return any(part in frame.filename for frame in frames for part in ("hydra_plugins", "submitit", "/ray/"))
+    packages = [f"{os.sep}{name}{os.sep}" for name in ("hydra_plugins", "submitit", "ray")]
+    return any("-packages" in frame.filename and part in frame.filename for frame in frames for part in packages)
 
 
 def _results_dir(overrides: list[str]) -> Path:
