@@ -173,15 +173,26 @@ def run(
 def report(
     sweep_dir: Path = typer.Argument(..., help="A sweep folder (the one `bnbench run -m` printed)."),
     metric: Optional[str] = typer.Option(
-        None, "--metric", help="final_test_acc (default), best_test_acc, final_train_loss, final_test_loss "
-        "(default for regression), best_test_loss or final_train_acc."),
+        None, "--metric", help="final_test_acc (default), final_test_loss (default for regression), "
+        "final_train_acc, final_train_loss (the final model, eval mode), final_train_acc_running, "
+        "final_train_loss_running (running averages, train mode), best_test_acc, best_test_loss (selected on "
+        "the test set: optimistic)."),
     baseline: Optional[List[str]] = typer.Option(
         None, "--baseline", help="Cell to compare against, e.g. norm=none (repeat for several keys). "
         "Default: norm=none when norm is swept. --baseline '' turns comparisons off."),
     target_acc: Optional[float] = typer.Option(None, "--target-acc",
                                                help="Report the time to reach this test accuracy (0-1) instead."),
     time_unit: str = typer.Option("epochs", "--time-unit", help="epochs, steps or seconds (with --target-acc)."),
-    confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999, help="Confidence level of intervals."),
+    confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999,
+                                     help="Confidence level of intervals; tests and verdicts use 1 - it as alpha."),
+    margin: Optional[float] = typer.Option(
+        None, "--margin", help="Equivalence margin for the verdicts (TOST), in the report's units: accuracy points "
+        "(0.5 = half a point), or the loss itself. Without it no comparison is called equivalent."),
+    min_effect: Optional[float] = typer.Option(
+        None, "--min-effect", help="Seeds needed to detect this difference (report units) at 80% power; "
+        "default: the observed difference."),
+    interval: str = typer.Option("t", "--interval", help="Interval of paired differences: t (default) or bootstrap "
+                                 "(BCa; it covers less than its level below about 15 seeds)."),
     formats: List[str] = typer.Option(["md", "csv"], "--format", help="md, csv, latex (repeat for several)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Render learning curves and the cell chart."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the files without printing the tables."),
@@ -200,7 +211,8 @@ def report(
     if time_unit not in ("epochs", "steps", "seconds"):
         fail(f"--time-unit {time_unit!r}: choose epochs, steps or seconds")
     fmt = tuple(f.strip() for item in formats for f in item.split(",") if f.strip())
-    options = report_mod.ReportOptions(metric=metric, baseline=base, confidence=confidence, target_acc=target_acc,
+    options = report_mod.ReportOptions(metric=metric, baseline=base, confidence=confidence, margin=margin,
+                                       min_effect=min_effect, interval=interval, target_acc=target_acc,
                                        time_unit=time_unit, formats=fmt, plots=plots)
     try:
         tables = report_mod.build(sweep_dir, options)

@@ -157,8 +157,11 @@ def _run(
 
 
 def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str],
-                   choices: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The record of a run that has started (status running), written to its folder."""
+                   choices: Mapping[str, Any] | None, stack_size: int = 1) -> dict[str, Any]:
+    """The record of a run that has started (status running), written to its folder.
+    ``stack_size``: how many seeds trained together as one stacked model (1: on its own). In
+    float32 a stacked run differs from its unstacked twin by rounding, so the report shows
+    which way each run was trained and warns when one cell mixes the two."""
     summary: dict[str, Any] = {
         "run_id": run_id,
         "status": "running",
@@ -171,6 +174,7 @@ def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "versions": records.library_versions(),
+        "stack_size": stack_size,
     }
     records.write_json(run_dir / records.SUMMARY, summary)
     return summary
@@ -200,7 +204,8 @@ def _outcome(history: list[dict]) -> dict[str, Any]:
     else:
         best = max(finite, key=lambda row: row["test_acc"])
     return {
-        "final": {k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+        "final": {k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc", "train_loss_running",
+                                       "train_acc_running")},
         "best": {"test_acc": best["test_acc"], "test_loss": best["test_loss"], "step": best["step"],
                  "epoch": best["epoch"]},
         "steps": last["step"],
@@ -295,7 +300,8 @@ def _train_stacked_cell(cfg: DictConfig, cells: list[tuple[int, DictConfig, Path
     seeds = [seed for seed, *_ in cells]
     summaries: dict[int, dict[str, Any]] = {}
     for seed, seed_cfg, folder, seed_overrides in cells:
-        summaries[seed] = _start_summary(seed_cfg, folder, records.run_identity(seed_cfg), seed_overrides, choices)
+        summaries[seed] = _start_summary(seed_cfg, folder, records.run_identity(seed_cfg), seed_overrides, choices,
+                                         stack_size=len(seeds))
         summaries[seed]["stacked_seeds"] = seeds
     histories: dict[int, list[dict]] = {seed: [] for seed in seeds}
     total_steps = 0

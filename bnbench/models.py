@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -136,16 +137,47 @@ class AlexNetStyle(nn.Module):
 MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "alexnet": AlexNetStyle}
 
 
-def _gaussian_init(model: nn.Module, std: float) -> None:
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(module.weight, 0.0, std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+# The parts of a weight layer that draw random numbers, each from its own stream.
+_PARTS = ("weight", "bias")
+
+
+def _layer_generator(seed: int, place: int, part: str) -> torch.Generator:
+    """The random stream of one part of the ``place``-th Linear/Conv layer of a run with ``seed``.
+
+    Pairing by seed compares runs that start from the same weights. Drawn from one global stream
+    in construction order, a layer's weights would depend on which layers came before it: a
+    dropped bias (norm.drop_bias) skips its draws and shifts every later layer. Here a layer's
+    draws depend only on the seed and its place among the weight layers, so none, bn_before,
+    bn_after and bn_before without biases start from identical Linear and Conv weights."""
+    words = np.random.SeedSequence([int(seed) & (2**64 - 1), place, _PARTS.index(part)]).generate_state(2)
+    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
+
+
+@torch.no_grad()
+def _init_weights(model: nn.Module, seed: int, init: str, std: float) -> None:
+    """Initialize every Linear and Conv2d layer from its own stream (:func:`_layer_generator`):
+    ``default`` is PyTorch's own reset_parameters (Kaiming-uniform weights, uniform biases in
+    +-1/sqrt(fan_in)), ``gaussian`` is N(0, std) weights and zero biases."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    for place, layer in enumerate(layers):
+        weights = _layer_generator(seed, place, "weight")
+        if init == "gaussian":
+            nn.init.normal_(layer.weight, 0.0, std, generator=weights)
+        else:
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=weights)
+        if layer.bias is None:
+            continue
+        if init == "gaussian":
+            nn.init.zeros_(layer.bias)
+        else:
+            fan_in = nn.init._calculate_fan_in_and_fan_out(layer.weight)[0]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(layer.bias, -bound, bound, generator=_layer_generator(seed, place, "bias"))
 
 
 def build_model(cfg, in_shape: Sequence[int], num_outputs: int) -> nn.Module:
-    """Build the model a run config describes. Uses the global torch RNG for initialization."""
+    """Build the model a run config describes; its initial weights depend on ``cfg.seed`` and
+    each layer's place only (:func:`_layer_generator`), not on the global RNG."""
     act_cls = ACTIVATIONS[cfg.activation.name]
     act_kwargs = dict(cfg.activation.kwargs or {})
 
@@ -153,8 +185,7 @@ def build_model(cfg, in_shape: Sequence[int], num_outputs: int) -> nn.Module:
         return act_cls(**act_kwargs)
 
     model = MODELS[cfg.model.name](in_shape, num_outputs, cfg.model, cfg.norm, make_act, cfg.trainer.dropout)
-    if cfg.model.init == "gaussian":
-        _gaussian_init(model, cfg.model.init_std)
+    _init_weights(model, cfg.seed, cfg.model.init, cfg.model.init_std)
     return model
 
 

@@ -27,6 +27,7 @@ from bnbench import records  # noqa: E402
 from bnbench.stats import STATUSES, higher_is_better, split_cells, with_levels  # noqa: E402
 
 _LABELS = {"test_acc": "test accuracy", "train_acc": "train accuracy", "train_loss": "train loss",
+           "train_loss_running": "train loss (running mean)", "train_acc_running": "train accuracy (running mean)",
            "test_loss": "test loss", "final_test_acc": "final test accuracy",
            "best_test_acc": "best test accuracy", "final_train_loss": "final train loss",
            "best_test_loss": "best test loss",
@@ -52,6 +53,8 @@ def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
         frame = pd.read_csv(run_dir / records.METRICS)
     except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
         return None
+    if "train_loss_running" not in frame and "train_loss" in frame:  # a record before bnbench 0.2
+        frame = frame.rename(columns={"train_loss": "train_loss_running", "train_acc": "train_acc_running"})
     return frame if len(frame) and "epoch" in frame else None
 
 
@@ -97,7 +100,7 @@ def learning_curves(
     panel_factor: str | None = None,
     confidence: float = 0.95,
 ) -> Path:
-    """Per-epoch ``metric`` (top row) and train loss (bottom row) for every cell: one panel
+    """Per-epoch ``metric`` (top row) and the running train loss (bottom row) for every cell: one panel
     per level of ``panel_factor`` (default: the first factor, or a single panel when only one
     factor varies), one coloured line per combination of the remaining factors, mean over
     completed seeds with a ``confidence`` band. Returns ``out_path``."""
@@ -113,7 +116,8 @@ def learning_curves(
     panels = list(runs[panel_factor].cat.categories) if panel_factor else [None]
     line_keys = list(split_cells(runs, line_factors))  # in the sweep's value order
     colors = dict(zip(line_keys, _colors(len(line_keys))))
-    rows = list(dict.fromkeys([metric, "train_loss"]))
+    # The loss the optimizer saw (train mode, averaged since the last evaluation): every record has it.
+    rows = list(dict.fromkeys([metric, "train_loss_running"]))
     curves = {r: _read_metrics(sweep_dir / str(r)) for r in runs["run"]}
 
     ncols = min(_MAX_COLS, len(panels))
@@ -195,8 +199,9 @@ def cell_intervals(
     title: str | None = None,
 ) -> Path:
     """One row per cell (in the table's order): mean of the final metric with its confidence
-    interval; colour groups the first factor. The right margin says how many seeds each point
-    stands on, and cells without a completed run say why in place of a point."""
+    interval; colour groups the first factor. The right margin says how many results (completed
+    and diverged seeds) each point stands on, and cells without a finite mean say why in place of
+    a point."""
     cells = cell_stats_df.reset_index(drop=True)
     metric = metric or cells.attrs.get("metric", "final_test_acc")
     confidence = cells.attrs.get("confidence", 0.95)
@@ -213,16 +218,17 @@ def cell_intervals(
     has_ci = low.notna().to_numpy()
     ax.errorbar(cells["mean"][has_ci], y[has_ci], xerr=[(cells["mean"] - low)[has_ci], (high - cells["mean"])[has_ci]],
                 fmt="none", ecolor="0.35", elinewidth=1.2, capsize=3)
-    ax.scatter(cells["mean"], y, c=[palette[g] for g in groups], s=30, zorder=3)
+    finite = np.isfinite(cells["mean"].to_numpy(float))  # a diverged run's loss makes a mean infinite
+    ax.scatter(cells["mean"][finite], y[finite], c=[palette[g] for g in groups[finite]], s=30, zorder=3)
     for yi, (_, cell) in zip(y, cells.iterrows()):
-        done = int(cell.get("completed", cell["n"]))
-        runs = int(cell.get("runs", done)) + int(cell.get("missing", 0))
+        runs = int(cell.get("runs", cell["n"])) + int(cell.get("missing", 0))
         lost = [f"{int(cell[s])} {s}" for s in (*STATUSES[1:], "missing") if cell.get(s, 0)]
-        note = f"n={int(cell['n'])}" + (f"  ({done}/{runs} completed; {', '.join(lost)})" if lost else "")
+        note = f"n={int(cell['n'])}" + (f"  ({int(cell['n'])}/{runs} results; {', '.join(lost)})" if lost else "")
         ax.annotate(note, (1.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0),
                     textcoords="offset points", va="center", fontsize=8, color="0.3")
-        if cell["n"] == 0:  # nothing to plot: say so on the row itself
-            ax.annotate("no completed run", (0.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0),
+        if cell["n"] == 0 or not np.isfinite(cell["mean"]):  # nothing to plot: say so on the row itself
+            text = "no result" if cell["n"] == 0 else "mean not finite (a diverged run)"
+            ax.annotate(text, (0.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0),
                         textcoords="offset points", va="center", fontsize=8, style="italic", color="firebrick")
     labels = [" / ".join(str(cell[f]) for f in factors) or "all runs" for _, cell in cells.iterrows()]
     ax.set_yticks(y, labels, fontsize=9)
@@ -236,7 +242,7 @@ def cell_intervals(
     ax.set_xlabel(f"{_label(metric)} ({direction})")
     _format_axis(ax, metric, "x")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(title or f"{_label(metric)}: mean and {confidence:.0%} CI over completed seeds", fontsize=11)
+    ax.set_title(title or f"{_label(metric)}: mean and {confidence:.0%} CI over the results", fontsize=11)
     return _save(fig, out_path)
 
 

@@ -29,7 +29,12 @@ SWEEP_INFO = "sweep.json"  # written when a multirun starts: command line, git s
 FINISHED = ("completed", "diverged")  # statuses of results; a rerun of the same sweep skips them
 METRICS = "metrics.csv"
 
-METRIC_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "wall_s"]
+METRIC_COLUMNS = ["step", "epoch", "train_loss_running", "train_acc_running", "train_loss", "train_acc",
+                  "test_loss", "test_acc", "lr", "wall_s"]
+# train_*_running: averages over the steps since the previous evaluation, in train mode (the loss
+# the optimizer saw); train_*: the model at the evaluation, in eval mode, on a fixed training
+# subset (bnbench.train.train_probe). Records before bnbench 0.2 hold only the running averages,
+# under the names train_loss and train_acc.
 # diagnostics.enabled=true: one row per layer every diagnostics.every steps (bnbench/diagnostics.py)
 DIAGNOSTICS = "diagnostics.csv"
 DIAGNOSTICS_COLUMNS = [

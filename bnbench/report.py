@@ -1,10 +1,12 @@
 """Sweep reports, rebuilt from the run records on disk.
 
 ``results.csv`` has one row per run folder (finished or not). ``report.md`` has, per cell (a
-config without its seed), the seeds' mean, std, confidence interval and status counts; paired
-comparisons with a baseline cell (t-test, Wilcoxon, Holm, effect size, bootstrap interval);
-main effects and two-way interactions of the factors; plots; and the provenance of the runs.
-A run that failed, diverged or never finished is counted in its cell, never dropped.
+config without its seed), the seeds' mean, std, confidence interval, divergence rate and status
+counts; paired comparisons with a baseline cell (paired t-interval, t-test, Wilcoxon, Holm,
+effect size, equivalence test, a verdict and the seeds a clear answer would need); with two or
+more factors, a type-II ANOVA, main effects and every two-way interaction; plots; and the
+provenance of the runs. Diverged runs are scored under one policy (bnbench.stats), never
+dropped; failed and unfinished runs are counted and their cells marked wherever they are ranked.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ from bnbench import diagnostics_report, records, stats
 STATUSES = stats.STATUSES
 # Known factors first, in the order a reader scans a placement ablation; others follow.
 _FACTOR_ORDER = ("model", "norm", "activation", "optimizer", "dataset", "trainer")
-_MAX_INTERACTION_TABLES = 6
 
 RUN_COLUMNS = [
     "run", "status", "seed", "final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss",
-    "best_test_loss", "final_train_acc", "steps", "epochs", "wall_s", "n_params", "device", "run_id", "error",
+    "best_test_loss", "final_train_acc", "final_train_loss_running", "final_train_acc_running", "steps", "epochs",
+    "wall_s", "n_params", "stack_size", "device", "run_id", "error",
 ]
 METRICS = ("final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss", "best_test_loss",
-           "final_train_acc")
+           "final_train_acc", "final_train_loss_running", "final_train_acc_running")
 FORMATS = ("md", "csv", "latex")
+INCOMPLETE_MARK = "*"  # next to the rank of a cell with failed, unfinished or missing runs
 
 
 class ReportError(RuntimeError):
@@ -47,6 +50,9 @@ class ReportOptions:
     metric: str | None = None  # None: final_test_acc, or final_test_loss for regression sweeps
     baseline: dict[str, str] | None = None  # None: norm=none when norm is swept
     confidence: float = 0.95
+    margin: float | None = None  # equivalence margin, in the units shown (points for accuracies)
+    min_effect: float | None = None  # seeds needed to detect this difference (units shown); None: the observed
+    interval: str = "t"  # paired differences: t-interval, or "bootstrap" (BCa; sound from about 15 pairs)
     target_acc: float | None = None  # with time_unit: report the time to reach this accuracy
     time_unit: str = "epochs"
     formats: tuple[str, ...] = ("md", "csv")
@@ -64,6 +70,10 @@ class SweepTables:
     comparisons: pd.DataFrame | None = None
     effects: pd.DataFrame | None = None
     interactions: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)
+    flips: list[dict] = field(default_factory=list)  # stats.sign_flips over every pair of factors
+    anova: pd.DataFrame | None = None
+    anova_notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown at the top of the report
     provenance: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     plots: dict[str, Path] = field(default_factory=dict)
@@ -100,14 +110,14 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
             seed=summary.get("seed"),
             final_test_acc=final.get("test_acc"),
             best_test_acc=best.get("test_acc"),
-            final_train_loss=final.get("train_loss"),
             final_test_loss=final.get("test_loss"),
             best_test_loss=best.get("test_loss"),
-            final_train_acc=final.get("train_acc"),
+            **_train_metrics(final),
             steps=summary.get("steps"),
             epochs=summary.get("epochs"),
             wall_s=summary.get("wall_s"),
             n_params=summary.get("n_params"),
+            stack_size=summary.get("stack_size", len(summary.get("stacked_seeds") or [None])),
             device=summary.get("device"),
             run_id=summary.get("run_id"),
             error=summary.get("error"),
@@ -119,6 +129,19 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
             row["status"] = "incomplete"
     row["params"] = {k: v for k, v in params.items() if k != "seed" and not records.is_runtime_key(k)}
     return row
+
+
+def _train_metrics(final: Mapping[str, Any]) -> dict[str, Any]:
+    """Train metrics of a summary's final evaluation. Since bnbench 0.2 ``train_loss`` and
+    ``train_acc`` are the final model's, in eval mode, and the running averages over the last
+    evaluation interval are ``*_running``; older records hold only the running averages, under
+    the plain names, so they go to the running columns and the model's own stay empty."""
+    if "train_loss_running" in final:
+        return {"final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
+                "final_train_loss_running": final.get("train_loss_running"),
+                "final_train_acc_running": final.get("train_acc_running")}
+    return {"final_train_loss": None, "final_train_acc": None, "final_train_loss_running": final.get("train_loss"),
+            "final_train_acc_running": final.get("train_acc")}
 
 
 def _factor_sort_key(name: str) -> tuple[int, str]:
@@ -134,6 +157,9 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir} is not a folder; give the sweep folder that `bnbench run -m` printed")
     rows = [_row(d, sweep_dir) for d in _run_dirs(sweep_dir)]
+    source = "run records"
+    if not rows and (sweep_dir / "results.csv").is_file():
+        rows, source = _rows_from_results_csv(sweep_dir / "results.csv"), "results.csv"
     if not rows:
         raise ReportError(f"no runs found under {sweep_dir} (no summary.json or .hydra/overrides.yaml)")
     keys = sorted({k for r in rows for k in r["params"]}, key=_factor_sort_key)
@@ -154,7 +180,30 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
         runs[k] = pd.Categorical(runs[k].astype(str), categories=[v for v in seen if v in present], ordered=True)
     runs = runs.sort_values([*factors, "seed"], kind="stable").reset_index(drop=True)
     private = [c for c in runs.columns if c.startswith("_")]
-    return runs[[*RUN_COLUMNS[:3], *keys, *RUN_COLUMNS[3:], *private]], factors, constants
+    runs = runs[[*RUN_COLUMNS[:3], *keys, *RUN_COLUMNS[3:], *private]]
+    runs.attrs["source"] = source
+    return runs, factors, constants
+
+
+def _rows_from_results_csv(path: Path) -> list[dict]:
+    """Rows of a sweep whose run folders are gone but whose ``results.csv`` (this module's own
+    output, one row per run) remains, e.g. a published table. Columns that are not run columns
+    are the swept keys; a file written before bnbench 0.2 holds the running train averages
+    under the plain train names (see :func:`_train_metrics`)."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ReportError(f"cannot read {path}: {err}") from err
+    if "final_train_loss_running" not in table:
+        table = table.rename(columns={"final_train_loss": "final_train_loss_running",
+                                      "final_train_acc": "final_train_acc_running"})
+    keys = [c for c in table.columns if c not in RUN_COLUMNS and c not in ("final_train_loss", "final_train_acc")]
+    rows = []
+    for record in table.to_dict("records"):
+        row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items() if k not in keys}
+        row["params"] = {k: str(record[k]) for k in keys}
+        rows.append(row)
+    return rows
 
 
 def _expected_cells(sweep_dir: Path, runs: pd.DataFrame, factors: list[str]) -> list[dict[str, str]]:
@@ -187,7 +236,12 @@ def _provenance(sweep_dir: Path, runs: pd.DataFrame) -> dict[str, Any]:
     wall = pd.to_numeric(runs["wall_s"], errors="coerce").dropna()
     started = [s for s in runs.get("_started", []) if isinstance(s, str)]
     finished = [s for s in runs.get("_finished", []) if isinstance(s, str)]
+    done = runs[runs["status"].isin(stats.RESULTS)]
+    sizes = pd.to_numeric(done["stack_size"], errors="coerce").fillna(1).astype(int)
     return {
+        "source": runs.attrs.get("source", "run records"),
+        "stacking": {"stacked": int((sizes > 1).sum()), "unstacked": int((sizes <= 1).sum()),
+                     "sizes": sorted({int(v) for v in sizes if v > 1})},
         "command": info.get("command"),
         "git": info.get("git") or records.git_state(Path(__file__).resolve().parent),
         "host": info.get("host"),
@@ -217,6 +271,24 @@ def default_metric(runs: pd.DataFrame) -> str:
     return "final_test_loss" if has_loss and not has_accuracy else "final_test_acc"
 
 
+def _units(value: float | None, metric: str) -> float | None:
+    """A value given in the units the report shows (points for accuracies) in metric units."""
+    return None if value is None else (value / 100 if _is_fraction(metric) else value)
+
+
+def _stacking_warnings(runs: pd.DataFrame, factors: list[str]) -> list[str]:
+    """Cells whose results mix stacked and unstacked training (float32 rounding differs)."""
+    done = runs[runs["status"].isin(stats.RESULTS)].copy()
+    done["_stacked"] = pd.to_numeric(done["stack_size"], errors="coerce").fillna(1) > 1
+    mixed = [key for key, g in stats.split_cells(done, factors).items() if g["_stacked"].nunique() > 1]
+    if not mixed:
+        return []
+    names = "; ".join(", ".join(f"{f}={v}" for f, v in zip(factors, key)) or "the only cell" for key in mixed[:5])
+    more = f" and {len(mixed) - 5} more" if len(mixed) > 5 else ""
+    return [f"{len(mixed)} cell(s) mix stacked and unstacked runs ({names}{more}); in float32 the two differ by "
+            "rounding, which can reach seed-noise size: rerun the cell one way (trainer.stack_seeds)"]
+
+
 def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
     options = options or ReportOptions()
     runs, factors, constants = collect_runs(sweep_dir)
@@ -229,7 +301,25 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
         metric = stats.time_to_acc_column(options.target_acc, options.time_unit)
     elif metric not in METRICS:
         raise ReportError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)} (or --target-acc)")
+    for name, value in (("--margin", options.margin), ("--min-effect", options.min_effect)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ReportError(f"{name} {value}: give a positive difference in the units of the report "
+                              f"(points for accuracies), e.g. {name} 0.5")
+    if options.interval not in stats.INTERVALS:
+        raise ReportError(f"--interval {options.interval!r}: choose {' or '.join(stats.INTERVALS)}")
+    if metric in ("final_train_loss", "final_train_acc") and runs[metric].isna().all() \
+            and runs["status"].isin(stats.RESULTS).any():
+        raise ReportError(f"these runs were recorded before bnbench 0.2 and have no {metric} of the final model; "
+                          f"use --metric {metric}_running (the running average over the last evaluation interval)")
     tables = SweepTables(sweep_dir, runs, factors, constants, metric, cells=pd.DataFrame())
+    if metric.startswith("best_test"):
+        tables.warnings.append(f"{metric} is selected on the test set (the best of all evaluations, by the data it "
+                               "reports): it overstates what a run would score on new data; publish final_test_* "
+                               "or select on a validation split")
+    if metric.endswith("_running"):
+        tables.warnings.append(f"{metric} is a running average over the last evaluation interval, in train mode, "
+                               "not a metric of the final model")
+    tables.warnings += _stacking_warnings(runs, factors)
     expected = _expected_cells(sweep_dir, runs, factors)
     cells = stats.rank_cells(runs, factors, metric, confidence=options.confidence, expected_cells=expected)
     # Tables read best in the sweep's own order (none, bn_before, bn_after); rank says the rest.
@@ -238,17 +328,22 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
     baseline = options.baseline if options.baseline is not None else _default_baseline(runs, factors)
     if baseline:
         try:
-            tables.comparisons = stats.compare_to_baseline(runs, factors, metric, baseline,
-                                                           confidence=options.confidence)
+            tables.comparisons = stats.compare_to_baseline(
+                runs, factors, metric, baseline, confidence=options.confidence,
+                margin=_units(options.margin, metric), min_effect=_units(options.min_effect, metric),
+                interval=options.interval)
         except ValueError as err:
             raise ReportError(f"--baseline: {err}") from err
         if len(tables.comparisons) and tables.comparisons["n_pairs"].max() <= 5:
             tables.notes.append("With 5 or fewer seed pairs the Wilcoxon signed-rank test cannot reach p < 0.05 "
                                 "(exact minimum p = 1/2^(n-1)); use 6 or more seeds for it to be informative.")
-    if factors:
-        tables.effects = stats.main_effects(runs, factors, metric)
-        for a, b in list(itertools.combinations(factors, 2))[:_MAX_INTERACTION_TABLES]:
-            tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric)
+    if len(factors) > 1:
+        tables.anova, tables.anova_notes = stats.anova(runs, factors, metric)
+        tables.effects = stats.main_effects(runs, factors, metric, expected_cells=expected)
+        for a, b in itertools.combinations(factors, 2):
+            tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric, factors)
+            tables.flips += stats.sign_flips(tables.interactions[(a, b)], a, b)
+            tables.flips += stats.sign_flips(tables.interactions[(a, b)], b, a)
     tables.counts = {status: int((runs["status"] == status).sum()) for status in STATUSES}
     tables.counts["missing cells"] = int((tables.cells["status"] == "missing").sum())
     tables.diagnostics = diagnostics_report.summarize(sweep_dir, runs, factors)
@@ -266,6 +361,8 @@ def _is_fraction(metric: str) -> bool:
 def _fmt(value: Any, metric: str, signed: bool = False, clip: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "+∞" if value > 0 else "−∞"
     if _is_fraction(metric):
         if clip:  # a t-interval can reach past 0% or 100%; accuracy cannot
             value = min(1.0, max(0.0, value))
@@ -282,44 +379,115 @@ def _p(value: Any) -> str:
 def _metric_title(metric: str) -> str:
     titles = {"final_test_acc": "final test accuracy", "best_test_acc": "best test accuracy",
               "final_train_loss": "final train loss", "final_test_loss": "final test loss",
-              "best_test_loss": "best test loss", "final_train_acc": "final train accuracy"}
+              "best_test_loss": "best test loss", "final_train_acc": "final train accuracy",
+              "final_train_loss_running": "running train loss (last interval)",
+              "final_train_acc_running": "running train accuracy (last interval)"}
     title = titles.get(metric, metric.replace("_", " "))
     return title + (" (%)" if _is_fraction(metric) else "")
 
 
+def _pct(tables: SweepTables) -> str:
+    return f"{100 * tables.cells.attrs.get('confidence', 0.95):g}%"
+
+
 def _status_text(cell: pd.Series) -> str:
-    text = f"{int(cell['completed'])}/{int(cell['runs'])}"
-    extra = [f"{int(cell[s])} {s}" for s in (*STATUSES[1:], "missing") if cell.get(s)]
+    """Results over runs, then what happened to the others."""
+    text = f"{int(cell['n'])}/{int(cell['runs']) + int(cell['missing'])}"
+    extra = [f"{int(cell[s])} {s}" for s in ("failed", "incomplete", "missing") if cell.get(s)]
     return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _diverged_text(diverged: Any, results: Any) -> str:
+    if not results or pd.isna(results):
+        return "—"
+    return f"{int(diverged)}/{int(results)}" + (f" ({100 * diverged / results:.0f}%)" if diverged else "")
 
 
 def cell_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
     m = tables.metric
-    pct = int(round(100 * tables.cells.attrs.get("confidence", 0.95)))
-    header = ["rank", *tables.factors, "seeds ok", "mean ± std", f"{pct}% CI", "min – max"]
+    header = ["rank", *tables.factors, "results", "diverged", "mean ± std", f"{_pct(tables)} CI", "median",
+              "min – max"]
     rows = []
     for _, cell in tables.cells.iterrows():
         ci = "—" if pd.isna(cell["ci_low"]) else f"{_fmt(cell['ci_low'], m, clip=True)} – {_fmt(cell['ci_high'], m, clip=True)}"
         spread = "—" if pd.isna(cell["min"]) else f"{_fmt(cell['min'], m)} – {_fmt(cell['max'], m)}"
         mean = _fmt(cell["mean"], m) + ("" if pd.isna(cell["std"]) else f" ± {_fmt(cell['std'], m)}")
         rank = "—" if pd.isna(cell["rank"]) else str(int(cell["rank"]))
-        rows.append([rank, *[str(cell[f]) for f in tables.factors], _status_text(cell), mean, ci, spread])
+        if rank != "—" and not cell["complete"]:
+            rank += INCOMPLETE_MARK
+        rows.append([rank, *[str(cell[f]) for f in tables.factors], _status_text(cell),
+                     _diverged_text(cell["diverged"], cell["n"]), mean, ci, _fmt(cell["median"], m), spread])
     return header, rows
+
+
+def _interval_label(tables: SweepTables) -> str:
+    kind = "BCa bootstrap" if tables.comparisons.attrs.get("interval") == "bootstrap" else "t"
+    return f"{_pct(tables)} CI ({kind})"
 
 
 def comparison_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
     m, comp = tables.metric, tables.comparisons
-    others = [f for f in tables.factors]
-    header = [*others, "pairs", "difference", "95% bootstrap CI", "d_z", "p (t)", "p (Wilcoxon)",
-              "p Holm (t)", "p Holm (W)", "note"]
+    tost = comp.attrs.get("margin") is not None
+    header = [*tables.factors, "pairs", "diverged", "difference", _interval_label(tables), "g_z", "p (t)",
+              "p (Wilcoxon)", "p Holm (t)", "p Holm (W)", *(["p Holm (TOST)"] if tost else []), "verdict",
+              "seeds for 80% power", "note"]
     rows = []
     for _, row in comp.iterrows():
         ci = "—" if pd.isna(row["ci_low"]) else f"{_fmt(row['ci_low'], m, True)} – {_fmt(row['ci_high'], m, True)}"
-        rows.append([*[str(row[f]) for f in others], str(int(row["n_pairs"])), _fmt(row["mean_diff"], m, True), ci,
-                     "—" if pd.isna(row["d_z"]) else f"{row['d_z']:.2f}", _p(row["p_ttest"]), _p(row["p_wilcoxon"]),
-                     _p(row["p_ttest_holm"]), _p(row["p_wilcoxon_holm"]),
+        diverged = f"{int(row['diverged'])} vs {int(row['baseline_diverged'])}" if row["n_pairs"] else "—"
+        needed = "—" if pd.isna(row["seeds_needed"]) else f"{int(row['seeds_needed'])}"
+        rows.append([*[str(row[f]) for f in tables.factors], str(int(row["n_pairs"])), diverged,
+                     _fmt(row["mean_diff"], m, True), ci, "—" if pd.isna(row["g_z"]) else f"{row['g_z']:.2f}",
+                     _p(row["p_ttest"]), _p(row["p_wilcoxon"]), _p(row["p_ttest_holm"]), _p(row["p_wilcoxon_holm"]),
+                     *([_p(row["p_tost_holm"])] if tost else []), row["verdict"], needed,
                      row["note"] if isinstance(row["note"], str) else ""])
     return header, rows
+
+
+def effect_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    m = tables.metric
+    header = ["factor", "level", "mean of cell means", "cell means (min – max)", "cells with results", "diverged"]
+    rows = []
+    for _, r in tables.effects.iterrows():
+        cells = f"{int(r['cells'])}/{int(r['cells_total'])}"
+        if r["incomplete_cells"]:
+            cells += f" ({int(r['incomplete_cells'])} incomplete{INCOMPLETE_MARK})"
+        spread = "—" if pd.isna(r["cell_min"]) else f"{_fmt(r['cell_min'], m)} – {_fmt(r['cell_max'], m)}"
+        rows.append([str(r["factor"]), str(r["level"]), _fmt(r["mean"], m), spread, cells,
+                     _diverged_text(r["diverged"], r["results"])])
+    return header, rows
+
+
+def anova_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    header = ["term", "df", "sum of squares", "F", "p", "partial η²"]
+    rows = []
+    for _, r in tables.anova.iterrows():
+        rows.append([r["term"], f"{r['df']:g}", f"{r['sum_sq']:.4g}", "—" if pd.isna(r["F"]) else f"{r['F']:.3g}",
+                     _p(r["p"]), "—" if pd.isna(r["partial_eta2"]) else f"{r['partial_eta2']:.2f}"])
+    return header, rows
+
+
+def _interaction_p(tables: SweepTables, a: str, b: str) -> float:
+    if tables.anova is None or not len(tables.anova):
+        return math.nan
+    terms = {f"{a} × {b}", f"{b} × {a}"}
+    match = tables.anova[tables.anova["term"].isin(terms)]
+    return float(match["p"].iloc[0]) if len(match) else math.nan
+
+
+def flip_lines(tables: SweepTables) -> list[str]:
+    alpha = 1 - tables.cells.attrs.get("confidence", 0.95)
+    lines = []
+    for flip in tables.flips:
+        p = _interaction_p(tables, flip["factor"], flip["across"])
+        where = lambda levels: ", ".join(f"{lv} ({_fmt(flip['diffs'][lv], tables.metric, True)})" for lv in levels)  # noqa: E731
+        term = f"the {flip['factor']} × {flip['across']} interaction"
+        verdict = (f"{term} is significant" if p < alpha else f"{term} is not significant") \
+            if math.isfinite(p) else f"{term} is not in the ANOVA"
+        lines.append(f"- {flip['factor']} {flip['high']} − {flip['low']} changes sign with {flip['across']}: "
+                     f"positive at {where(flip['positive'])}, negative at {where(flip['negative'])}; "
+                     f"{verdict} (p {_p(p)}).")
+    return lines
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -332,35 +500,83 @@ def _summary_line(tables: SweepTables) -> str:
     return f"{len(tables.runs)} runs: {counts}"
 
 
+_POLICY = ("A diverged run is a result, never dropped: its accuracy is that of its final model (a sample "
+           "with a NaN output counts as wrong), and a value that is not finite (a diverged run's loss, a target "
+           "never reached) is worse than every finite one (±∞: the mean is then infinite and the median ranks). "
+           "Failed, unfinished and missing runs are not results; their cells are marked "
+           f"{INCOMPLETE_MARK} wherever they are ranked.")
+
+
 def to_markdown(tables: SweepTables) -> str:
     m = tables.metric
-    pct = int(round(100 * tables.cells.attrs.get("confidence", 0.95)))
+    pct = _pct(tables)
     lines = [f"# bnbench report: {tables.sweep_dir.name}", "", _summary_line(tables) + ".", ""]
+    lines += [f"> **Warning:** {w}" for w in tables.warnings] + ([""] if tables.warnings else [])
     if tables.constants:
         lines += ["Fixed: " + ", ".join(f"`{k}={v}`" for k, v in tables.constants.items()), ""]
-    lines += [f"Metric: **{_metric_title(m)}**; mean ± std (n−1) over the completed seeds of each cell, "
-              f"{pct}% t-interval of the mean; rank 1 is best. Diverged, failed, incomplete and missing runs "
-              "are counted, not averaged.", ""]
+    lines += [f"Metric: **{_metric_title(m)}**; mean ± std (n−1) over the results (completed and diverged seeds) "
+              f"of each cell, {pct} t-interval of the mean; rank 1 is best. {_POLICY}", ""]
     lines += ["## Cells", "", *_md_table(*cell_rows(tables)), ""]
+    if (~tables.cells["complete"] & tables.cells["rank"].notna()).any():
+        lines += [f"{INCOMPLETE_MARK} the cell has failed, unfinished or missing runs: its statistics cover only "
+                  "the results it has.", ""]
     if tables.comparisons is not None and len(tables.comparisons):
-        label = tables.comparisons["baseline"].iloc[0]
+        comp = tables.comparisons
+        label = comp["baseline"].iloc[0]
+        margin = comp.attrs.get("margin")
+        unit = " points" if _is_fraction(m) else ""
+        equivalence = (f"TOST: the difference lies within ±{_fmt(margin, m)}{unit} (`--margin`)" if margin is not None
+                       else "equivalence is not tested (give `--margin` to test it)")
         lines += [f"## Against the baseline `{label}`", "",
                   "Each cell minus the baseline cell that matches it on every other factor, paired by seed "
-                  "(runs of one seed share the data order, and the initialization where the architectures "
-                  "match). Paired t-test and Wilcoxon signed-rank p-values, Holm-corrected over the rows of "
-                  "this table; d_z = mean difference / std of the differences.", "",
+                  "(runs of one seed share the data order and the initial weights of every layer they have in "
+                  f"common), over the seeds with a result in both. The interval is the paired {pct} "
+                  + ("BCa bootstrap interval (it covers less than its level below about 15 pairs)"
+                     if comp.attrs.get("interval") == "bootstrap" else "t-interval of the mean difference")
+                  + ", not adjusted for the rows; p-values are Holm-adjusted over the rows of this table. "
+                  "g_z = mean difference / std of the differences, with Hedges' small-sample correction. "
+                  f"Verdict at α = {1 - tables.cells.attrs.get('confidence', 0.95):.2g}: better or worse when the "
+                  "Holm-adjusted paired t-test (the Wilcoxon test where a diverged run has no finite value) "
+                  f"rejects no difference; equivalent when {equivalence}; otherwise inconclusive. Seeds for 80% "
+                  "power: the pairs a paired t-test would need to detect "
+                  + (f"a difference of {_fmt(comp.attrs['min_effect'], m)}{unit} (`--min-effect`)"
+                     if comp.attrs.get("min_effect") is not None else "the observed difference (`--min-effect` sets one)")
+                  + " at this α, unadjusted.", "",
                   *_md_table(*comparison_rows(tables)), ""]
         lines += [f"> {note}" for note in tables.notes] + ([""] if tables.notes else [])
+    if tables.anova is not None and len(tables.factors) > 1:
+        lines += ["## Factorial ANOVA", "",
+                  f"Type-II ANOVA (statsmodels) of the {_metric_title(m)} on every swept factor and their "
+                  "interactions, over the results with a finite value; partial η² = SS / (SS + SS residual). "
+                  "Where an interaction is significant, the main effects and marginal means below average over "
+                  "effects that differ between levels: read the interaction tables first.", ""]
+        lines += [f"> {note}" for note in tables.anova_notes] + ([""] if tables.anova_notes else [])
+        if len(tables.anova):
+            lines += [*_md_table(*anova_rows(tables)), ""]
     if tables.effects is not None and len(tables.factors) > 1:
-        lines += ["## Main effects", "", "Marginal mean of each level over all other factors (completed runs).", ""]
-        rows = [[str(r["factor"]), str(r["level"]), f"{int(r['n'])}/{int(r['runs'])}",
-                 _fmt(r["mean"], m) + ("" if pd.isna(r["std"]) else f" ± {_fmt(r['std'], m)}")]
-                for _, r in tables.effects.iterrows()]
-        lines += [*_md_table(["factor", "level", "runs ok", "mean ± std"], rows), ""]
-    for (a, b), pivot in tables.interactions.items():
-        lines += [f"## Interaction: {a} × {b}", "", f"Mean {_metric_title(m)} per {a} (rows) and {b} (columns).", ""]
-        header = [f"{a} \\ {b}", *[str(c) for c in pivot.columns]]
-        rows = [[str(idx), *[_fmt(v, m) for v in row]] for idx, row in pivot.iterrows()]
+        lines += ["## Main effects", "",
+                  "Marginal mean of each level: the unweighted mean of its cells' means (each cell counts once, "
+                  "however many of its seeds finished); the divergence rate over all its results.", "",
+                  *_md_table(*effect_rows(tables)), ""]
+    if tables.interactions:
+        lines += ["## Interactions", ""]
+        lines += (["Where a factor's effect changes sign across the levels of another:", "", *flip_lines(tables), ""]
+                  if tables.flips else ["No factor's effect changes sign across the levels of another.", ""])
+    for (a, b), table in tables.interactions.items():
+        lines += [f"### {a} × {b}", "", f"Mean {_metric_title(m)} per {a} (rows) and {b} (columns): the "
+                  "unweighted mean of the matching cells' means, with the divergence rate where runs diverged.", ""]
+        header = [f"{a} \\ {b}", *[str(c) for c in table[b].cat.categories]]
+        rows = []
+        for level_a in table[a].cat.categories:
+            row = [str(level_a)]
+            for _, entry in table[table[a] == level_a].iterrows():
+                text = _fmt(entry["mean"], m)
+                if entry["diverged"]:
+                    text += f" ({int(entry['diverged'])}/{int(entry['results'])} div.)"
+                if not entry["complete"]:
+                    text += INCOMPLETE_MARK
+                row.append(text)
+            rows.append(row)
         lines += [*_md_table(header, rows), ""]
     lines += diagnostics_report.markdown_lines(tables.diagnostics, tables.factors)
     if tables.plots:
@@ -387,6 +603,15 @@ def _provenance_lines(p: Mapping[str, Any]) -> list[str]:
              f"- device: {', '.join(p.get('devices') or ['not recorded'])}" + (f" on {p['host']}" if p.get("host") else ""),
              f"- runs: first started {p.get('first_run_started') or '—'}, last finished "
              f"{p.get('last_run_finished') or '—'}; report built {p.get('report_built')}"]
+    stacking = p.get("stacking") or {}
+    if stacking.get("stacked"):
+        sizes = ", ".join(map(str, stacking["sizes"]))
+        lines.append(f"- stacked seeds: {stacking['stacked']} result(s) trained in stacks of {sizes}, "
+                     f"{stacking['unstacked']} on their own")
+    elif stacking:
+        lines.append("- stacked seeds: none (every run trained on its own)")
+    if p.get("source") == "results.csv":
+        lines.append("- rebuilt from results.csv: the run folders are not here (no learning curves or diagnostics)")
     if p.get("wall_per_run_s"):
         mean, low, high = p["wall_per_run_s"]
         lines.append(f"- wall time: {p['wall_total_s']:.1f} s in all; per run {mean:.1f} s (min {low:.1f}, max {high:.1f})")
@@ -425,8 +650,16 @@ def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Pat
     public_runs = tables.runs[[c for c in tables.runs.columns if not c.startswith("_")]]
     written = [d / "results.csv"]
     records.write_text(written[0], public_runs.to_csv(index=False))
+    interactions = None
+    if tables.interactions:  # one long table: the two factors of each pair and their levels
+        interactions = pd.concat(
+            [t.rename(columns={a: "level_a", b: "level_b"}).assign(factor_a=a, factor_b=b)
+             for (a, b), t in tables.interactions.items()], ignore_index=True)
+        interactions = interactions[["factor_a", "level_a", "factor_b", "level_b",
+                                     *[c for c in interactions.columns if c not in
+                                       ("factor_a", "level_a", "factor_b", "level_b")]]]
     frames = {"cells": tables.cells, "comparisons": tables.comparisons, "main_effects": tables.effects,
-              "diagnostics_summary": tables.diagnostics}
+              "anova": tables.anova, "interactions": interactions, "diagnostics_summary": tables.diagnostics}
     if "md" in options.formats:
         written.append(d / "report.md")
         records.write_text(written[-1], to_markdown(tables))
@@ -456,11 +689,15 @@ def to_latex(tables: SweepTables) -> str:
     if tables.comparisons is not None and len(tables.comparisons):
         parts.append(table(*comparison_rows(tables),
                            f"Paired differences against {tables.comparisons['baseline'].iloc[0]}"))
+    if tables.anova is not None and len(tables.anova):
+        parts.append(table(*anova_rows(tables), f"Type-II ANOVA of the {_metric_title(tables.metric)}"))
     return "\n".join(parts)
 
 
 def print_tables(tables: SweepTables, console: Console | None = None) -> None:
     console = console or Console()
+    for warning in tables.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
     header, rows = cell_rows(tables)
     table = Table(title=f"{tables.sweep_dir}  ({_summary_line(tables)})\n{_metric_title(tables.metric)}",
                   title_justify="left")
@@ -471,7 +708,7 @@ def print_tables(tables: SweepTables, console: Console | None = None) -> None:
     console.print(table)
     if tables.comparisons is not None and len(tables.comparisons):
         header, rows = comparison_rows(tables)
-        keep = [i for i, h in enumerate(header) if h not in ("p (t)", "p (Wilcoxon)", "note")]
+        keep = [i for i, h in enumerate(header) if h not in ("p (t)", "p (Wilcoxon)", "p Holm (W)", "g_z", "note")]
         header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
         comp = Table(title=f"against {tables.comparisons['baseline'].iloc[0]} (paired by seed)", title_justify="left")
         for i, name in enumerate(header):
@@ -479,6 +716,13 @@ def print_tables(tables: SweepTables, console: Console | None = None) -> None:
         for row in rows:
             comp.add_row(*row)
         console.print(comp)
+    if tables.anova is not None and len(tables.anova):
+        alpha = 1 - tables.cells.attrs.get("confidence", 0.95)
+        strong = tables.anova[(tables.anova["order"] >= 2) & (tables.anova["p"] < alpha)]
+        if len(strong):
+            console.print("ANOVA: significant interactions " + ", ".join(
+                f"{r.term} (p {_p(r.p)})" for r in strong.itertuples()) + "; read report.md before the marginal "
+                "means", highlight=False)
     if tables.constants:
         console.print("fixed: " + " ".join(f"{k}={v}" for k, v in tables.constants.items()), style="dim")
     for _, run in tables.failed_runs.iterrows():

@@ -31,7 +31,7 @@ from torch import nn
 from bnbench.data import TensorDataset, eval_batches
 from bnbench.models import ACTIVATIONS
 from bnbench.train import (TASKS, Interrupted, Task, TrainResult, defer_sigint, make_optimizer, make_schedule,
-                           steps_plan, use_channels_last)
+                           steps_plan, train_probe, use_channels_last)
 
 
 def why_not_stackable(cfg) -> str | None:
@@ -218,6 +218,7 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
     order_rngs = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
     n_train, batch_size = len(data.train_y), trainer.batch_size
     task = TASKS[data.task]
+    probe_x, probe_y = train_probe(data)
 
     results = [TrainResult(status="completed") for _ in range(s)]
     active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
@@ -250,22 +251,26 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
                 if pos == steps_per_epoch:
                     pos = 0
                 if step % eval_every == 0 or step == total_steps:
-                    train_losses, train_correct = (loss_sum / seen).tolist(), correct.tolist()
+                    running_losses, running_correct = (loss_sum / seen).tolist(), correct.tolist()
+                    train_losses, train_accs = evaluate_stacked(net, probe_x, probe_y, trainer.eval_batch_size, task)
                     test_losses, test_accs = evaluate_stacked(net, data.test_x, data.test_y,
                                                               trainer.eval_batch_size, task)
                     wall = round(time.perf_counter() - start, 4)
                     for i in range(s):
                         if results[i].status != "completed":
                             continue  # diverged earlier: its record ended there
-                        row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": train_losses[i],
-                               "train_acc": train_correct[i] / seen if task.hits is not None else None,
+                        row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                               "train_loss_running": running_losses[i],
+                               "train_acc_running": running_correct[i] / seen if task.hits is not None else None,
+                               "train_loss": train_losses[i], "train_acc": train_accs[i],
                                "test_loss": test_losses[i], "test_acc": test_accs[i],
                                "lr": optimizer.param_groups[0]["lr"], "wall_s": wall}
                         results[i].history.append(row)
                         if on_eval is not None:
                             on_eval(i, row)
                         limit = trainer.diverge_above
-                        if not math.isfinite(train_losses[i]) or (limit is not None and train_losses[i] > limit):
+                        running = running_losses[i]
+                        if not math.isfinite(running) or (limit is not None and running > limit):
                             results[i].status = "diverged"
                             active[i] = False
                     if not bool(active.any()):

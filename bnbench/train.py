@@ -58,7 +58,9 @@ class Task:
 
 
 def _argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return logits.argmax(dim=-1) == labels
+    # A sample whose outputs hold a NaN or inf has no prediction: it counts as wrong. (argmax
+    # would pick the NaN's index, so a diverged model would score its class's frequency.)
+    return (logits.argmax(dim=-1) == labels) & torch.isfinite(logits).all(dim=-1)
 
 
 # task -> loss and accuracy; accuracy columns stay empty for regression runs
@@ -166,6 +168,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss_sum.item() / n, (correct.item() / n if task.hits is not None else None)
 
 
+def train_probe(data: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed training subset on which each evaluation measures the model in eval mode (the
+    train metrics of the model at that step, comparable with its test metrics): as many samples
+    as the test set, or the whole training set when it is smaller, chosen by a generator that
+    does not depend on the run's seed, so every run of a sweep is measured on the same samples."""
+    n_train = len(data.train_y)
+    size = min(n_train, len(data.test_y))
+    chosen = torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[:size].sort().values
+    return data.train_batch(chosen.to(data.train_y.device))
+
+
 def steps_plan(n_train: int, trainer_cfg) -> tuple[int, int, int]:
     """(steps per epoch, total steps, evaluate every N steps)."""
     steps_per_epoch = n_train // trainer_cfg.batch_size
@@ -199,6 +212,7 @@ def train(
     order_rng = torch.Generator(device=device).manual_seed(cfg.seed)
     n_train, batch_size = len(data.train_y), trainer.batch_size
     task = TASKS[data.task]
+    probe_x, probe_y = train_probe(data)
 
     result = TrainResult(status="completed")
     diagnostics = Diagnostics.for_run(model, cfg, data)  # None when off: the loop then does nothing extra
@@ -274,13 +288,16 @@ def train(
                 if pos == steps_per_epoch:  # the next epoch starts from the generator's state now
                     pos, epoch_rng = 0, order_rng.get_state()
                 if step % eval_every == 0 or step == total_steps:
-                    train_loss = loss_sum.item() / seen
+                    running_loss = loss_sum.item() / seen
+                    train_loss, train_acc = evaluate(model, probe_x, probe_y, trainer.eval_batch_size, task)
                     test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size, task)
                     row = {
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 4),
+                        "train_loss_running": running_loss,
+                        "train_acc_running": correct.item() / seen if task.hits is not None else None,
                         "train_loss": train_loss,
-                        "train_acc": correct.item() / seen if task.hits is not None else None,
+                        "train_acc": train_acc,
                         "test_loss": test_loss,
                         "test_acc": test_acc,
                         "lr": optimizer.param_groups[0]["lr"],
@@ -290,7 +307,7 @@ def train(
                     if on_eval is not None:
                         on_eval(row)
                     limit = trainer.diverge_above
-                    if not math.isfinite(train_loss) or (limit is not None and train_loss > limit):
+                    if not math.isfinite(running_loss) or (limit is not None and running_loss > limit):
                         result.status = "diverged"
                         return result
                     loss_sum.zero_()
