@@ -525,8 +525,8 @@ def to_markdown(tables: SweepTables) -> str:
         label = comp["baseline"].iloc[0]
         margin = comp.attrs.get("margin")
         unit = " points" if _is_fraction(m) else ""
-        equivalence = (f"TOST: the difference lies within ±{_fmt(margin, m)}{unit} (`--margin`)" if margin is not None
-                       else "equivalence is not tested (give `--margin` to test it)")
+        equivalence = (f"equivalent when the Holm-adjusted paired TOST puts the difference within ±{_fmt(margin, m)}{unit} "
+                       "(`--margin`)" if margin is not None else "equivalence is not tested (`--margin` sets a margin)")
         lines += [f"## Against the baseline `{label}`", "",
                   "Each cell minus the baseline cell that matches it on every other factor, paired by seed "
                   "(runs of one seed share the data order and the initial weights of every layer they have in "
@@ -537,7 +537,7 @@ def to_markdown(tables: SweepTables) -> str:
                   "g_z = mean difference / std of the differences, with Hedges' small-sample correction. "
                   f"Verdict at α = {1 - tables.cells.attrs.get('confidence', 0.95):.2g}: better or worse when the "
                   "Holm-adjusted paired t-test (the Wilcoxon test where a diverged run has no finite value) "
-                  f"rejects no difference; equivalent when {equivalence}; otherwise inconclusive. Seeds for 80% "
+                  f"rejects no difference; {equivalence}; otherwise inconclusive. Seeds for 80% "
                   "power: the pairs a paired t-test would need to detect "
                   + (f"a difference of {_fmt(comp.attrs['min_effect'], m)}{unit} (`--min-effect`)"
                      if comp.attrs.get("min_effect") is not None else "the observed difference (`--min-effect` sets one)")

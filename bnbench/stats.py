@@ -289,7 +289,8 @@ def _paired_tests(a: np.ndarray, b: np.ndarray, confidence: float, margin: float
             except ValueError:  # too few non-zero differences for this scipy version
                 pass
         if infinite:
-            out["note"] = "a diverged run has no finite value: t statistics undefined, Wilcoxon ranks it last"
+            out["note"] = ("a result has no finite value (a diverged loss, a target never reached): t statistics "
+                           "undefined, the Wilcoxon test ranks it worst")
             out["sign"] = float(np.sign(np.sum(np.sign(d))))
             return out
         out["mean_diff"] = float(np.mean(d))
@@ -382,8 +383,11 @@ def compare_to_baseline(
     done = _results(runs, metric)
     done["_diverged"] = done["status"] == "diverged"
     # One value per seed (a seed run twice in a cell, e.g. copied folders, is averaged).
-    per_seed = {key: g.groupby("seed").agg(score=(metric, "mean"), diverged=("_diverged", "max"))
-                for key, g in split_cells(done, factors).items()}
+    per_seed_all = done.groupby([*factors, "seed"], observed=True).agg(score=(metric, "mean"),
+                                                                       diverged=("_diverged", "max"))
+    levels = list(range(len(factors)))
+    per_seed = {(key if isinstance(key, tuple) else (key,)): g.droplevel(levels)
+                for key, g in per_seed_all.groupby(level=levels, observed=True)}
     empty = pd.DataFrame(columns=["score", "diverged"])
     label = ", ".join(f"{k}={v}" for k, v in baseline.items())
     rows = []

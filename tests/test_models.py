@@ -103,3 +103,39 @@ def test_mlp_widths_list_and_alexnet_needs_images():
     assert model(torch.randn(5, 10)).shape == (5, 1)
     with pytest.raises(ConfigError, match="model=alexnet needs images"):
         build_model(make_cfg("model=alexnet"), (10,), 1)
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "alexnet"])
+def test_every_placement_starts_from_the_same_weights_for_a_seed(model_name):
+    """Pairing by seed: a layer's initial weights depend on the seed and its place only, not on
+    which BN layers or biases the model has (a dropped bias must not shift later layers)."""
+    variants = [["norm=none"], ["norm=bn_before"], ["norm=bn_after"], ["norm=bn_before", "norm.drop_bias=true"]]
+    weights = []
+    for overrides in variants:
+        cfg = make_cfg(f"model={model_name}", *overrides, "model.channels=[8,8,8,8,8]", "model.fc_width=16", "seed=3")
+        torch.manual_seed(123 + len(weights))  # the global RNG's state must not matter either
+        model = build_model(cfg, (1, 8, 8), 10)
+        weights.append([(m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
+                        for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))])
+    reference = weights[0]
+    for other in weights[1:]:
+        assert len(other) == len(reference)
+        for (w, b), (w0, b0) in zip(other, reference):
+            assert torch.equal(w, w0)
+            assert b is None or torch.equal(b, b0)
+    assert any(b is None for _, b in weights[3])  # drop_bias really dropped some
+    other_seed = build_model(make_cfg(f"model={model_name}", "model.channels=[8,8,8,8,8]", "model.fc_width=16",
+                                      "seed=4"), (1, 8, 8), 10)
+    assert not torch.equal(next(other_seed.parameters()), reference[0][0])
+
+
+def test_default_init_has_pytorchs_distribution():
+    """The per-layer streams draw what nn.Linear's own reset_parameters draws: Kaiming-uniform
+    weights within 1/sqrt(fan_in) and uniform biases within 1/sqrt(fan_in)."""
+    cfg = make_cfg("model.width=400", "model.depth=1")
+    model = build_model(cfg, (1, 8, 8), 10)
+    layer = model.hidden[0][0]
+    bound = 1 / 64 ** 0.5
+    assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
+    assert layer.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.02)
+    assert layer.bias.abs().max() <= bound and layer.bias.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.15)

@@ -124,7 +124,7 @@ def test_failures_are_visible_in_the_figures(sweep, tmp_path, figures):
     cells = stats.cell_stats(runs, factors, expected_cells=expected)
     plots.cell_intervals(cells, factors, tmp_path / "cells.png")
     texts = [t.get_text() for t in figures[1].axes[0].texts]
-    assert texts.count("no completed run") == 3  # none/sigmoid (failed) and the two gn cells
+    assert texts.count("no result") == 3  # none/sigmoid (failed) and the two gn cells
     assert any("3 failed" in t for t in texts) and any("3 missing" in t for t in texts)
     labels = [t.get_text() for t in figures[1].axes[0].get_yticklabels()]
     assert len(labels) == 8 and "gn / sigmoid" in labels

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,10 +48,15 @@ def test_cells_match_scipy_and_show_every_status(sweep):
     # the second sweep changed optimizer.lr, so it is a factor: "(default)" for the first grid
     assert tables.factors == ["norm", "activation", "optimizer.lr"]
     sigmoid = tables.cells.set_index(["norm", "activation", "optimizer.lr"]).loc[("none", "sigmoid", "1000000.0")]
-    assert sigmoid["diverged"] == 1 and sigmoid["failed"] == 1 and sigmoid["n"] == 0
+    # the diverged seed is a result, scored by its final model (at about chance or below); the
+    # failed one is not, and marks the cell
+    diverged = runs[(runs["activation"] == "sigmoid") & (runs["status"] == "diverged")]["final_test_acc"]
+    assert sigmoid["diverged"] == 1 and sigmoid["failed"] == 1 and sigmoid["n"] == 1
+    assert sigmoid["mean"] == pytest.approx(float(diverged.iloc[0])) and sigmoid["mean"] < 0.2
+    assert not sigmoid["complete"] and sigmoid["div_rate"] == 1
     written = report.write(tables)
     md = (folder / "report.md").read_text()
-    assert "| none | sigmoid | 1000000.0 | 0/2 (1 diverged, 1 failed" in md
+    assert f"{int(sigmoid['rank'])}* | none | sigmoid | 1000000.0 | 1/3 (1 failed, 1 missing) | 1/1 (100%) |" in md
     assert "CUDA out of memory" in md
     assert {p.name for p in written} >= {"results.csv", "report.md", "cells.csv", "comparisons.csv"}
 
@@ -78,6 +84,7 @@ def test_report_cli_options_and_formats(sweep):
     assert proc.returncode == 0, proc.stderr
     md = (folder / "report.md").read_text()
     assert "best test accuracy" in md and "Against the baseline `activation=relu`" in md
+    assert "selected on the test set" in md and "warning" in proc.stdout.lower()
     tex = (folder / "report.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex
     assert "## Provenance" in md and "bnbench run -m" in md and "torch" in md
@@ -91,7 +98,11 @@ def test_time_to_target_accuracy(sweep):
                    cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     cells = pd.read_csv(folder / "cells.csv")
-    assert set(cells["mean"].dropna()) <= {1.0, 2.0}
+    finite = cells["mean"][np.isfinite(cells["mean"])]
+    assert set(finite) <= {1.0, 2.0}
+    # the diverged sigmoid run never reached 50%: slower than any time, so its cell's mean is +inf
+    sigmoid = cells[(cells["activation"] == "sigmoid")].iloc[0]
+    assert sigmoid["mean"] == np.inf and sigmoid["median"] == np.inf
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -100,6 +111,9 @@ def test_time_to_target_accuracy(sweep):
     (("--baseline", "colour=red"), "--baseline"),
     (("--format", "docx"), "unknown format"),
     (("--target-acc", "90"), "--target-acc"),
+    (("--margin", "-0.5"), "--margin"),
+    (("--min-effect", "0"), "--min-effect"),
+    (("--interval", "jackknife"), "--interval"),
 ])
 def test_bad_report_options_are_one_line_errors(sweep, args, fragment):
     cwd, folder = sweep
@@ -121,7 +135,7 @@ def test_missing_cell_of_the_grid_is_listed(tmp_path):
     assert cell["status"] == "missing" and cell["runs"] == 0
     assert tables.counts["missing cells"] == 1
     report.write(tables)
-    assert "| bn_before | tanh | 0/0 (2 missing) |" in (folder / "report.md").read_text()
+    assert "| bn_before | tanh | 0/2 (2 missing) |" in (folder / "report.md").read_text()
 
 
 def test_regression_sweep_reports_test_loss_lower_is_better(tmp_path):
@@ -139,3 +153,36 @@ def test_regression_sweep_reports_test_loss_lower_is_better(tmp_path):
     assert (folder / "learning_curves.png").is_file()
     refused = run_cli("report", str(folder), "--target-acc", "0.9", cwd=tmp_path)
     assert refused.returncode != 0 and "regression" in refused.stderr
+
+
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+
+
+def test_records_from_before_0_2_report_their_train_metrics_as_running_averages(tmp_path):
+    """Committed records of bnbench 0.1 (train metrics were running averages in train mode)."""
+    folder = tmp_path / "deep_sigmoid"
+    shutil.copytree(REFERENCE / "deep_sigmoid", folder)
+    tables = report.build(folder)
+    runs = tables.runs
+    assert runs["final_train_loss"].isna().all() and runs["final_train_loss_running"].notna().all()
+    with pytest.raises(report.ReportError, match="final_train_loss_running"):
+        report.build(folder, report.ReportOptions(metric="final_train_loss"))
+    running = report.build(folder, report.ReportOptions(metric="final_train_loss_running"))
+    assert any("running average" in w for w in running.warnings)
+
+
+def test_a_folder_with_only_results_csv_reports_with_the_factorial_anova(tmp_path):
+    """The committed 144-run factorial keeps only its results.csv: the report, ANOVA included,
+    is rebuilt from it (norm x activation: F(6, 94) = 105.6 there)."""
+    folder = tmp_path / "factorial"
+    folder.mkdir()
+    shutil.copy(REFERENCE / "factorial_fashion_mnist" / "results.csv", folder)
+    tables = report.build(folder)
+    assert tables.factors == ["model", "norm", "activation", "optimizer"] and len(tables.runs) == 144
+    anova = tables.anova.set_index("term")
+    assert anova.loc["norm × activation", "df"] == 6 and anova.loc["Residual", "df"] == 94
+    assert anova.loc["norm × activation", "F"] == pytest.approx(105.6, abs=0.1)
+    assert len(tables.interactions) == 6  # every pair of the four factors, none capped
+    assert any(f["factor"] == "norm" and f["across"] == "activation" for f in tables.flips)
+    md = report.to_markdown(tables)
+    assert "rebuilt from results.csv" in md and "## Factorial ANOVA" in md

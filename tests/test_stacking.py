@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
 
+from bnbench import report
 from bnbench.data import load_dataset
 from bnbench.models import build_model
 from bnbench.stacking import StackedNet, seed_stacks, train_stacked
@@ -131,13 +133,26 @@ def test_sweep_with_stacked_seeds_writes_every_seed_record(tmp_path):
     assert sorted(a) == sorted(b) and len(b) == 6, "same run folders, one per seed"
     for name, summary in b.items():
         assert summary["status"] == "completed" and summary["stacked_seeds"] == [0, 1, 2]
+        assert summary["stack_size"] == 3 and a[name]["stack_size"] == 1, "each record says how it was trained"
         assert summary["run_id"] == a[name]["run_id"], "stacking is how a run is computed, not which run"
-        assert summary["final"]["test_loss"] == pytest.approx(a[name]["final"]["test_loss"], rel=1e-4)
+        # float32: equal up to rounding, which training amplifies (3e-3 on one of these six runs after
+        # 46 steps); that the computation is the same is checked in float64 above, to 1e-9
+        assert summary["final"]["test_loss"] == pytest.approx(a[name]["final"]["test_loss"], rel=2e-2)
         assert (tmp_path / "results" / "stacked" / name / ".hydra" / "overrides.yaml").is_file()
     assert "6 runs: 6 completed" in (tmp_path / "results" / "stacked" / "report.md").read_text()
     again = run_cli("run", "-m", *common, "sweep.name=stacked", "trainer.stack_seeds=true", "--quiet", cwd=tmp_path)
     assert again.returncode == 0 and "6 runs were already complete and were skipped" in again.stdout
     assert _records(tmp_path / "results" / "stacked") == b, "a rerun redoes nothing"
+    # one cell mixing stacked and unstacked records: the report says so and names the cell
+    mixed = tmp_path / "results" / "mixed"
+    shutil.copytree(tmp_path / "results" / "plain", mixed)
+    (name,) = [n for n in b if "norm=bn_before" in n and "seed=1" in n]
+    shutil.rmtree(mixed / name)
+    shutil.copytree(tmp_path / "results" / "stacked" / name, mixed / name)
+    tables = report.build(mixed)
+    (warning,) = [w for w in tables.warnings if "stacked and unstacked" in w]
+    assert "norm=bn_before" in warning and "norm=none" not in warning
+    assert "stacked seeds: 1 result(s) trained in stacks of 3, 5 on their own" in report.to_markdown(tables)
 
 
 def test_runs_with_diagnostics_are_not_stacked(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -95,6 +96,39 @@ def test_nan_loss_is_a_diverged_result_not_a_crash(tmp_path):
     assert summary["error"] is None
     assert len(rows) < 5, "a diverged run stops early"
     assert (tmp_path / "summary.json").is_file()
+    # its final model is evaluated: NaN outputs predict nothing, so they score 0, not the
+    # frequency of the class argmax would pick for a NaN
+    assert summary["final"]["test_acc"] == 0.0 and math.isnan(summary["final"]["test_loss"])
+
+
+def test_nan_outputs_count_as_wrong():
+    from bnbench.train import TASKS
+
+    logits = torch.tensor([[0.1, 2.0], [float("nan"), 0.0], [3.0, float("inf")], [1.0, 0.0]])
+    hits = TASKS["classification"].hits(logits, torch.tensor([1, 0, 1, 0]))
+    assert hits.tolist() == [True, False, False, True]
+    stacked = TASKS["classification"].hits(logits.expand(2, 4, 2), torch.tensor([1, 0, 1, 0]).expand(2, 4))
+    assert stacked.tolist() == [[True, False, False, True]] * 2
+
+
+def test_train_metrics_are_the_final_model_in_eval_mode_on_a_fixed_subset(tmp_path):
+    from bnbench.train import evaluate, train_probe
+
+    cfg = make_cfg(*QUICK, "norm=bn_before", "trainer.dropout=0.3")
+    data = load_dataset(cfg, torch.device("cpu"))
+    x, y = train_probe(data)
+    assert len(y) == min(len(data.train_y), len(data.test_y))
+    assert torch.equal(train_probe(data)[0], x)  # the same samples for every run
+    torch.manual_seed(0)
+    model = build_model(cfg, data.in_shape, data.num_outputs)
+    result = train(model, data, cfg, torch.device("cpu"))
+    last = result.history[-1]
+    loss, acc = evaluate(model, x, y, 500)  # eval mode: running BN statistics, no dropout
+    assert (last["train_loss"], last["train_acc"]) == pytest.approx((loss, acc))
+    # the running averages are kept, named as such, and differ (train mode, averaged over steps)
+    assert last["train_loss_running"] != pytest.approx(last["train_loss"])
+    _, rows = _run(tmp_path, "norm=bn_before")
+    assert {"train_loss", "train_acc", "train_loss_running", "train_acc_running"} <= set(rows[0])
 
 
 def test_steps_mode_and_eval_interval(tmp_path):
@@ -118,6 +152,7 @@ def test_training_reduces_loss():
     result = train(model, data, cfg, torch.device("cpu"))
     assert result.status == "completed"
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.history[-1]["train_loss_running"] < result.history[0]["train_loss_running"]
     assert result.history[-1]["test_acc"] > 0.8
 
 
