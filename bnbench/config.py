@@ -238,10 +238,39 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.noise={cfg.dataset.noise} must be 0 or more")
     if len(cfg.model.channels) != 5:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
-    if cfg.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
+    _check_ranges(cfg)
     if cfg.trainer.checkpoint_every < 0:
         raise ConfigError(f"trainer.checkpoint_every={cfg.trainer.checkpoint_every} must be 0 (off) or more")
     if cfg.diagnostics.enabled and min(cfg.diagnostics.every, cfg.diagnostics.probe_batches) < 1:
         raise ConfigError(f"diagnostics.every={cfg.diagnostics.every} and diagnostics.probe_batches="
                           f"{cfg.diagnostics.probe_batches} must be at least 1")
+
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed and torch.Generator take a 64-bit seed
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    """Every numeric key that has a valid range: a value outside it ruins a run without failing
+    it (BN momentum 2 trains to 8% and is recorded as completed), so it fails here, naming the key."""
+    closed = lambda low, high: lambda v: low <= v <= high  # noqa: E731
+    half_open = lambda low, high: lambda v: low <= v < high  # noqa: E731
+    checks = [
+        ("seed", cfg.seed, closed(0, SEED_MAX), f"must be an integer in [0, {SEED_MAX}] (2^63 - 1)"),
+        ("norm.momentum", cfg.norm.momentum, closed(0.0, 1.0),
+         "must be in [0, 1] (PyTorch's convention: 0.1 is Keras' 0.9; Keras' 0.99 is 0.01 here)"),
+        ("norm.eps", cfg.norm.eps, lambda v: v > 0, "must be greater than 0 (it keeps BN from dividing by zero)"),
+        ("optimizer.lr", cfg.optimizer.lr, lambda v: v > 0, "must be positive"),
+        ("optimizer.weight_decay", cfg.optimizer.weight_decay, lambda v: v >= 0, "must be 0 or more"),
+        ("optimizer.momentum", cfg.optimizer.momentum, half_open(0.0, 1.0), "must be in [0, 1)"),
+        ("optimizer.eps", cfg.optimizer.eps, lambda v: v > 0, "must be greater than 0"),
+        ("optimizer.alpha", cfg.optimizer.alpha, half_open(0.0, 1.0), "must be in [0, 1)"),
+        ("model.init_std", cfg.model.init_std, lambda v: v > 0, "must be greater than 0"),
+        ("trainer.diverge_above", cfg.trainer.diverge_above, lambda v: v is None or v > 0,
+         "must be greater than 0 (or null: only NaN and inf count as diverged)"),
+    ]
+    for key, value, ok, rule in checks:
+        if not ok(value):
+            raise ConfigError(f"{key}={value} {rule}")
+    betas = list(cfg.optimizer.betas)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optimizer.betas={betas} must be two values in [0, 1), e.g. [0.9, 0.999]")

@@ -159,7 +159,18 @@ def test_training_reduces_loss():
 @pytest.mark.parametrize("override,key", [("trainer.eval_every=0", "trainer.eval_every"),
                                           ("dataset.train_size=0", "dataset.train_size"),
                                           ("trainer.jobs_per_gpu=0", "trainer.jobs_per_gpu"),
-                                          ("trainer.checkpoint_every=-1", "trainer.checkpoint_every")])
+                                          ("trainer.checkpoint_every=-1", "trainer.checkpoint_every"),
+                                          ("norm.momentum=2", "norm.momentum=2.0 must be in [0, 1]"),
+                                          ("norm.momentum=-1", "norm.momentum=-1.0 must be in [0, 1]"),
+                                          ("norm.eps=0", "norm.eps=0.0 must be greater than 0"),
+                                          ("seed=99999999999999999999", "seed=99999999999999999999 must be"),
+                                          ("seed=-1", "seed=-1 must be"),
+                                          ("optimizer.lr=0", "optimizer.lr=0.0 must be positive"),
+                                          ("optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
+                                          ("optimizer.momentum=1", "optimizer.momentum"),
+                                          ("optimizer.betas=[0.9,1.5]", "optimizer.betas"),
+                                          ("model.init_std=0", "model.init_std"),
+                                          ("trainer.diverge_above=0", "trainer.diverge_above")])
 def test_out_of_range_settings_fail_before_training(tmp_path, override, key):
     summary, rows = _run(tmp_path, override)
     assert summary["status"] == "failed" and key in summary["error"] and rows == []
