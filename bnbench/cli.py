@@ -76,6 +76,33 @@ def _results_dir(overrides: list[str]) -> Path:
     return Path(os.environ.get("BNBENCH_RESULTS", "results"))
 
 
+def _override(overrides: list[str], key: str) -> str | None:
+    for item in overrides:
+        name, _, value = item.lstrip("+").partition("=")
+        if name == key:
+            return value
+    return None
+
+
+def _check_sweep_name(value: str) -> None:
+    """A sweep name is one folder under results_dir: ../x, /abs or a/b would write elsewhere."""
+    for name in value.split(","):
+        if name in ("", ".", "..") or "/" in name or "\\" in name:
+            fail(f"sweep.name={value!r}: a sweep name is one folder name inside results_dir (no '/', '.' or '..'); "
+                 "to write elsewhere, set results_dir=PATH")
+
+
+def _output_dir(overrides: list[str], multirun: bool) -> Path:
+    """The folder the run or sweep will write: hydra.run.dir / hydra.sweep.dir when given,
+    else results_dir/<sweep.name> for a sweep and results_dir/runs for a run (conf/config.yaml)."""
+    given = _override(overrides, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    if given and "${" not in given:
+        return Path(given)
+    results = _results_dir(overrides)
+    name = _override(overrides, "sweep.name") if multirun else "runs"
+    return results / name if name and "${" not in name and "," not in name else results
+
+
 def _check_writable(folder: Path) -> None:
     """Fail before any training if results cannot be saved (nothing is lost at the end)."""
     try:
@@ -84,8 +111,8 @@ def _check_writable(folder: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        fail(f"cannot write to the results folder {folder} ({err.strerror or err}); "
-             "choose another with results_dir=PATH or BNBENCH_RESULTS")
+        fail(f"cannot write to the output folder {folder} ({err.strerror or err}); "
+             "choose another with results_dir=PATH or BNBENCH_RESULTS (or another sweep.name)")
 
 
 @app.callback(invoke_without_command=True)
@@ -131,7 +158,11 @@ def run(
     if multirun and info_flag:
         fail(f"{info_flag} shows one run's config, so it does not combine with -m: drop -m "
              f"(e.g. bnbench run {info_flag} job norm=bn_after)")
-    _check_writable(_results_dir(overrides))
+    for item in overrides:
+        key, _, value = item.lstrip("+").partition("=")
+        if key == "sweep.name":
+            _check_sweep_name(value)
+    _check_writable(_output_dir(overrides, multirun))
     from bnbench import app as hydra_app
     from bnbench import sweep
 
@@ -141,7 +172,7 @@ def run(
         overrides.append("sweep.quiet=true")
     os.environ["BNBENCH_COMMAND"] = " ".join(shlex.quote(a) for a in ["bnbench", *sys.argv[1:]])
     sys.argv = ["bnbench", *(["--multirun"] if multirun else []), *overrides]
-    hydra_app.last_run, sweep.last_sweep = None, None
+    hydra_app.last_run, sweep.last_sweep, sweep.last_planned, sweep.report_error = None, None, None, None
     # Let Hydra's exceptions reach us, so each ends as one line here rather than a trace.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -160,6 +191,11 @@ def run(
              + (" (on a machine without Slurm use hydra/launcher=slurm_local or parallel)" if no_slurm else ""))
     finally:
         sweep.stop_monitor()  # the live view, if an error ended the sweep before its last callback
+    if multirun and sweep.last_planned == 0:
+        fail("the sweep has no jobs: a swept key lists no values (e.g. seed=range(0,0)); give every swept key at "
+             "least one value")
+    if multirun and sweep.report_error is not None:
+        fail(f"the runs are recorded, but the report failed: {sweep.report_error}")
     if multirun:
         tables = sweep.last_sweep
         if tables is not None and len(tables.failed_runs):

@@ -21,7 +21,7 @@ def read_diagnostics(run_dir: Path):
 
     try:
         frame = pd.read_csv(Path(run_dir) / records.DIAGNOSTICS)
-    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+    except (OSError, ValueError):  # missing, empty, unparsable or not text
         return None
     return frame if len(frame) and {"step", "layer"} <= set(frame.columns) else None
 

@@ -102,7 +102,9 @@ def _run(
     run_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or [])
     run_id = records.run_identity(cfg)
-    previous = records.read_summary(run_dir)
+    previous, problem = records.load_summary(run_dir)
+    if problem:
+        log.warning("%s: %s; training the run again", run_dir.name, problem)
     if previous is not None and previous.get("run_id") == run_id and previous.get("status") in records.FINISHED:
         log.info("skipped: already %s (%s)", previous["status"], run_dir.name)
         return {**previous, "skipped": True}

@@ -51,7 +51,7 @@ def _colors(n: int) -> list:
 def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
     try:
         frame = pd.read_csv(run_dir / records.METRICS)
-    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+    except (OSError, ValueError):  # missing, empty, unparsable or not text: the report lists it
         return None
     if "train_loss_running" not in frame and "train_loss" in frame:  # a record before bnbench 0.2
         frame = frame.rename(columns={"train_loss": "train_loss_running", "train_acc": "train_acc_running"})

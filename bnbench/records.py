@@ -92,13 +92,44 @@ def write_text(path: Path, text: str) -> None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary.json, or None when it is absent or unusable (:func:`load_summary` says why)."""
+    return load_summary(run_dir)[0]
+
+
+def load_summary(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(summary, None), (None, None) when there is no summary.json, or (None, why) when there
+    is one that cannot be used: unreadable, not JSON (a torn or overwritten file), not a record."""
     path = run_dir / SUMMARY
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
-        return None
+        data = json.loads(path.read_text())
+    except OSError as err:
+        return None, f"{SUMMARY} cannot be read ({err.strerror or err})"
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        return None, f"{SUMMARY} is corrupt (not JSON)"
+    if not isinstance(data, dict) or "status" not in data:
+        return None, f"{SUMMARY} is corrupt (not a run record)"
+    return data, None
+
+
+def metrics_problem(run_dir: Path) -> str | None:
+    """Why the run's metrics.csv cannot be read, or None when it can: absent, not text, or
+    without the header bnbench writes."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return f"{METRICS} is missing"
+    try:
+        with open(path, newline="") as handle:
+            header = handle.readline().strip().split(",")
+            handle.read()  # the whole file must be text
+    except OSError as err:
+        return f"{METRICS} cannot be read ({err.strerror or err})"
+    except UnicodeDecodeError:
+        return f"{METRICS} is corrupt (not text)"
+    if not {"step", "epoch"} <= set(header):
+        return f"{METRICS} is corrupt (no step/epoch header)"
+    return None
 
 
 def run_identity(cfg: DictConfig) -> str:

@@ -95,13 +95,18 @@ def _run_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def _row(run_dir: Path, sweep_dir: Path) -> dict:
-    summary = records.read_summary(run_dir)
+    summary, problem = records.load_summary(run_dir)
     row: dict = {"run": str(run_dir.relative_to(sweep_dir)) or "."}
-    if summary is None:  # started but never wrote its record: killed, or still starting
+    if summary is None:  # started but never wrote its record (killed, or still starting), or a corrupt one
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        params = records.parse_overrides(overrides or [])
-        row.update(status="incomplete", seed=int(params["seed"]) if "seed" in params else None)
+        try:
+            overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        except (OSError, ValueError, yaml.YAMLError):
+            overrides, problem = [], problem or ".hydra/overrides.yaml is corrupt"
+        params = records.parse_overrides(overrides if isinstance(overrides, list) else [])
+        row.update(status="incomplete", seed=int(params["seed"]) if "seed" in params else None,
+                   error=f"{problem}: rerunning the sweep trains it again" if problem else None,
+                   _record_problem=problem)
     else:
         params = summary.get("params", {})
         final, best = summary.get("final") or {}, summary.get("best") or {}
@@ -127,6 +132,8 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
         )
         if row["status"] not in STATUSES:  # running, interrupted, or died between start and finish
             row["status"] = "incomplete"
+        elif row["status"] in stats.RESULTS:
+            row["_record_problem"] = records.metrics_problem(run_dir)
     row["params"] = {k: v for k, v in params.items() if k != "seed" and not records.is_runtime_key(k)}
     return row
 
@@ -320,6 +327,13 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
         tables.warnings.append(f"{metric} is a running average over the last evaluation interval, in train mode, "
                                "not a metric of the final model")
     tables.warnings += _stacking_warnings(runs, factors)
+    if "_record_problem" in runs:
+        broken = runs[runs["_record_problem"].notna()]
+        if len(broken):
+            listed = "; ".join(f"{run}: {why}" for run, why in zip(broken["run"][:5], broken["_record_problem"][:5]))
+            more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+            tables.warnings.append(f"{len(broken)} run record(s) are damaged ({listed}{more}); the tables use what "
+                                   "is readable, and a run without a usable summary.json is retrained by the next sweep")
     expected = _expected_cells(sweep_dir, runs, factors)
     cells = stats.rank_cells(runs, factors, metric, confidence=options.confidence, expected_cells=expected)
     # Tables read best in the sweep's own order (none, bn_before, bn_after); rank says the rest.

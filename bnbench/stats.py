@@ -17,6 +17,8 @@ is marked incomplete wherever it is shown or ranked.
   still defined and breaks ties in the ranking), the t-based statistics are undefined, and the
   comparisons fall back to the Wilcoxon signed-rank test, which needs only the order.
 - Every cell and marginal shows its divergence rate (diverged / results).
+- A completed run whose record lacks the value (an unreadable metrics.csv) is not scored; its
+  cell is marked incomplete, like a cell with a failed run.
 - Marginal means are unweighted means of cell means (every cell counts once, however many of
   its seeds finished), so cells of different completeness are not mixed.
 
@@ -97,14 +99,20 @@ def check_metric(runs: pd.DataFrame, metric: str) -> None:
 
 def scores(runs: pd.DataFrame, metric: str) -> pd.Series:
     """Each run's score under the divergence policy (module docstring): the metric for a
-    completed or diverged run, -inf/+inf (the worst end) for such a run without a finite value,
-    NaN for a run that is not a result (failed, incomplete)."""
+    completed or diverged run; -inf/+inf (the worst end) for a diverged run without a finite
+    value and for an infinite value (a target never reached); NaN for a run that is not a
+    result (failed, incomplete) or a completed run whose record lacks the value."""
     check_metric(runs, metric)
     values = pd.to_numeric(runs[metric], errors="coerce").astype(float)
-    result = runs["status"].isin(RESULTS)
     worst = -np.inf if higher_is_better(metric) else np.inf
-    out = values.where(np.isfinite(values), worst)
-    return out.where(result, np.nan)
+    diverged = runs["status"] == "diverged"
+    completed = runs["status"] == "completed"
+    out = pd.Series(np.nan, index=runs.index)
+    out[diverged] = values[diverged].where(np.isfinite(values[diverged]), worst)
+    # A completed run's infinity is explicit (a target never reached: +inf); NaN means its record
+    # lacks the value (an unreadable metrics.csv), which is not a score: the cell is marked.
+    out[completed] = values[completed].where(~np.isinf(values[completed]), worst)
+    return out
 
 
 def _results(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -180,7 +188,8 @@ def cell_stats(
         values = group["_score"].dropna().to_numpy()
         stats = _interval(values, confidence)
         stats["div_rate"] = counts["diverged"] / len(values) if len(values) else np.nan
-        complete = counts["failed"] + counts["incomplete"] + counts["missing"] == 0 and counts["runs"] > 0
+        unscored = int((group["status"].isin(RESULTS) & group["_score"].isna()).sum())  # a record without the value
+        complete = counts["failed"] + counts["incomplete"] + counts["missing"] + unscored == 0 and counts["runs"] > 0
         rows.append({**dict(zip(factors, key)), "status": _cell_status(counts), **counts, "complete": complete,
                      **stats})
     out = pd.DataFrame(rows, columns=[*factors, "status", *COUNT_COLUMNS, "complete", *STAT_COLUMNS])
@@ -574,19 +583,19 @@ def anova(runs: pd.DataFrame, factors: list[str], metric: str = "final_test_acc"
 
 def time_to_accuracy(run_dir: Path, target: float, unit: str = "epochs") -> float:
     """Epochs (or steps, or training seconds) at the first evaluation whose test accuracy reached
-    ``target``; NaN if it never did or the run has no metrics. Resolution is the evaluation
-    interval (once per epoch by default)."""
+    ``target``; +inf if it never did (slower than any time); NaN if the run has no readable
+    metrics (unknown). Resolution is the evaluation interval (once per epoch by default)."""
     time_to_acc_column(target, unit)  # checks the unit
     column = TIME_UNITS[unit]
     path = Path(run_dir) / records.METRICS
     try:
         metrics = pd.read_csv(path)
-    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+    except (OSError, ValueError):  # missing, empty, unparsable or not text (pandas' errors are ValueErrors)
         return math.nan
     if metrics.empty or "test_acc" not in metrics or column not in metrics:
-        return math.nan
+        return math.nan  # no evaluation: unknown
     hit = metrics[pd.to_numeric(metrics["test_acc"], errors="coerce") >= target]
-    return float(hit[column].iloc[0]) if len(hit) else math.nan
+    return float(hit[column].iloc[0]) if len(hit) else math.inf
 
 
 def time_to_acc_column(target: float, unit: str = "epochs") -> str:
@@ -599,8 +608,8 @@ def add_time_to_accuracy(runs: pd.DataFrame, sweep_dir: Path, target: float,
                          unit: str = "epochs") -> pd.DataFrame:
     """A copy of ``runs`` with a column ``<unit>_to_acc_<target>`` (see :func:`time_to_acc_column`)
     read from each run's metrics.csv; use that column name as ``metric`` in the other functions.
-    A run that never reached the target gets NaN here, which :func:`scores` turns into +inf for
-    a completed or diverged run: never is slower than any time."""
+    A run that never reached the target gets +inf (never is slower than any time); one without
+    readable metrics gets NaN, which :func:`scores` does not score."""
     column = time_to_acc_column(target, unit)
     runs = runs.copy()
     runs[column] = [time_to_accuracy(Path(sweep_dir) / str(r), target, unit) for r in runs["run"]]

@@ -28,8 +28,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bnbench")
 
-# Outcome of the last multirun in this process, for the CLI's exit code.
+# Outcome of the last multirun in this process, for the CLI's exit code: its tables, how many
+# jobs the sweeper planned, and why its report could not be written (Hydra turns an error
+# raised in a callback into a warning, so the CLI reads it from here).
 last_sweep: SweepTables | None = None
+last_planned: int | None = None
+report_error: str | None = None
 
 
 def finished_runs(sweep_dir: Path) -> dict[Path, str]:
@@ -63,6 +67,8 @@ class SweepReport(Callback):
         self.finished_before: dict[Path, str] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global last_planned
+        last_planned = planned_runs(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)  # left by an earlier --fail-fast sweep
@@ -81,15 +87,18 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from bnbench import report  # pandas, scipy, matplotlib: not needed while the jobs run
 
-        global last_sweep
+        global last_sweep, report_error
         stop_monitor()
         sweep_dir = Path(config.hydra.sweep.dir)
+        if last_planned == 0:
+            return  # nothing ran; the CLI says why
         try:
             tables = report.build(sweep_dir)
-        except report.ReportError as err:
-            log.error("no report: %s", err)
+            written = report.write(tables)
+        except Exception as err:  # the runs are safe on disk; say why the tables are not
+            report_error = str(err) if isinstance(err, report.ReportError) else f"{type(err).__name__}: {err}"
+            log.error("no report: %s", report_error, exc_info=not isinstance(err, report.ReportError))
             return
-        written = report.write(tables)
         report.print_tables(tables, Console(width=None if sys.stdout.isatty() else 160))
         now = finished_runs(sweep_dir)
         skipped = sum(1 for d, t in now.items() if self.finished_before.get(d) == t)

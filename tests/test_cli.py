@@ -88,7 +88,30 @@ def test_unwritable_results_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     proc = run_cli("run", f"results_dir={blocker / 'results'}", *FAST, cwd=tmp_path)
-    _assert_one_line_error(proc, "cannot write to the results folder")
+    _assert_one_line_error(proc, "cannot write to the output folder")
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/abs", "a/b", "..", ""])
+def test_a_sweep_name_is_one_folder_inside_results_dir(tmp_path, name):
+    proc = run_cli("run", "-m", f"sweep.name={name}", "seed=0", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "sweep.name", "one folder name")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "results" / "a").exists()
+
+
+def test_the_write_check_covers_the_folder_really_written(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "taken").write_text("a file where the sweep folder would go")
+    proc = run_cli("run", "-m", "sweep.name=taken", "seed=0", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "cannot write to the output folder", "taken")
+    blocker = tmp_path / "plain_file"
+    blocker.write_text("x")
+    proc = run_cli("run", f"hydra.run.dir={blocker / 'run'}", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "cannot write to the output folder", "plain_file")
+
+
+def test_an_empty_sweep_is_an_error(tmp_path):
+    proc = run_cli("run", "-m", "seed=range(0,0)", "sweep.name=empty", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "the sweep has no jobs", "range(0,0)")
 
 
 def test_invalid_overrides_fail_at_composition(tmp_path):

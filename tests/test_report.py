@@ -186,3 +186,24 @@ def test_a_folder_with_only_results_csv_reports_with_the_factorial_anova(tmp_pat
     assert any(f["factor"] == "norm" and f["across"] == "activation" for f in tables.flips)
     md = report.to_markdown(tables)
     assert "rebuilt from results.csv" in md and "## Factorial ANOVA" in md
+
+
+def test_damaged_records_are_named_and_the_rest_of_the_report_is_written(sweep, tmp_path):
+    cwd, folder = sweep
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    runs = sorted(p.parent for p in damaged.glob("*/summary.json"))
+    (runs[0] / "metrics.csv").write_bytes(bytes(range(256)) * 40)  # not text at all
+    (runs[1] / "summary.json").write_bytes(b"\xff\xfe{ torn")
+    (runs[2] / "metrics.csv").unlink()
+    proc = run_cli("report", str(damaged), "--target-acc", "0.5", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    md = (damaged / "report.md").read_text()
+    assert "3 run record(s) are damaged" in md
+    assert f"{runs[0].name}: metrics.csv is corrupt (not text)" in md
+    assert f"{runs[1].name}: summary.json is corrupt (not JSON)" in md
+    assert f"{runs[2].name}: metrics.csv is missing" in md
+    assert (damaged / "learning_curves.png").is_file() and (damaged / "cells.csv").is_file()
+    tables = report.build(damaged)
+    row = tables.runs.set_index("run").loc[runs[1].name]
+    assert row["status"] == "incomplete" and "trains it again" in row["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -197,3 +198,23 @@ def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
     assert summary["skipped"] and summary["status"] == "running"
     assert not (tmp_path / "summary.json").exists()
     assert run_experiment(cfg, tmp_path)["status"] == "completed"  # once free, it runs
+
+
+def test_a_corrupt_summary_is_said_and_the_run_trained_again(tmp_path):
+    from bnbench.config import compose_config
+    from bnbench.experiment import run_experiment
+
+    cfg = compose_config("trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false")
+    first = run_experiment(cfg, tmp_path)
+    assert first["status"] == "completed"
+    (tmp_path / "summary.json").write_text("{ torn")
+    records_seen = []
+    handler = logging.Handler()
+    handler.emit = records_seen.append
+    logging.getLogger("bnbench").addHandler(handler)
+    try:
+        again = run_experiment(cfg, tmp_path)
+    finally:
+        logging.getLogger("bnbench").removeHandler(handler)
+    assert again["status"] == "completed" and not again.get("skipped")
+    assert any("summary.json is corrupt (not JSON); training the run again" in r.getMessage() for r in records_seen)

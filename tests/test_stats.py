@@ -315,7 +315,7 @@ def test_time_to_accuracy(tmp_path):
     assert stats.time_to_accuracy(run, 0.9) == 2.0
     assert stats.time_to_accuracy(run, 0.9, "seconds") == 3.0
     assert stats.time_to_accuracy(run, 0.9, "steps") == 20
-    assert math.isnan(stats.time_to_accuracy(run, 0.99))
+    assert stats.time_to_accuracy(run, 0.99) == math.inf  # never reached: slower than any time
     failed = tmp_path / "failed"
     failed.mkdir()
     (failed / "metrics.csv").write_text("step,epoch,train_loss,train_acc,test_loss,test_acc,lr,wall_s\n")
@@ -329,11 +329,15 @@ def test_time_to_accuracy(tmp_path):
     cells = stats.cell_stats(runs, ["norm"], column)
     assert cells["n"].tolist() == [1, 0, 0]  # failed and incomplete runs are not results
     # a completed run that never reached the target is slower than any time: +inf, ranked last
-    runs.loc[len(runs)] = {"run": "slow", "status": "completed", "seed": 1, "norm": "a", column: np.nan}
+    runs.loc[len(runs)] = {"run": "slow", "status": "completed", "seed": 1, "norm": "a", column: np.inf}
     runs.loc[len(runs)] = {"run": "quick", "status": "diverged", "seed": 0, "norm": "d", column: 3.0}
     ranked = stats.rank_cells(runs, ["norm"], column).set_index("norm")
     assert ranked.loc["a", "mean"] == np.inf and ranked.loc["a", "median"] == np.inf
     assert ranked.loc["d", "rank"] == 1 and ranked.loc["a", "rank"] == 2  # a diverged run's time counts too
+    # a completed run whose metrics.csv was unreadable (NaN) is not scored, and marks its cell
+    runs.loc[len(runs)] = {"run": "torn", "status": "completed", "seed": 1, "norm": "d", column: np.nan}
+    cells = stats.cell_stats(runs, ["norm"], column).set_index("norm")
+    assert cells.loc["d", "n"] == 1 and not cells.loc["d", "complete"]
 
 
 
