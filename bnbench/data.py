@@ -101,9 +101,45 @@ def _load_friedman1(ds_cfg) -> RawData:
 
 
 def _expected_files(cls) -> list[str]:
+    """The file names torchvision reads, relative to :func:`_data_folder`."""
     if hasattr(cls, "resources"):  # MNIST family: (url-or-name, md5) pairs
         return [Path(str(r[0])).name.removesuffix(".gz") for r in cls.resources]
-    return [cls.base_folder + "/" + name for name, _ in (*cls.train_list, *cls.test_list)]
+    return [name for name, _ in (*cls.train_list, *cls.test_list)] + [cls.meta["filename"]]
+
+
+def _missing_files(cls, folder: Path) -> list[str]:
+    """Expected files that are not in ``folder`` (an IDX file also counts when its .gz is there)."""
+    return [name for name in _expected_files(cls)
+            if not (folder / name).is_file() and not (folder / f"{name}.gz").is_file()]
+
+
+def _file_form(cls) -> str:
+    if hasattr(cls, "resources"):
+        return "the four IDX files, unpacked or .gz"
+    return f"the python-version pickles of {cls.filename} (unpacked)"
+
+
+# IDX header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions,
+# then one big-endian 32-bit size per dimension.
+_IDX_DIMS = {"images": 3, "labels": 1}
+
+
+def _check_idx(path: Path) -> None:
+    """Fail naming ``path`` when it is not a whole IDX file (torchvision's own check is a bare
+    assert, shown as 'AssertionError: ' without the file)."""
+    kind = "labels" if "labels" in path.name else "images"
+    with open(path, "rb") as handle:
+        header = handle.read(4)
+        if len(header) < 4 or header[:3] != b"\x00\x00\x08" or header[3] != _IDX_DIMS[kind]:
+            raise DataError(f"{path} is corrupt: not an IDX {kind} file (its header is wrong); delete it and provide a "
+                            "fresh copy")
+        raw_sizes = handle.read(4 * header[3])
+    sizes = np.frombuffer(raw_sizes[: len(raw_sizes) // 4 * 4], dtype=">u4")
+    expected = 4 + 4 * header[3] + int(np.prod(sizes, dtype=np.int64))
+    actual = path.stat().st_size
+    if len(sizes) != header[3] or actual != expected:
+        raise DataError(f"{path} is corrupt: {actual} bytes where its header says {expected} (truncated or padded); "
+                        "delete it and provide a fresh copy")
 
 
 def _data_folder(cls, root: Path) -> Path:
@@ -121,8 +157,13 @@ def _extract_local_gz(folder: Path) -> None:
         target = gz.with_suffix("")
         if not target.exists():
             tmp = target.with_name(target.name + ".tmp")
-            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            try:
+                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+                tmp.unlink(missing_ok=True)  # nothing half-written is left in the user's folder
+                raise DataError(f"could not unpack {gz} ({err or type(err).__name__}): it is truncated or corrupt; "
+                                "replace or delete it") from err
             tmp.replace(target)
 
 
@@ -133,10 +174,7 @@ def _torchvision_loader(class_name: str, hint: str = "") -> Callable[..., RawDat
         root, download = Path(ds_cfg.root).expanduser(), ds_cfg.download
         cls = getattr(tvd, class_name)
         folder = _data_folder(cls, root)
-        try:
-            _extract_local_gz(folder)
-        except (OSError, EOFError, gzip.BadGzipFile) as err:
-            raise DataError(f"could not unpack a .gz file in {folder}: {err}; replace or delete it") from err
+        _extract_local_gz(folder)
 
         def open_split(train: bool):
             try:
@@ -151,12 +189,17 @@ def _torchvision_loader(class_name: str, hint: str = "") -> Callable[..., RawDat
                     reason = f"download failed ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
             else:
                 reason = "dataset.download=false"
+            missing = _missing_files(cls, folder)
+            found = (f"missing {', '.join(missing)}" if missing
+                     else f"{', '.join(_expected_files(cls))} are there but fail torchvision's checksum")
             raise DataError(
-                f"{class_name} files not found (or failing their checksum) in {folder}: expected "
-                f"{', '.join(_expected_files(cls))}; {reason}. Put the files there (the IDX .gz "
-                f"files are fine), or point dataset.root / BNBENCH_DATA at a folder that has them{hint}."
+                f"{class_name} files not usable in {folder}: {found}; {reason}. Put {_file_form(cls)} there, "
+                f"or point dataset.root / BNBENCH_DATA at a folder that has them{hint}."
             )
 
+        if hasattr(cls, "resources") and not _missing_files(cls, folder):
+            for name in _expected_files(cls):
+                _check_idx(folder / name)
         try:
             train_set, test_set = open_split(True), open_split(False)
         except DataError:

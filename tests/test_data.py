@@ -139,3 +139,37 @@ def test_a_loaded_dataset_cannot_be_changed_by_one_run_for_the_next():
     data = load_dataset(make_cfg("dataset=digits"), CPU)
     with pytest.raises(AttributeError):
         data.train_x = data.train_x.double()
+
+
+def test_one_missing_mnist_file_is_named(tmp_path):
+    raw = write_mnist_family(tmp_path, "MNIST", n_train=30, n_test=10)
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError) as err:
+        load_dataset(make_cfg("dataset=mnist", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
+    message = str(err.value)
+    assert "missing t10k-labels-idx1-ubyte;" in message and "train-images" not in message.split(";")[0]
+
+
+def test_random_bytes_in_an_idx_file_name_the_file(tmp_path):
+    raw = write_mnist_family(tmp_path, "FashionMNIST", n_train=30, n_test=10)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(DataError) as err:
+        load_dataset(make_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
+    assert str(raw / "t10k-images-idx3-ubyte") in str(err.value) and "not an IDX images file" in str(err.value)
+
+
+def test_a_truncated_gz_leaves_no_temporary_file(tmp_path):
+    raw = write_mnist_family(tmp_path, "MNIST", n_train=30, n_test=10, compress=True)
+    gz = raw / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[: len(gz.read_bytes()) // 2])
+    with pytest.raises(DataError, match="could not unpack .*train-images-idx3-ubyte.gz"):
+        load_dataset(make_cfg("dataset=mnist", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
+    assert not list(raw.glob("*.tmp")) and not (raw / "train-images-idx3-ubyte").exists()
+
+
+def test_missing_cifar_files_are_named_once_with_the_meta_file(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_dataset(make_cfg("dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
+    message = str(err.value)
+    assert f"in {tmp_path / 'cifar-10-batches-py'}:" in message and "batches-py/data_batch" not in message
+    assert "data_batch_1" in message and "batches.meta" in message and "IDX" not in message
