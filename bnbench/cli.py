@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
-from bnbench import __version__
+from bnbench import __version__, interrupts
 from bnbench.config import config_dir
 
 app = typer.Typer(
@@ -163,6 +163,7 @@ def run(
         if key == "sweep.name":
             _check_sweep_name(value)
     _check_writable(_output_dir(overrides, multirun))
+    interrupts.terminate_like_ctrl_c()
     from bnbench import app as hydra_app
     from bnbench import sweep
 
@@ -177,8 +178,8 @@ def run(
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_app.main()
-    except KeyboardInterrupt:
-        fail("interrupted; the current run saved a checkpoint: run the same command again to resume", code=130)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (interrupts.terminate_like_ctrl_c)
+        fail(interrupts.describe(err), code=interrupts.exit_code(err))
     except hydra_app.FailFast as err:
         fail(f"stopped at the first failed run (--fail-fast): {err}")
     except (HydraException, OmegaConfBaseException) as err:

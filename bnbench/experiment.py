@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bnbench import records
+from bnbench import interrupts, records
 from bnbench.config import ConfigError, validate
 from bnbench.data import DataError, load_dataset
 from bnbench.devices import job_device, release_gpu_slot, set_threads
 from bnbench.models import build_model, count_parameters
 from bnbench.stacking import train_stacked, why_not_stackable
-from bnbench.train import Checkpoint, Interrupted, steps_plan, train
+from bnbench.train import Checkpoint, steps_plan, train
 
 log = logging.getLogger("bnbench")
 epoch_log = logging.getLogger("bnbench.epochs")  # run.log only (conf/hydra/job_logging/bnbench.yaml)
@@ -145,8 +145,8 @@ def _run(
         diagnostics_rows = result.diagnostics
         summary["status"] = result.status
         checkpoint.remove()
-    except Interrupted:
-        summary.update(status="interrupted", error="interrupted by the user; rerun the same command to resume")
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM, in training (Interrupted) or before it
+        summary.update(status="interrupted", error=interrupts.describe(err))
         records.write_json(run_dir / records.SUMMARY, summary)
         raise
     except USER_ERRORS as err:
@@ -339,9 +339,9 @@ def _train_stacked_cell(cfg: DictConfig, cells: list[tuple[int, DictConfig, Path
         for seed, result in zip(seeds, results):
             histories[seed] = result.history
             summaries[seed]["status"] = result.status
-    except Interrupted:
+    except KeyboardInterrupt as err:
         for seed, _, folder, _ in cells:
-            summaries[seed].update(status="interrupted", error="interrupted by the user; rerun the same command")
+            summaries[seed].update(status="interrupted", error=interrupts.describe(err))
             records.write_json(folder / records.SUMMARY, summaries[seed])
         raise
     except USER_ERRORS as err:

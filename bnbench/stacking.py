@@ -30,8 +30,9 @@ from torch import nn
 
 from bnbench.data import TensorDataset, eval_batches
 from bnbench.models import ACTIVATIONS
-from bnbench.train import (TASKS, Interrupted, Task, TrainResult, defer_sigint, make_optimizer, make_schedule,
-                           steps_plan, train_probe, use_channels_last)
+from bnbench.interrupts import Interrupted, deferred
+from bnbench.train import (TASKS, Task, TrainResult, make_optimizer, make_schedule, steps_plan, train_probe,
+                           use_channels_last)
 
 
 def why_not_stackable(cfg) -> str | None:
@@ -227,7 +228,7 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
     seen, step, pos = 0, 0, 0
     start = time.perf_counter()
     net.train()
-    with defer_sigint() as sigint:
+    with deferred() as stop:
         while step < total_steps:
             orders = torch.stack([torch.randperm(n_train, generator=g, device=g.device) for g in order_rngs])
             orders = orders.to(data.train_y.device)
@@ -278,8 +279,8 @@ def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: Tenso
                     loss_sum.zero_()
                     correct.zero_()
                     seen = 0
-                if sigint["raised"]:
-                    raise Interrupted(f"interrupted at step {step}")
+                if stop["signum"] is not None:  # stacked runs keep no checkpoint: they restart from step 0
+                    raise Interrupted(f"interrupted at step {step}", signum=stop["signum"], step=step)
                 if pos == 0:
                     break  # new epoch: new permutations
     return results

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +20,7 @@ from torch import nn
 
 from bnbench.data import TensorDataset, eval_batches
 from bnbench.diagnostics import Diagnostics
+from bnbench.interrupts import Interrupted, deferred
 
 # name -> constructor from (parameters, optimizer config); a new optimizer is one entry here
 # plus conf/optimizer/NAME.yaml.
@@ -96,10 +94,6 @@ class TrainResult:
     diagnostics: list[dict] = field(default_factory=list)  # rows of diagnostics.csv (bnbench/diagnostics.py)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C arrived; the run's state at the last finished step is in its checkpoint."""
-
-
 class Checkpoint:
     """A resumable snapshot of a run, written atomically, read with ``weights_only=True``.
 
@@ -129,24 +123,6 @@ class Checkpoint:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-@contextmanager
-def defer_sigint():
-    """Turn Ctrl-C into a flag checked between steps, so a checkpoint is never half a step."""
-    flag = {"raised": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        flag["raised"] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @torch.no_grad()
@@ -257,7 +233,7 @@ def train(
 
     start = time.perf_counter()
     model.train()
-    with defer_sigint() as sigint:
+    with deferred() as stop:
         while step < total_steps:
             order_rng.set_state(epoch_rng)
             order = torch.randperm(n_train, generator=order_rng, device=order_rng.device).to(data.train_y.device)
@@ -316,10 +292,11 @@ def train(
                     if checkpoint and checkpoint.every and len(result.history) % checkpoint.every == 0 \
                             and step < total_steps:
                         checkpoint.save(snapshot())
-                if sigint["raised"]:
+                if stop["signum"] is not None:
                     if checkpoint:
                         checkpoint.save(snapshot())
-                    raise Interrupted(f"interrupted at step {step}")
+                    raise Interrupted(f"interrupted at step {step}", signum=stop["signum"], step=step,
+                                      saved=checkpoint is not None)
                 if pos == 0:
                     break  # new epoch: new permutation
     return result

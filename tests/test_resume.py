@@ -89,10 +89,16 @@ def test_changed_config_is_a_different_run(tmp_path):
     assert new["run_id"] != old["run_id"] and (old["epochs"], new["epochs"]) == (1, 2)
 
 
-def _start_sweep(tmp_path: Path, *args: str) -> subprocess.Popen:
+def _default_sigint() -> None:
+    # as in a terminal: a test runner started in the background may ignore SIGINT, and children inherit that
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start_sweep(tmp_path: Path, *args: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
     env = {**os.environ, "BNBENCH_RESULTS": str(tmp_path / "results")}
     return subprocess.Popen([sys.executable, "-m", "bnbench.cli", "run", "-m", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(predicate, timeout=120.0):
@@ -154,6 +160,46 @@ def test_ctrl_c_saves_state_and_rerun_resumes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     (summary,) = _summaries(sweep).values()
     assert summary["status"] == "completed" and summary["resumed_from_step"] > 0
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    """Schedulers send SIGTERM before SIGKILL: save the checkpoint, say so, exit 143."""
+    args = ("norm=bn_before", "seed=0", "sweep.name=term", "trainer.epochs=30", "trainer.threads=1",
+            "dataset.train_size=600")
+    sweep = tmp_path / "results" / "term"
+    proc = _start_sweep(tmp_path, *args, stderr=subprocess.PIPE)
+    _wait_for(lambda: any(sweep.glob("*/checkpoint.pt")))
+    os.kill(proc.pid, signal.SIGTERM)  # the main process only, as a scheduler's first signal
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    lines = [line for line in stderr.splitlines() if line.strip() and "HYDRA" not in line]
+    assert len(lines) == 1 and "terminated (SIGTERM) at step" in lines[0] and "saved a checkpoint" in lines[0]
+    (summary,) = _summaries(sweep).values()
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+    rerun = run_cli("run", "-m", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    (summary,) = _summaries(sweep).values()
+    assert summary["status"] == "completed" and summary["resumed_from_step"] > 0
+
+
+def test_ctrl_c_before_training_claims_no_checkpoint(tmp_path):
+    """A run stopped while it loads its data has no checkpoint, and the message says so."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    os.mkfifo(raw / "train-images-idx3-ubyte.gz")  # unpacking it waits for a writer: the run blocks in loading
+    args = ("dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false", "seed=0",
+            "sweep.name=early", "trainer.threads=1")
+    sweep = tmp_path / "results" / "early"
+    proc = _start_sweep(tmp_path, *args, stderr=subprocess.PIPE)
+    _wait_for(lambda: any(s.get("status") == "running" for s in _summaries(sweep).values()))
+    time.sleep(0.5)  # inside the blocking open
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = [line for line in stderr.splitlines() if line.strip() and "HYDRA" not in line]
+    assert len(lines) == 1 and "before a run saved a checkpoint" in lines[0] and "Traceback" not in stderr
+    (summary,) = _summaries(sweep).values()
+    assert summary["status"] == "interrupted" and not any(sweep.glob("*/checkpoint.pt"))
 
 
 def test_failures_and_divergence_recorded_while_sweep_goes_on(tmp_path):

@@ -1,0 +1,77 @@
+"""Ctrl-C and SIGTERM, handled the same way (no torch here: the CLI imports this module).
+
+Schedulers (Slurm, Kubernetes) send SIGTERM before SIGKILL; a user presses Ctrl-C. Either
+way a run that is training stops between two steps, saves its checkpoint and records itself
+as interrupted, and the command exits 130 (SIGINT) or 143 (SIGTERM) with one line that says
+whether a checkpoint was saved.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run was stopped by ``signum``; ``step`` is the last finished step (None: before training
+    started) and ``saved`` says whether its checkpoint holds that step."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT, step: int | None = None, saved: bool = False):
+        super().__init__(message)
+        self.signum, self.step, self.saved = signum, step, saved
+
+
+def _raise(signum, frame) -> None:
+    raise Interrupted("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted", signum=signum)
+
+
+def terminate_like_ctrl_c() -> None:
+    """Make SIGTERM raise as Ctrl-C does (a KeyboardInterrupt), so a run stopped by a scheduler
+    before or between training loops still records itself and exits with one line. Ctrl-C gets
+    the same handler unless the process was started ignoring it (a background job)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _raise)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _raise)
+
+
+@contextmanager
+def deferred() -> Iterator[dict]:
+    """Turn Ctrl-C and SIGTERM into a flag checked between steps (``flag["signum"]``), so a
+    checkpoint is never half a step."""
+    flag: dict = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["signum"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def exit_code(err: BaseException) -> int:
+    """The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + int(getattr(err, "signum", signal.SIGINT))
+
+
+def describe(err: BaseException) -> str:
+    """One line for the user: what stopped, and whether anything was saved."""
+    what = "terminated (SIGTERM)" if getattr(err, "signum", None) == signal.SIGTERM else "interrupted"
+    if getattr(err, "saved", False):
+        return (f"{what} at step {err.step}; the run saved a checkpoint there, and finished runs are kept: run the "
+                "same command again to resume")
+    if isinstance(err, Interrupted) and err.step is not None:
+        return (f"{what} at step {err.step}, before any checkpoint (its runs restart from step 0; finished runs are "
+                "kept): run the same command again")
+    return f"{what} before a run saved a checkpoint; finished runs are kept: run the same command again"
