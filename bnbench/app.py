@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bnbench import records
+from bnbench import interrupts, records
 from bnbench.config import config_dir, register_configs
 from bnbench.devices import cpu_share, parallel_jobs, uses_gpu_slots
 
@@ -77,6 +77,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         log.info("cancelled: an earlier run failed (--fail-fast)")
         return {"status": "cancelled"}
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:
+        interrupts.exit_with_launcher()  # joblib's workers: do not outlive the sweep command
     job = dict(
         overrides=list(hydra_cfg.overrides.task),
         choices=OmegaConf.to_container(hydra_cfg.runtime.choices),

@@ -172,6 +172,7 @@ def run(
     if quiet:
         overrides.append("sweep.quiet=true")
     os.environ["BNBENCH_COMMAND"] = " ".join(shlex.quote(a) for a in ["bnbench", *sys.argv[1:]])
+    os.environ[interrupts.LAUNCHER_PID] = str(os.getpid())  # parallel workers exit when this process dies
     sys.argv = ["bnbench", *(["--multirun"] if multirun else []), *overrides]
     hydra_app.last_run, sweep.last_sweep, sweep.last_planned, sweep.report_error = None, None, None, None
     # Let Hydra's exceptions reach us, so each ends as one line here rather than a trace.

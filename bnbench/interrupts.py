@@ -8,8 +8,10 @@ whether a checkpoint was saved.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -58,6 +60,32 @@ def deferred() -> Iterator[dict]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+LAUNCHER_PID = "BNBENCH_LAUNCHER_PID"  # set by the CLI: the pid of the sweep command
+_watching = False
+
+
+def exit_with_launcher(poll_s: float = 1.0, grace_s: float = 30.0) -> None:
+    """In a sweep's worker process whose parent is the sweep command (joblib's workers): when
+    that command dies (SIGKILL, a lost terminal), stop the job here as SIGTERM does (the run
+    saves its checkpoint and records itself) and exit, rather than finish a run nobody collects
+    and then sit idle. Workers of other launchers (Ray, submitit) have other parents: no-op."""
+    global _watching
+    parent = os.getppid()
+    if _watching or os.environ.get(LAUNCHER_PID) != str(parent):
+        return
+    _watching = True
+    terminate_like_ctrl_c()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled between steps by the training loop
+        time.sleep(grace_s)  # time to save the checkpoint; then go, whatever the worker's loop does
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="bnbench-launcher-watch", daemon=True).start()
 
 
 def exit_code(err: BaseException) -> int:

@@ -109,3 +109,52 @@ def test_ray_local_matches_sequential(tmp_path, reference):
                       env={"RAY_USAGE_STATS_ENABLED": "0"})  # no usage report attempts offline
     assert launcher_cfg(sweep_dir)["_target_"].endswith("RayLauncher")
     assert outcomes(sweep_dir) == reference
+
+
+def test_parallel_workers_exit_when_the_sweep_command_is_killed(tmp_path):
+    """SIGKILL to the sweep command alone: its joblib workers stop their runs as SIGTERM would
+    (checkpoint saved, run recorded as interrupted) and exit, instead of lingering."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "BNBENCH_RESULTS": str(tmp_path / "results")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnbench.cli", "run", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+         "norm=none,bn_before", "seed=0", "sweep.name=orphans", "trainer.epochs=200", "trainer.threads=1",
+         "trainer.log_progress=false", "--quiet"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep_dir = tmp_path / "results" / "orphans"
+
+    def summaries():
+        out = []
+        for path in sweep_dir.glob("*/summary.json"):
+            try:
+                out.append(json.loads(path.read_text()))
+            except ValueError:  # being replaced right now
+                pass
+        return out
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] if Path(f"/proc/{pid}/stat").exists() else "X"
+        return state != "Z"
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (len(summaries()) < 2 or len(list(sweep_dir.glob("*/checkpoint.pt"))) < 2):
+        time.sleep(0.1)
+    workers = {s["pid"] for s in summaries()}
+    assert len(workers) == 2 and proc.pid not in workers, "two runs in two worker processes"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers), "workers outlived the sweep command"
+    records = summaries()
+    assert all(r["status"] == "interrupted" and "SIGTERM" in r["error"] for r in records), records
+    assert len(list(sweep_dir.glob("*/checkpoint.pt"))) == 2
