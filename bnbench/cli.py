@@ -234,6 +234,8 @@ def report(
     formats: List[str] = typer.Option(["md", "csv"], "--format", help="md, csv, latex (repeat for several)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Render learning curves and the cell chart."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the files without printing the tables."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report files here instead of into "
+                                       "the sweep folder (a shared or read-only sweep, a single run's folder)."),
 ) -> None:
     """Rebuild the tables, statistics and plots of a finished or partial sweep from its run records."""
     from bnbench import records
@@ -251,14 +253,15 @@ def report(
     fmt = tuple(f.strip() for item in formats for f in item.split(",") if f.strip())
     options = report_mod.ReportOptions(metric=metric, baseline=base, confidence=confidence, margin=margin,
                                        min_effect=min_effect, interval=interval, target_acc=target_acc,
-                                       time_unit=time_unit, formats=fmt, plots=plots)
+                                       time_unit=time_unit, formats=fmt, plots=plots, out=out)
     try:
+        report_mod.output_dir(sweep_dir, out)  # before any work: where it may write
         tables = report_mod.build(sweep_dir, options)
         written = report_mod.write(tables, options)
     except report_mod.ReportError as err:
         fail(str(err))
     except OSError as err:
-        fail(f"cannot write the report into {sweep_dir} ({err.strerror or err})")
+        fail(f"cannot write the report into {out or sweep_dir} ({err.strerror or err}); give another folder with --out")
     if not quiet:
         report_mod.print_tables(tables, console)
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)

@@ -57,6 +57,7 @@ class ReportOptions:
     time_unit: str = "epochs"
     formats: tuple[str, ...] = ("md", "csv")
     plots: bool = True
+    out: Path | None = None  # where the report files go; None: the sweep folder itself
 
 
 @dataclass
@@ -635,7 +636,7 @@ def _provenance_lines(p: Mapping[str, Any]) -> list[str]:
 # ------------------------------------------------------------------ writing and printing
 
 
-def _render_plots(tables: SweepTables, confidence: float) -> None:
+def _render_plots(tables: SweepTables, confidence: float, out_dir: Path) -> None:
     from bnbench import plots
 
     out = {}
@@ -643,13 +644,25 @@ def _render_plots(tables: SweepTables, confidence: float) -> None:
     if has_history:
         curve = "test_acc" if "acc" in tables.metric else "test_loss"
         out["learning curves"] = plots.learning_curves(tables.sweep_dir, tables.runs, tables.factors,
-                                                       tables.sweep_dir / "learning_curves.png", metric=curve,
+                                                       out_dir / "learning_curves.png", metric=curve,
                                                        confidence=confidence)
     if (tables.cells["n"] > 0).any():
         out["final metric per cell"] = plots.cell_intervals(tables.cells, tables.factors,
-                                                            tables.sweep_dir / "cells.png", metric=tables.metric)
-    out.update(diagnostics_report.plot_diagnostics(tables.sweep_dir, tables.runs, tables.factors))
+                                                            out_dir / "cells.png", metric=tables.metric)
+    out.update(diagnostics_report.plot_diagnostics(tables.sweep_dir, tables.runs, tables.factors, out_dir))
     tables.plots = out
+
+
+def output_dir(sweep_dir: Path, out: Path | None) -> Path:
+    """Where the report of ``sweep_dir`` goes: ``out`` when given; else the sweep folder, but
+    never a single run's folder or the folder of single runs (results/runs) unasked."""
+    if out is not None:
+        return out
+    if (sweep_dir / records.SUMMARY).is_file():
+        raise ReportError(f"{sweep_dir} is a single run's folder; a report of it goes elsewhere: add --out FOLDER")
+    if sweep_dir.name == "runs" and not (sweep_dir / "multirun.yaml").is_file():
+        raise ReportError(f"{sweep_dir} holds single runs, not a sweep; to tabulate them together add --out FOLDER")
+    return sweep_dir
 
 
 def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Path]:
@@ -658,9 +671,10 @@ def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Pat
     unknown = set(options.formats) - set(FORMATS)
     if unknown:
         raise ReportError(f"unknown format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+    d = output_dir(tables.sweep_dir, options.out)
+    d.mkdir(parents=True, exist_ok=True)
     if options.plots:
-        _render_plots(tables, options.confidence)
-    d = tables.sweep_dir
+        _render_plots(tables, options.confidence, d)
     public_runs = tables.runs[[c for c in tables.runs.columns if not c.startswith("_")]]
     written = [d / "results.csv"]
     records.write_text(written[0], public_runs.to_csv(index=False))

@@ -207,3 +207,27 @@ def test_damaged_records_are_named_and_the_rest_of_the_report_is_written(sweep, 
     tables = report.build(damaged)
     row = tables.runs.set_index("run").loc[runs[1].name]
     assert row["status"] == "incomplete" and "trains it again" in row["error"]
+
+
+def test_report_out_writes_elsewhere_and_never_into_a_run_folder_unasked(sweep, tmp_path):
+    cwd, folder = sweep
+    out = tmp_path / "elsewhere"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
+    proc = run_cli("report", str(folder), "--out", str(out), "-q", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert {"report.md", "results.csv", "cells.csv", "learning_curves.png", "cells.png"} <= {p.name for p in out.iterdir()}
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()} == before, "the sweep is untouched"
+    assert "![learning curves](learning_curves.png)" in (out / "report.md").read_text()
+    # a single run's folder, and the folder of single runs: only with --out
+    run_dir = next(p.parent for p in folder.glob("*/summary.json"))
+    refused = run_cli("report", str(run_dir), "--no-plots", cwd=cwd)
+    assert refused.returncode == 1 and "single run's folder" in refused.stderr and "--out" in refused.stderr
+    assert not (run_dir / "report.md").exists()
+    single = run_cli("run", "trainer.epochs=1", "trainer.threads=1", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    runs_dir = tmp_path / "results" / "runs"
+    refused = run_cli("report", str(runs_dir), "--no-plots", cwd=tmp_path)
+    assert refused.returncode == 1 and "single runs" in refused.stderr and not (runs_dir / "report.md").exists()
+    ok = run_cli("report", str(next(runs_dir.iterdir())), "--out", str(tmp_path / "one"), "--no-plots", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "one" / "report.md").is_file()
