@@ -33,6 +33,7 @@ class SweepMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._live: Live | None = None
+        self.max_rows = 8  # running runs shown, one line each
 
     def snapshot(self) -> dict:
         counts = {"completed": 0, "diverged": 0, "failed": 0, "skipped": 0}
@@ -58,29 +59,43 @@ class SweepMonitor:
         return {"counts": counts, "done": done, "running": running, "eta": eta}
 
     def render(self) -> Group:
+        """One frame of a fixed height (two status lines, then one line per worker, idle ones
+        blank), every line cut to the terminal's width: a line that wrapped, or a frame that grew
+        or shrank, would leave stale copies in the scrollback as Rich redraws it."""
         snap = self.snapshot()
         c = snap["counts"]
+        width = max(40, self.console.width)
         elapsed = timedelta(seconds=int(time.monotonic() - self.started))
         eta = "—" if snap["eta"] is None else str(timedelta(seconds=int(snap["eta"])))
-        head = Text.assemble(
-            (f"{snap['done']}/{self.total} runs ", "bold"),
-            f"done {c['completed']} · skipped {c['skipped']} · ",
+        bar_width = min(30, max(10, width // 4))
+        top = Table.grid(padding=(0, 1))
+        top.add_column(width=bar_width, no_wrap=True)
+        top.add_column(no_wrap=True, overflow="ellipsis", max_width=width - bar_width - 1)
+        top.add_row(ProgressBar(total=max(self.total, 1), completed=snap["done"], width=bar_width),
+                    Text(f"{snap['done']}/{self.total} runs · {len(snap['running'])} running · elapsed {elapsed} · "
+                         f"ETA {eta}", style="bold", no_wrap=True, overflow="ellipsis"))
+        counts = Text.assemble(
+            f"completed {c['completed']} · skipped {c['skipped']} · ",
             ("failed " + str(c["failed"]), "red" if c["failed"] else ""), " · ",
             ("diverged " + str(c["diverged"]), "yellow" if c["diverged"] else ""),
-            f" · running {len(snap['running'])}   elapsed {elapsed}  ETA {eta}",
-        )
-        table = Table.grid(padding=(0, 2))
-        for name, progress in snap["running"][:8]:
+            no_wrap=True, overflow="ellipsis")
+        counts.truncate(width, overflow="ellipsis")
+        rows = Table.grid(padding=(0, 2), expand=True)
+        rows.add_column(no_wrap=True, overflow="ellipsis", ratio=1)  # the run's name takes what is left
+        rows.add_column(no_wrap=True, width=26)
+        rows.add_column(no_wrap=True, width=18)
+        lines = min(self.workers, self.max_rows)
+        for name, progress in snap["running"][:lines]:
             step, total = progress.get("step"), progress.get("total_steps")
-            where = f"step {step}/{total}  epoch {progress.get('epoch', 0):.2f}" if step else "starting"
+            where = f"step {step}/{total} ep {progress.get('epoch', 0):.2f}" if step else "starting"
             if progress.get("test_acc") is not None:
-                acc = f"test acc {100 * progress['test_acc']:.2f}%"
+                score = f"test acc {100 * progress['test_acc']:.2f}%"
             else:
-                acc = f"test loss {progress['test_loss']:.4f}" if progress.get("test_loss") is not None else ""
-            table.add_row(Text(name, overflow="ellipsis", no_wrap=True), where, acc)
-        top = Table.grid(padding=(0, 1))
-        top.add_row(ProgressBar(total=max(self.total, 1), completed=snap["done"], width=30), head)
-        return Group(top, table)
+                score = f"test loss {progress['test_loss']:.4f}" if progress.get("test_loss") is not None else ""
+            rows.add_row(Text(name, no_wrap=True, overflow="ellipsis"), where, score)
+        for _ in range(lines - min(lines, len(snap["running"]))):
+            rows.add_row("", "", "")  # idle workers: blank lines keep the frame's height
+        return Group(top, counts, rows)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

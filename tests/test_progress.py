@@ -1,0 +1,43 @@
+"""The live sweep view: one frame of fixed height whose lines never wrap, drawn from records."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from bnbench.progress import SweepMonitor
+
+LONG = "ablation=placement,activation=leaky_relu,dataset.train_size=6000,norm=bn_before,seed={},trainer.epochs=2"
+
+
+def _frame(sweep: Path, width: int, workers: int = 2) -> list[str]:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=True, color_system=None, legacy_windows=False)
+    console.print(SweepMonitor(sweep, total=150, finished_before={}, workers=workers, console=console).render())
+    return buffer.getvalue().splitlines()
+
+
+def _write(run: Path, summary: dict) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_frames_fit_80_columns_and_keep_their_height(tmp_path):
+    heights = set()
+    for running in range(4):  # 0, 1, 2 and 3 running runs on 2 workers
+        sweep = tmp_path / f"s{running}"
+        sweep.mkdir()
+        for i in range(running):
+            _write(sweep / LONG.format(i), {"status": "running", "progress": {
+                "step": 12000, "total_steps": 200000, "epoch": 12.5, "test_acc": 0.87654}})
+        _write(sweep / LONG.format(9), {"status": "diverged", "finished_at": "t", "wall_s": 3.0})
+        frame = _frame(sweep, 80)
+        assert all(len(line) <= 80 for line in frame), frame
+        heights.add(len(frame))
+        assert sum("running" in line for line in frame) == 1, "the count of running runs appears once"
+    assert heights == {4}, "two status lines and one line per worker, whatever is running"
+    wide = _frame(tmp_path / "s2", 160)
+    assert all(len(line) <= 160 for line in wide) and LONG.format(0) in "\n".join(wide)
