@@ -23,7 +23,7 @@ app = typer.Typer(
     help="Ablation studies of batch normalization: placement x activation x optimizer x model, "
     "configured with Hydra.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # bnbench --install-completion: commands, options, and overrides (bnbench/completion.py)
     pretty_exceptions_enable=False,
 )
 # Piped output (logs, CI) gets wide tables instead of Rich's 80-column default.
@@ -122,6 +122,12 @@ def _main(version: bool = typer.Option(False, "--version", help="Print the versi
         raise typer.Exit()
 
 
+def _complete_override(incomplete: str) -> list[str]:
+    from bnbench.completion import complete_override, words_before
+
+    return complete_override(incomplete, words_before())
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
@@ -131,6 +137,7 @@ def run(
         help="Hydra overrides: group=option (norm=bn_after), key=value (optimizer.lr=0.05), "
         "comma lists to sweep with -m (seed=0,1,2). Hydra flags such as --cfg job pass through.",
         show_default=False,
+        autocompletion=_complete_override,
     ),
     multirun: bool = typer.Option(
         False, "--multirun", "-m",
@@ -154,6 +161,9 @@ def run(
       bnbench run -m activation=relu,tanh seed=0,1  your own grid
     """
     overrides = list(overrides or [])
+    if any(a.split("=")[0] in ("--shell-completion", "-sc") for a in overrides):
+        fail("bnbench completes in the shell with its own command: bnbench --install-completion (bash, zsh, fish); "
+             "it completes commands, options, config groups and their options (norm=<TAB>)")
     info_flag = next((a.split("=")[0] for a in overrides if a.split("=")[0] in HYDRA_INFO_FLAGS), None)
     if multirun and info_flag:
         fail(f"{info_flag} shows one run's config, so it does not combine with -m: drop -m "

@@ -217,7 +217,7 @@ def test_benchmark_scripts_run_end_to_end(tmp_path):
 def test_the_launching_process_does_not_import_torch():
     """`bnbench run -m` composes configs and starts workers; importing torch (and the report's
     pandas and scipy) there would delay every sweep's first job by seconds."""
-    code = ("import sys; from bnbench import cli, app, sweep, config, devices, records, progress; "
+    code = ("import sys; from bnbench import cli, app, sweep, config, devices, records, progress, interrupts, completion; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pandas', 'scipy', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -245,3 +245,34 @@ def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
     result = run_cli("run", "-m", "hydra/launcher=slurm", "trainer.steps=2", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "srun" in result.stderr and "slurm_local" in result.stderr
+
+
+def _complete(tmp_path, shell: str, line: str) -> list[str]:
+    """Ask bnbench for completions as the installed shell script would (bnbench --install-completion)."""
+    if shell == "bash":  # bash splits at '=' (COMP_WORDBREAKS): "norm=b" arrives as norm, =, b
+        words = line.replace("=", " = ").split() + ([""] if line.endswith(" ") else [])
+        env = {"_BNBENCH_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(words), "COMP_CWORD": str(len(words) - 1)}
+    else:
+        env = {"_BNBENCH_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": line}
+    proc = subprocess.run(["bnbench"], cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+def test_shell_completion_of_commands_options_groups_and_their_options(tmp_path):
+    assert _complete(tmp_path, "bash", "bnbench re") == ["report"]
+    assert "--margin" in _complete(tmp_path, "bash", "bnbench report --ma")
+    assert _complete(tmp_path, "bash", "bnbench run norm=") == ["bn_after", "bn_before", "none"]
+    assert _complete(tmp_path, "bash", "bnbench run activation=t") == ["tanh"]
+    assert _complete(tmp_path, "bash", "bnbench run hydra/launc") == ["hydra/launcher="]
+    assert "parallel" in _complete(tmp_path, "bash", "bnbench run hydra/launcher=")
+    assert "trainer.epochs=" in _complete(tmp_path, "bash", "bnbench run trainer.ep")
+    zsh = " ".join(_complete(tmp_path, "zsh", "bnbench run norm=bn"))
+    assert '"norm=bn_after"' in zsh and '"norm=bn_before"' in zsh and "none" not in zsh
+    script = subprocess.run(["bnbench", "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "SHELL": "/bin/bash"})
+    assert script.returncode == 0 and "_BNBENCH_COMPLETE=complete_bash" in script.stdout
+    # Hydra's own completion flag would install a script that calls `bnbench -sc`: point to ours
+    proc = run_cli("run", "-sc", "install=bash", cwd=tmp_path)
+    _assert_one_line_error(proc, "bnbench --install-completion")
