@@ -7,6 +7,8 @@ a result (the configuration cannot train at this learning rate), not a crash.
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import os
 import time
@@ -42,6 +44,7 @@ OPTIMIZERS: dict[str, Callable] = {
 }
 
 LR_SCHEDULES = ("constant", "cosine")
+log = logging.getLogger("bnbench")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,11 @@ class TrainResult:
     diagnostics: list[dict] = field(default_factory=list)  # rows of diagnostics.csv (bnbench/diagnostics.py)
 
 
+# What every checkpoint holds (snapshot() in train()); one without them cannot resume a run.
+CHECKPOINT_KEYS = {"model", "optimizer", "schedule", "torch_rng", "epoch_rng", "pos", "step", "loss_sum", "correct",
+                   "seen", "elapsed", "history"}
+
+
 class Checkpoint:
     """A resumable snapshot of a run, written atomically, read with ``weights_only=True``.
 
@@ -113,13 +121,32 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
     def load(self, device: torch.device) -> dict | None:
+        """The saved state, or None: no checkpoint, or one that cannot be this run's (torn,
+        another format, another run's), which is set aside with a log line."""
         if not self.path.is_file():
             return None
         try:
             state = torch.load(self.path, map_location=device, weights_only=True)
-        except Exception:  # a checkpoint from an older format or a torn file: start over
+        except Exception as err:  # a torn file, or not a checkpoint at all
+            self.set_aside(f"it cannot be read ({type(err).__name__})")
             return None
-        return state if state.get("run_id") == self.run_id else None
+        if not isinstance(state, dict) or state.get("run_id") != self.run_id:
+            found = state.get("run_id") if isinstance(state, dict) else None
+            self.set_aside(f"it belongs to another run (id {found}, this run is {self.run_id})")
+            return None
+        missing = sorted(CHECKPOINT_KEYS - set(state))
+        if missing:
+            self.set_aside(f"it lacks {', '.join(missing)}")
+            return None
+        return state
+
+    def set_aside(self, why: str) -> None:
+        """Keep an unusable checkpoint for inspection (checkpoint.pt.unusable) and say so; the
+        run then starts from step 0 rather than failing on every rerun."""
+        aside = self.path.with_name(self.path.name + ".unusable")
+        os.replace(self.path, aside)
+        log.warning("%s is unusable: %s; set aside as %s, the run starts again from step 0", self.path, why,
+                    aside.name)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -199,19 +226,36 @@ def train(
 
     state = checkpoint.load(device) if checkpoint else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-        epoch_rng, pos, step = state["epoch_rng"].cpu(), state["pos"], state["step"]
-        loss_sum.fill_(state["loss_sum"])
-        correct.fill_(state["correct"])
-        seen, elapsed_before = state["seen"], state["elapsed"]
-        result.history = list(state["history"])
-        result.diagnostics = list(state.get("diagnostics", []))
-        result.resumed_from_step = step
+        fresh = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state()})
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+            if device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+            epoch_rng, pos, step = state["epoch_rng"].cpu(), int(state["pos"]), int(state["step"])
+            if not (0 <= pos < steps_per_epoch and 0 < step <= total_steps):
+                raise ValueError(f"its position (step {step}, batch {pos}) does not fit this run")
+            loss_sum.fill_(state["loss_sum"])
+            correct.fill_(state["correct"])
+            seen, elapsed_before = int(state["seen"]), float(state["elapsed"])
+            result.history = list(state["history"])
+            result.diagnostics = list(state.get("diagnostics", []))
+            result.resumed_from_step = step
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
+            # loadable but not this run's state (shapes, optimizer groups, fields): back to the
+            # fresh start, and the file goes aside so a rerun does not fail on it again
+            model.load_state_dict(fresh["model"])
+            optimizer.load_state_dict(fresh["optimizer"])
+            schedule.load_state_dict(fresh["schedule"])
+            torch.set_rng_state(fresh["torch_rng"])
+            epoch_rng, pos, step, seen, elapsed_before = order_rng.get_state(), 0, 0, 0, 0.0
+            loss_sum.zero_()
+            correct.zero_()
+            result.history, result.diagnostics = [], []
+            checkpoint.set_aside(f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
 
     def snapshot() -> dict:
         return {

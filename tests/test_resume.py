@@ -34,12 +34,65 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, overrides):
     assert without_wall_time(resumed.history) == without_wall_time(reference.history)
 
 
-def test_checkpoint_of_another_run_is_ignored(tmp_path):
+class _Captured(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def bnbench_log():
+    handler = _Captured()
+    logging.getLogger("bnbench").addHandler(handler)
+    yield handler.messages
+    logging.getLogger("bnbench").removeHandler(handler)
+
+
+def test_checkpoint_of_another_run_is_set_aside_and_said(tmp_path, bnbench_log):
     cfg = make_cfg("trainer.epochs=2", "trainer.threads=1", "trainer.log_progress=false")
     with pytest.raises(CutOff):
-        train_until(cfg, Checkpoint(tmp_path / "c.pt", run_id="old", every=1), stop_after_evals=1)
+        train_until(cfg, Checkpoint(tmp_path / "c.pt", run_id="old", every=1), stop_after_evals=2)
+    assert (tmp_path / "c.pt").is_file()  # saved after the first evaluation
     _, fresh = train_until(cfg, Checkpoint(tmp_path / "c.pt", run_id="new", every=1))
     assert fresh.resumed_from_step == 0
+    assert any("belongs to another run" in m and "starts again from step 0" in m for m in bnbench_log)
+    assert (tmp_path / "c.pt.unusable").is_file()
+
+
+@pytest.mark.parametrize("damage", ["missing key", "wrong shapes", "bad position", "torn"])
+def test_an_unusable_checkpoint_is_set_aside_never_a_permanent_failure(tmp_path, bnbench_log, damage):
+    """A loadable but invalid checkpoint used to fail the run on every rerun (KeyError: 'pos')."""
+    import torch
+
+    from bnbench import records
+    from bnbench.experiment import run_experiment
+
+    cfg = make_cfg("trainer.epochs=3", "trainer.threads=1", "trainer.log_progress=false")
+    run_dir = tmp_path / "run"
+    checkpoint = Checkpoint(run_dir / "checkpoint.pt", run_id=records.run_identity(cfg), every=1)
+    run_dir.mkdir()
+    with pytest.raises(CutOff):
+        train_until(cfg, checkpoint, stop_after_evals=2)
+    state = torch.load(checkpoint.path, weights_only=True)
+    if damage == "missing key":
+        del state["pos"]
+    elif damage == "wrong shapes":
+        state["model"] = {k: torch.zeros(3) for k in state["model"]}
+    elif damage == "bad position":
+        state["pos"] = 10_000
+    if damage == "torn":
+        checkpoint.path.write_bytes(checkpoint.path.read_bytes()[:500])
+    else:
+        torch.save(state, checkpoint.path)
+    _, reference = train_until(make_cfg("trainer.epochs=3", "trainer.threads=1", "trainer.log_progress=false"))
+    summary = run_experiment(cfg, run_dir)
+    assert summary["status"] == "completed" and "resumed_from_step" not in summary
+    assert summary["final"]["test_acc"] == pytest.approx(reference.history[-1]["test_acc"]), "as a fresh run"
+    assert any("is unusable" in m and "starts again from step 0" in m for m in bnbench_log), bnbench_log
+    assert (run_dir / "checkpoint.pt.unusable").is_file() and not (run_dir / "checkpoint.pt").exists()
 
 
 def _summaries(sweep: Path) -> dict[str, dict]:
