@@ -14,6 +14,7 @@ import yaml
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bnbench import __version__, interrupts
@@ -33,13 +34,14 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> None:
     # soft_wrap: one line, however narrow the terminal, so logs and greps see the whole message
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    # escape(): a message's own brackets (key=[value1,value2], model.widths=[18,18,4]) are text, not Rich markup
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def _one_line(err: BaseException) -> str:
     """Hydra's messages span lines (e.g. the list of options); keep them on one."""
-    lines = str(err).splitlines()
+    lines = str(err).replace("\\'", "'").splitlines()  # Hydra escapes the quotes of its examples
     if isinstance(err.__cause__, OmegaConfBaseException):
         lines.append(str(err.__cause__).splitlines()[0])
     text, listing = "", False

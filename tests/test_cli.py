@@ -276,3 +276,11 @@ def test_shell_completion_of_commands_options_groups_and_their_options(tmp_path)
     # Hydra's own completion flag would install a script that calls `bnbench -sc`: point to ours
     proc = run_cli("run", "-sc", "install=bash", cwd=tmp_path)
     _assert_one_line_error(proc, "bnbench --install-completion")
+
+
+def test_hydra_messages_keep_their_brackets_and_quotes(tmp_path):
+    """Rich markup swallowed '[value1,value2]' from Hydra's advice, and its quotes came escaped."""
+    proc = run_cli("run", "norm=bn_before,bn_after", cwd=tmp_path)
+    _assert_one_line_error(proc, "use key=[value1,value2]. 2. To use it as string, quote the value: key='value1,value2'")
+    proc = run_cli("run", "model.widths=[18,0]", "trainer.epochs=1", cwd=tmp_path)
+    _assert_one_line_error(proc, "model.widths=[18, 0] must list")
