@@ -279,6 +279,39 @@ def report(
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
 
 
+@app.command()
+def export(
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder (the one `bnbench run -m` printed)."),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Write TensorBoard event files here "
+                                               "(one folder per run; then: tensorboard --logdir FOLDER)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="Log to this MLflow tracking URI, e.g. "
+                                         "sqlite:///mlflow.db (no server needed) or http://host:5000."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name (default: the "
+                                             "sweep folder's name)."),
+) -> None:
+    """Copy a sweep's records to TensorBoard and/or MLflow: hyperparameters, metrics per step,
+    final metrics, and (MLflow) the report and each run's record as artifacts."""
+    from bnbench import export as export_mod
+
+    if tensorboard is None and mlflow is None:
+        fail("say where to export: --tensorboard FOLDER and/or --mlflow URI (e.g. sqlite:///mlflow.db)")
+    if not sweep_dir.is_dir():
+        fail(f"{sweep_dir} is not a folder; give the sweep folder that `bnbench run -m` printed")
+    try:
+        if tensorboard is not None:
+            written = export_mod.to_tensorboard(sweep_dir, tensorboard)
+            console.print(f"wrote {len(written)} TensorBoard runs under {tensorboard}: tensorboard --logdir "
+                          f"{shlex.quote(str(tensorboard))}", highlight=False, soft_wrap=True)
+        if mlflow is not None:
+            counts = export_mod.to_mlflow(sweep_dir, mlflow, experiment)
+            console.print(f"MLflow ({mlflow}): {counts['exported']} runs exported, {counts['skipped']} already there",
+                          highlight=False, soft_wrap=True)
+    except export_mod.ExportError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"cannot write the export ({err.strerror or err})")
+
+
 def _describe(path: Path) -> str:
     for line in path.read_text().splitlines():
         if line.startswith("#") and "@package" not in line:

@@ -1,0 +1,182 @@
+"""Export a sweep's run records to the trackers people already use: TensorBoard and MLflow.
+
+The records on disk stay the single source of truth; an export is a one-way copy made from them
+after (or during) a sweep, so the training engine knows nothing about any tracker. Both exports
+hold, per run: the swept keys and constants as hyperparameters, the seed and status, every
+evaluation of metrics.csv per step, and the final metrics.
+
+- TensorBoard (`pip install 'bnbench[tensorboard]'`): one event folder per run under OUT,
+  scalars per step (test/acc, train/loss_running, ...) and the HParams view of the swept keys
+  against the final metrics. `tensorboard --logdir OUT`.
+- MLflow (`pip install 'bnbench[mlflow]'`): an experiment named after the sweep, a parent run
+  holding the report files as artifacts and one child run per bnbench run (params, metrics per
+  step, its summary.json and metrics.csv as artifacts, status as the run's end state). A local
+  `sqlite:///mlflow.db` store needs no server. Exporting again skips runs already exported with
+  the same run id, so an export can follow a sweep that is still running.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bnbench import records
+from bnbench.report import collect_runs
+
+# metrics.csv column -> the tag it gets in both trackers
+SCALARS = {"test_acc": "test/acc", "test_loss": "test/loss", "train_acc": "train/acc", "train_loss": "train/loss",
+           "train_acc_running": "train/acc_running", "train_loss_running": "train/loss_running", "lr": "lr"}
+FINAL = ("final_test_acc", "final_test_loss", "final_train_acc", "final_train_loss", "final_train_loss_running",
+         "best_test_acc", "best_test_loss")
+# a run's status in bnbench -> the end state of its MLflow run
+MLFLOW_STATUS = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "incomplete": "KILLED"}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _sweep(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    from bnbench.report import ReportError
+
+    try:
+        runs, factors, constants = collect_runs(sweep_dir)
+    except ReportError as err:
+        raise ExportError(str(err)) from err
+    keys = [*factors, *constants]
+    return runs, keys
+
+
+def _history(run_dir: Path) -> pd.DataFrame:
+    """metrics.csv, with a record before bnbench 0.2 read as its running averages."""
+    try:
+        frame = pd.read_csv(run_dir / records.METRICS)
+    except (OSError, ValueError):
+        return pd.DataFrame()
+    if "train_loss_running" not in frame and "train_loss" in frame:
+        frame = frame.rename(columns={"train_loss": "train_loss_running", "train_acc": "train_acc_running"})
+    return frame if "step" in frame else pd.DataFrame()
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number  # NaN and inf are kept: a diverged run's loss is NaN, and says so
+
+
+def _hparams(run: pd.Series, keys: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {k: str(run[k]) for k in keys}
+    params["seed"] = int(run["seed"]) if pd.notna(run["seed"]) else -1
+    params["status"] = str(run["status"])
+    return params
+
+
+def _finals(run: pd.Series) -> dict[str, float]:
+    out = {}
+    for key in FINAL:
+        number = _number(run.get(key))
+        if number is not None and not math.isnan(number):
+            out[f"final/{key}"] = number
+    return out
+
+
+# ------------------------------------------------------------------ TensorBoard
+
+
+def to_tensorboard(sweep_dir: Path, out_dir: Path) -> list[Path]:
+    """Write one TensorBoard run folder per bnbench run under ``out_dir``; returns them."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:  # torch's writer needs the tensorboard package
+        raise ExportError("exporting to TensorBoard needs the tensorboard package: "
+                          "pip install 'bnbench[tensorboard]'") from err
+    runs, keys = _sweep(sweep_dir)
+    written = []
+    for _, run in runs.iterrows():
+        folder = out_dir / str(run["run"])
+        if folder.exists():  # an earlier export: replace it rather than append duplicate events
+            for old in folder.glob("events.out.tfevents.*"):
+                old.unlink()
+        history = _history(sweep_dir / str(run["run"]))
+        with SummaryWriter(log_dir=str(folder)) as writer:
+            for _, row in history.iterrows():
+                for column, tag in SCALARS.items():
+                    value = _number(row.get(column))
+                    if value is not None and not math.isnan(value):
+                        writer.add_scalar(tag, value, int(row["step"]))
+            finals = _finals(run) or {"final/none": math.nan}  # the HParams view needs a metric
+            # run_name ".": the hparams go into this run's own folder, beside its scalars
+            writer.add_hparams(_hparams(run, keys), finals, run_name=".")
+        written.append(folder)
+    return written
+
+
+# ------------------------------------------------------------------ MLflow
+
+
+def to_mlflow(sweep_dir: Path, tracking_uri: str, experiment: str | None = None) -> dict[str, int]:
+    """Log the sweep to MLflow at ``tracking_uri``; returns counts of runs exported and skipped."""
+    try:
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.tracking import MlflowClient
+    except ImportError as err:
+        raise ExportError("exporting to MLflow needs the mlflow package: pip install 'bnbench[mlflow]'") from err
+    runs, keys = _sweep(sweep_dir)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    name = experiment or sweep_dir.resolve().name
+    found = client.get_experiment_by_name(name)
+    experiment_id = found.experiment_id if found else client.create_experiment(name)
+    done = {(r.data.tags.get("bnbench.run"), r.data.tags.get("bnbench.run_id"), r.data.tags.get("bnbench.status"))
+            for r in client.search_runs([experiment_id], max_results=50000)}
+    parent = _sweep_parent(client, experiment_id, sweep_dir)
+    counts = {"exported": 0, "skipped": 0}
+    for _, run in runs.iterrows():
+        run_dir = sweep_dir / str(run["run"])
+        identity = (str(run["run"]), str(run["run_id"]), str(run["status"]))
+        if identity in done:
+            counts["skipped"] += 1
+            continue
+        tags = {"mlflow.parentRunId": parent, "bnbench.run": identity[0], "bnbench.run_id": identity[1],
+                "bnbench.status": identity[2], "bnbench.sweep": str(sweep_dir.resolve())}
+        if isinstance(run.get("error"), str):
+            tags["bnbench.error"] = run["error"][:5000]
+        child = client.create_run(experiment_id, run_name=identity[0], tags=tags)
+        run_id = child.info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in _hparams(run, keys).items()]
+        now = int(time.time() * 1000)
+        metrics = [Metric(tag, value, now, int(row["step"]))
+                   for _, row in _history(run_dir).iterrows()
+                   for column, tag in SCALARS.items()
+                   if (value := _number(row.get(column))) is not None]
+        metrics += [Metric(tag, value, now, 0) for tag, value in _finals(run).items()]
+        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics a batch
+            client.log_batch(run_id, metrics=metrics[start:start + 1000], params=params if start == 0 else [],
+                             tags=[RunTag("bnbench.stack_size", str(run.get("stack_size")))] if start == 0 else [])
+        for artifact in (records.SUMMARY, records.METRICS):
+            if (run_dir / artifact).is_file():
+                client.log_artifact(run_id, str(run_dir / artifact))
+        client.set_terminated(run_id, status=MLFLOW_STATUS.get(identity[2], "KILLED"))
+        counts["exported"] += 1
+    return counts
+
+
+def _sweep_parent(client, experiment_id: str, sweep_dir: Path) -> str:
+    """The sweep's parent run (created once), with the report files as artifacts."""
+    existing = client.search_runs([experiment_id], filter_string="tags.`bnbench.kind` = 'sweep'", max_results=1)
+    if existing:
+        parent = existing[0].info.run_id
+    else:
+        parent = client.create_run(experiment_id, run_name=sweep_dir.resolve().name,
+                                   tags={"bnbench.kind": "sweep", "bnbench.sweep": str(sweep_dir.resolve())}).info.run_id
+    for path in sorted(sweep_dir.iterdir()):
+        if path.is_file() and (path.suffix in (".md", ".png", ".tex") or path.name.endswith(".csv")
+                               or path.name in (records.SWEEP_INFO, "multirun.yaml")):
+            client.log_artifact(parent, str(path), artifact_path="report")
+    client.set_terminated(parent, status="FINISHED")
+    return parent

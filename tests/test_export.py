@@ -1,0 +1,101 @@
+"""`bnbench export` to TensorBoard and MLflow, read back with the trackers' own readers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two completed runs and one diverged run, from a real sweep."""
+    cwd = tmp_path_factory.mktemp("export")
+    ok = run_cli("run", "-m", "norm=none,bn_before", "seed=0", "sweep.name=s", "trainer.epochs=2", "trainer.threads=1",
+                 "trainer.log_progress=false", "--quiet", cwd=cwd)
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("run", "-m", "norm=none", "seed=1", "optimizer.lr=1e6", "sweep.name=s", "trainer.epochs=2",
+                  "trainer.threads=1", "trainer.log_progress=false", "--quiet", cwd=cwd)
+    assert bad.returncode == 0, bad.stderr
+    return cwd, cwd / "results" / "s"
+
+
+def test_tensorboard_export_reads_back_with_tensorboard(sweep):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cwd, folder = sweep
+    out = cwd / "tb"
+    proc = run_cli("export", str(folder), "--tensorboard", str(out), cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    results = pd.read_csv(folder / "results.csv").set_index("run")
+    runs = sorted(p.name for p in out.iterdir())
+    assert runs == sorted(results.index)
+    for name in runs:
+        events = EventAccumulator(str(out / name))
+        events.Reload()
+        metrics = pd.read_csv(folder / name / "metrics.csv")
+        accuracy = events.Scalars("test/acc")
+        assert [e.step for e in accuracy] == metrics["step"].tolist()
+        assert [e.value for e in accuracy] == pytest.approx(metrics["test_acc"].tolist())
+        # the HParams view: swept keys and status against the final metrics
+        content = events.PluginTagToContent("hparams")
+        start = next(plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info
+                     for c in content.values() if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
+        assert start.hparams["status"].string_value == results.loc[name, "status"]
+        assert start.hparams["norm"].string_value == results.loc[name, "norm"]
+        final = events.Scalars("final/final_test_acc")
+        assert final[0].value == pytest.approx(results.loc[name, "final_test_acc"])
+    again = run_cli("export", str(folder), "--tensorboard", str(out), cwd=cwd)  # replaces, never duplicates
+    assert again.returncode == 0, again.stderr
+    events = EventAccumulator(str(out / runs[0]))
+    events.Reload()
+    assert len(events.Scalars("test/acc")) == len(pd.read_csv(folder / runs[0] / "metrics.csv"))
+
+
+def test_mlflow_export_reads_back_with_mlflow(sweep):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    cwd, folder = sweep
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    proc = run_cli("export", str(folder), "--mlflow", uri, "--experiment", "bn", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 runs exported, 0 already there" in proc.stdout
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("bn")
+    found = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in found if r.data.tags.get("bnbench.kind") == "sweep"]
+    children = {r.data.tags["bnbench.run"]: r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    results = pd.read_csv(folder / "results.csv").set_index("run")
+    assert sorted(children) == sorted(results.index)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/report.md",
+                                                                                        "report/results.csv"}
+    for name, run in children.items():
+        status = results.loc[name, "status"]
+        assert run.data.tags["bnbench.status"] == status and run.info.status == "FINISHED"
+        assert run.data.params["norm"] == results.loc[name, "norm"] and run.data.params["seed"] == str(
+            results.loc[name, "seed"])
+        history = client.get_metric_history(run.info.run_id, "test/acc")
+        metrics = pd.read_csv(folder / name / "metrics.csv")
+        assert sorted(m.step for m in history) == metrics["step"].tolist()
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(metrics["test_acc"].tolist())
+        if status == "diverged":  # its NaN loss is exported as NaN, not left out
+            losses = client.get_metric_history(run.info.run_id, "train/loss_running")
+            assert any(math.isnan(m.value) for m in losses)
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"summary.json", "metrics.csv"}
+    again = run_cli("export", str(folder), "--mlflow", uri, "--experiment", "bn", cwd=cwd)
+    assert again.returncode == 0 and "0 runs exported, 3 already there" in again.stdout
+    assert len(client.search_runs([experiment.experiment_id])) == 4
+
+
+def test_export_needs_a_target_and_a_sweep(sweep, tmp_path):
+    cwd, folder = sweep
+    proc = run_cli("export", str(folder), cwd=cwd)
+    assert proc.returncode == 1 and "--tensorboard FOLDER and/or --mlflow URI" in proc.stderr
+    proc = run_cli("export", str(tmp_path / "nowhere"), "--tensorboard", str(tmp_path / "tb"), cwd=cwd)
+    assert proc.returncode == 1 and "is not a folder" in proc.stderr
