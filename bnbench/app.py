@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,17 @@ log = logging.getLogger("bnbench")
 register_configs()
 
 FAIL_FAST_MARKER = ".fail-fast-stop"
+LIVE_VIEW = "BNBENCH_LIVE_VIEW"  # set while the sweep command draws its live view on the terminal
+
+
+def _quiet_console_in_worker() -> None:
+    """In a parallel worker of a sweep whose command draws the live view: no log lines on the
+    shared terminal (each one would leave a stale copy of the view); run.log keeps them all."""
+    if not os.environ.get(LIVE_VIEW) or os.environ.get(interrupts.LAUNCHER_PID) == str(os.getpid()):
+        return
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:  # the console; FileHandler (run.log) is a subclass
+            handler.setLevel(logging.CRITICAL + 1)
 
 
 class FailFast(RuntimeError):
@@ -79,6 +91,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun:
         interrupts.exit_with_launcher()  # joblib's workers: do not outlive the sweep command
+        _quiet_console_in_worker()
     job = dict(
         overrides=list(hydra_cfg.overrides.task),
         choices=OmegaConf.to_container(hydra_cfg.runtime.choices),

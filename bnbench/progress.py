@@ -64,7 +64,9 @@ class SweepMonitor:
         or shrank, would leave stale copies in the scrollback as Rich redraws it."""
         snap = self.snapshot()
         c = snap["counts"]
-        width = max(40, self.console.width)
+        # one column short of the terminal: a line of exactly its width leaves the cursor in the
+        # wrap state, and some terminals (tmux) then count an extra line, which Rich does not erase
+        width = max(40, self.console.width - 1)
         elapsed = timedelta(seconds=int(time.monotonic() - self.started))
         eta = "—" if snap["eta"] is None else str(timedelta(seconds=int(snap["eta"])))
         bar_width = min(30, max(10, width // 4))
@@ -81,6 +83,7 @@ class SweepMonitor:
             no_wrap=True, overflow="ellipsis")
         counts.truncate(width, overflow="ellipsis")
         rows = Table.grid(padding=(0, 2), expand=True)
+        rows.width = width
         rows.add_column(no_wrap=True, overflow="ellipsis", ratio=1)  # the run's name takes what is left
         rows.add_column(no_wrap=True, width=26)
         rows.add_column(no_wrap=True, width=18)

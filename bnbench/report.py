@@ -726,7 +726,11 @@ def print_tables(tables: SweepTables, console: Console | None = None) -> None:
     console = console or Console()
     for warning in tables.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
+    wide = console.width >= 120  # an 80-column terminal gets the columns that matter most, unwrapped
     header, rows = cell_rows(tables)
+    if not wide:
+        keep = [i for i, h in enumerate(header) if h not in ("median", "min – max")]
+        header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
     table = Table(title=f"{tables.sweep_dir}  ({_summary_line(tables)})\n{_metric_title(tables.metric)}",
                   title_justify="left")
     for i, name in enumerate(header):
@@ -736,7 +740,8 @@ def print_tables(tables: SweepTables, console: Console | None = None) -> None:
     console.print(table)
     if tables.comparisons is not None and len(tables.comparisons):
         header, rows = comparison_rows(tables)
-        keep = [i for i, h in enumerate(header) if h not in ("p (t)", "p (Wilcoxon)", "p Holm (W)", "g_z", "note")]
+        dropped = ("p (t)", "p (Wilcoxon)", "p Holm (W)", "g_z", "note") + (() if wide else ("p Holm (TOST)",))
+        keep = [i for i, h in enumerate(header) if h not in dropped]
         header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
         comp = Table(title=f"against {tables.comparisons['baseline'].iloc[0]} (paired by seed)", title_justify="left")
         for i, name in enumerate(header):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from rich.console import Console
 from omegaconf import DictConfig
 
 from bnbench import records
-from bnbench.app import FAIL_FAST_MARKER
+from bnbench.app import FAIL_FAST_MARKER, LIVE_VIEW
 from bnbench.devices import parallel_jobs
 from bnbench.progress import SweepMonitor
 
@@ -51,6 +52,7 @@ _monitor: SweepMonitor | None = None
 
 def stop_monitor() -> None:
     global _monitor
+    os.environ.pop(LIVE_VIEW, None)
     if _monitor is not None:
         _monitor.stop()
         _monitor = None
@@ -80,6 +82,8 @@ class SweepReport(Callback):
         global _monitor
         console = Console()
         if console.is_terminal and not config.sweep.quiet:
+            # parallel workers share this terminal: their own log lines would break the frame
+            os.environ[LIVE_VIEW] = "1"
             _monitor = SweepMonitor(sweep_dir, planned_runs(config), self.finished_before, parallel_jobs(config.hydra.get("launcher")),
                                     console)
             _monitor.start()

@@ -35,9 +35,48 @@ def test_frames_fit_80_columns_and_keep_their_height(tmp_path):
                 "step": 12000, "total_steps": 200000, "epoch": 12.5, "test_acc": 0.87654}})
         _write(sweep / LONG.format(9), {"status": "diverged", "finished_at": "t", "wall_s": 3.0})
         frame = _frame(sweep, 80)
-        assert all(len(line) <= 80 for line in frame), frame
+        assert all(len(line.rstrip()) < 80 for line in frame), frame  # < 80: a full line makes tmux wrap
         heights.add(len(frame))
         assert sum("running" in line for line in frame) == 1, "the count of running runs appears once"
     assert heights == {4}, "two status lines and one line per worker, whatever is running"
     wide = _frame(tmp_path / "s2", 160)
-    assert all(len(line) <= 160 for line in wide) and LONG.format(0) in "\n".join(wide)
+    assert all(len(line.rstrip()) < 160 for line in wide) and LONG.format(0) in "\n".join(wide)
+
+
+def test_a_parallel_sweep_on_an_80_column_terminal_keeps_workers_off_the_screen(tmp_path):
+    """In a real pseudo-terminal of 80 x 24: the live view is drawn, and the workers, which share
+    the terminal, print nothing into it (each line would leave a stale copy of the frame)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**os.environ, "BNBENCH_RESULTS": str(tmp_path / "results"), "TERM": "xterm-256color"}
+    env.pop("COLUMNS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bnbench.cli", "run", "-m", "hydra/launcher=parallel",
+                             "norm=none,bn_before", "seed=0,1", "trainer.epochs=20", "trainer.threads=1",
+                             "sweep.name=tty"], stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env=env)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the command ended
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=30)
+    os.close(master)
+    text = out.decode("utf-8", "replace")
+    assert proc.returncode == 0, text[-3000:]
+    assert "runs · " in text and "running" in text, "the live view was drawn"
+    assert "completed: test acc" not in text, "a worker printed into the live view"
+    assert "final test accuracy" in text
