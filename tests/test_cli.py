@@ -284,3 +284,13 @@ def test_hydra_messages_keep_their_brackets_and_quotes(tmp_path):
     _assert_one_line_error(proc, "use key=[value1,value2]. 2. To use it as string, quote the value: key='value1,value2'")
     proc = run_cli("run", "model.widths=[18,0]", "trainer.epochs=1", cwd=tmp_path)
     _assert_one_line_error(proc, "model.widths=[18, 0] must list")
+
+
+def test_a_sweep_whose_report_fails_exits_non_zero(tmp_path):
+    """Hydra turns an error raised in its callback into a warning; the exit code must not hide it."""
+    blocked = tmp_path / "results" / "rep" / "report.md"
+    blocked.mkdir(parents=True)  # a folder where the report file goes: writing it fails
+    proc = run_cli("run", "-m", "seed=0", "norm=none", "sweep.name=rep", *FAST, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "the runs are recorded, but the report failed" in proc.stderr
+    assert json.loads(next((tmp_path / "results" / "rep").glob("*/summary.json")).read_text())["status"] == "completed"
