@@ -640,7 +640,8 @@ def _render_plots(tables: SweepTables, confidence: float, out_dir: Path) -> None
     from bnbench import plots
 
     out = {}
-    has_history = (tables.runs["status"].isin(["completed", "diverged"])).any()
+    # a sweep rebuilt from results.csv alone has no metrics.csv to draw curves from
+    has_history = tables.runs["status"].isin(stats.RESULTS).any() and tables.runs.attrs.get("source") != "results.csv"
     if has_history:
         curve = "test_acc" if "acc" in tables.metric else "test_loss"
         out["learning curves"] = plots.learning_curves(tables.sweep_dir, tables.runs, tables.factors,

@@ -240,22 +240,38 @@ def hedges_correction(df: int) -> float:
 
 
 def seeds_needed(effect: float, sd: float, alpha: float, power: float = POWER) -> float:
-    """Seeds (pairs) a two-sided paired t-test at ``alpha`` needs to detect a mean difference of
-    ``effect`` with ``power``, when the differences have standard deviation ``sd`` (statsmodels'
-    TTestPower); NaN when the effect is zero or undefined."""
+    """The fewest seeds (pairs, at least 2) with which a two-sided paired t-test at ``alpha``
+    detects a mean difference of ``effect`` with ``power``, when the differences have standard
+    deviation ``sd``: statsmodels' TTestPower, searched over whole seed counts (its solve_power
+    root-finder gives up on large effects, where the answer is 2 or 3); NaN when the effect is
+    zero or undefined, or needs more than a million seeds."""
     from statsmodels.stats.power import TTestPower
 
     if not (np.isfinite(effect) and np.isfinite(sd)) or effect == 0 or sd <= 0:
         return np.nan
-    size = abs(effect) / sd
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            n = TTestPower().solve_power(effect_size=size, alpha=alpha, power=power, alternative="two-sided")
-        except (ValueError, RuntimeError):
+    size, analysis = abs(effect) / sd, TTestPower()
+
+    def enough(n: int) -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            achieved = analysis.power(effect_size=size, nobs=n, alpha=alpha, alternative="two-sided")
+            if not np.isfinite(achieved):  # the noncentral t's far tail underflows to NaN for large
+                # effects; that tail (a significant result of the wrong sign) is ~0 there
+                df, noncentrality = n - 1, size * math.sqrt(n)
+                achieved = st.nct.sf(st.t.ppf(1 - alpha / 2, df), df, noncentrality)
+                if not np.isfinite(achieved):
+                    achieved = 1.0 if noncentrality > st.t.ppf(1 - alpha / 2, df) else 0.0
+        return achieved >= power
+
+    low, high = 1, 2  # enough(high) once found; low is not enough
+    while not enough(high):
+        low, high = high, high * 2
+        if high > 1_000_000:
             return np.nan
-    n = float(np.asarray(n).item())
-    return float(max(2, math.ceil(n))) if np.isfinite(n) else np.nan
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return float(high)
 
 
 def _rank_preserving(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -423,3 +423,15 @@ def test_a_known_effect_is_found_at_the_expected_power_and_its_interval_covers_i
     unpaired = [st.ttest_ind(g[g.norm == "treat"][METRIC], g[g.norm == "base"][METRIC]).pvalue
                 for _, g in runs.groupby("rep")]
     assert (np.array(unpaired) < 0.05).mean() < (out["p_ttest"] < 0.05).mean() - 0.2
+
+
+def test_seeds_needed_matches_statsmodels_and_survives_large_effects():
+    from statsmodels.stats.power import TTestPower
+
+    for d_z in (0.3, 0.84, 1.3, 2.0):
+        expected = math.ceil(TTestPower().solve_power(effect_size=d_z, alpha=0.05, power=0.8))
+        assert stats.seeds_needed(d_z, 1.0, 0.05) == expected
+    # solve_power gives up here (power is NaN at some n); 3 seeds give 95% power at d_z = 4.47
+    assert stats.seeds_needed(4.47, 1.0, 0.05) == 3
+    assert stats.seeds_needed(50.0, 1.0, 0.05) == 2
+    assert math.isnan(stats.seeds_needed(0.0, 1.0, 0.05)) and math.isnan(stats.seeds_needed(0.1, 0.0, 0.05))
