@@ -575,7 +575,9 @@ def to_markdown(tables: SweepTables) -> str:
                   *_md_table(*effect_rows(tables)), ""]
     if tables.interactions:
         lines += ["## Interactions", ""]
-        lines += (["Where a factor's effect changes sign across the levels of another:", "", *flip_lines(tables), ""]
+        lines += (["Where a factor's effect changes sign across the levels of another (means of cell means). The p-value "
+                   "is that of the whole interaction in the ANOVA, not of this pair of levels: compare the pair with "
+                   "`--baseline` set to one of them.", "", *flip_lines(tables), ""]
                   if tables.flips else ["No factor's effect changes sign across the levels of another.", ""])
     for (a, b), table in tables.interactions.items():
         lines += [f"### {a} × {b}", "", f"Mean {_metric_title(m)} per {a} (rows) and {b} (columns): the "
