@@ -158,10 +158,24 @@ def test_regression_sweep_reports_test_loss_lower_is_better(tmp_path):
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
 
 
+def _as_0_1_record(run_dir: Path) -> None:
+    """Rewrite a run record as bnbench 0.1 wrote it: its train metrics were the running averages
+    in train mode, under the plain names, and there were no *_running columns."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final = summary["final"]
+    final["train_loss"], final["train_acc"] = final.pop("train_loss_running"), final.pop("train_acc_running")
+    summary.pop("stack_size", None)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    metrics = pd.read_csv(run_dir / "metrics.csv").drop(columns=["train_loss", "train_acc"])
+    metrics = metrics.rename(columns={"train_loss_running": "train_loss", "train_acc_running": "train_acc"})
+    metrics.to_csv(run_dir / "metrics.csv", index=False)
+
+
 def test_records_from_before_0_2_report_their_train_metrics_as_running_averages(tmp_path):
-    """Committed records of bnbench 0.1 (train metrics were running averages in train mode)."""
-    folder = tmp_path / "deep_sigmoid"
-    shutil.copytree(REFERENCE / "deep_sigmoid", folder)
+    folder = tmp_path / "keras_mlp"
+    shutil.copytree(REFERENCE / "keras_mlp", folder)
+    for summary in folder.glob("*/summary.json"):
+        _as_0_1_record(summary.parent)
     tables = report.build(folder)
     runs = tables.runs
     assert runs["final_train_loss"].isna().all() and runs["final_train_loss_running"].notna().all()
@@ -169,6 +183,8 @@ def test_records_from_before_0_2_report_their_train_metrics_as_running_averages(
         report.build(folder, report.ReportOptions(metric="final_train_loss"))
     running = report.build(folder, report.ReportOptions(metric="final_train_loss_running"))
     assert any("running average" in w for w in running.warnings)
+    report.write(running)  # the learning curves read the old metrics.csv too
+    assert (folder / "learning_curves.png").is_file()
 
 
 def test_a_folder_with_only_results_csv_reports_with_the_factorial_anova(tmp_path):
