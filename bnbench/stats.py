@@ -316,7 +316,8 @@ def _paired_tests(a: np.ndarray, b: np.ndarray, confidence: float, margin: float
         if infinite:
             out["note"] = ("a result has no finite value (a diverged loss, a target never reached): t statistics "
                            "undefined, the Wilcoxon test ranks it worst")
-            out["sign"] = float(np.sign(np.sum(np.sign(d))))
+            # the direction the signed-rank test saw: the sign of W+ - W-
+            out["sign"] = float(np.sign(np.sum(np.sign(d) * st.rankdata(np.abs(d)))))
             return out
         out["mean_diff"] = float(np.mean(d))
         if np.all(d == 0):
