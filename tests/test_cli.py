@@ -247,6 +247,11 @@ def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
     assert "srun" in result.stderr and "slurm_local" in result.stderr
 
 
+# The installed console script (completion is keyed to the program's name), found beside this
+# interpreter: a venv used without activating it (make test) is not on PATH.
+BNBENCH = str(Path(sys.executable).parent / "bnbench")
+
+
 def _complete(tmp_path, shell: str, line: str) -> list[str]:
     """Ask bnbench for completions as the installed shell script would (bnbench --install-completion)."""
     if shell == "bash":  # bash splits at '=' (COMP_WORDBREAKS): "norm=b" arrives as norm, =, b
@@ -254,7 +259,7 @@ def _complete(tmp_path, shell: str, line: str) -> list[str]:
         env = {"_BNBENCH_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(words), "COMP_CWORD": str(len(words) - 1)}
     else:
         env = {"_BNBENCH_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": line}
-    proc = subprocess.run(["bnbench"], cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True,
+    proc = subprocess.run([BNBENCH], cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
@@ -270,7 +275,7 @@ def test_shell_completion_of_commands_options_groups_and_their_options(tmp_path)
     assert "trainer.epochs=" in _complete(tmp_path, "bash", "bnbench run trainer.ep")
     zsh = " ".join(_complete(tmp_path, "zsh", "bnbench run norm=bn"))
     assert '"norm=bn_after"' in zsh and '"norm=bn_before"' in zsh and "none" not in zsh
-    script = subprocess.run(["bnbench", "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
+    script = subprocess.run([BNBENCH, "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "SHELL": "/bin/bash"})
     assert script.returncode == 0 and "_BNBENCH_COMPLETE=complete_bash" in script.stdout
     # Hydra's own completion flag would install a script that calls `bnbench -sc`: point to ours
