@@ -552,7 +552,7 @@ def to_markdown(tables: SweepTables) -> str:
                   "g_z = mean difference / std of the differences, with Hedges' small-sample correction. "
                   f"Verdict at α = {1 - tables.cells.attrs.get('confidence', 0.95):.2g}: better or worse when the "
                   "Holm-adjusted paired t-test (the Wilcoxon test where a diverged run has no finite value) "
-                  f"rejects no difference; {equivalence}; otherwise inconclusive. Seeds for 80% "
+                  f"rejects the hypothesis of no difference; {equivalence}; otherwise inconclusive. Seeds for 80% "
                   "power: the pairs a paired t-test would need to detect "
                   + (f"a difference of {_fmt(comp.attrs['min_effect'], m)}{unit} (`--min-effect`)"
                      if comp.attrs.get("min_effect") is not None else "the observed difference (`--min-effect` sets one)")
@@ -562,7 +562,8 @@ def to_markdown(tables: SweepTables) -> str:
     if tables.anova is not None and len(tables.factors) > 1:
         lines += ["## Factorial ANOVA", "",
                   f"Type-II ANOVA (statsmodels) of the {_metric_title(m)} on every swept factor and their "
-                  "interactions, over the results with a finite value; partial η² = SS / (SS + SS residual). "
+                  "interactions, over the results with a finite value; sums of squares in the metric's own units "
+                  "(accuracy as a fraction); partial η² = SS / (SS + SS residual). "
                   "Where an interaction is significant, the main effects and marginal means below average over "
                   "effects that differ between levels: read the interaction tables first.", ""]
         lines += [f"> {note}" for note in tables.anova_notes] + ([""] if tables.anova_notes else [])
