@@ -49,6 +49,7 @@ def test_a_parallel_sweep_on_an_80_column_terminal_keeps_workers_off_the_screen(
     import fcntl
     import os
     import pty
+    import select
     import struct
     import subprocess
     import sys
@@ -66,6 +67,10 @@ def test_a_parallel_sweep_on_an_80_column_terminal_keeps_workers_off_the_screen(
     out = b""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
+        if not select.select([master], [], [], 1.0)[0]:
+            if proc.poll() is not None:
+                break
+            continue  # nothing yet; check the deadline again rather than block on read
         try:
             chunk = os.read(master, 65536)
         except OSError:  # the terminal closed: the command ended
@@ -73,6 +78,8 @@ def test_a_parallel_sweep_on_an_80_column_terminal_keeps_workers_off_the_screen(
         if not chunk:
             break
         out += chunk
+    if proc.poll() is None:
+        proc.kill()
     proc.wait(timeout=30)
     os.close(master)
     text = out.decode("utf-8", "replace")
