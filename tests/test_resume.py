@@ -245,9 +245,16 @@ def test_ctrl_c_before_training_claims_no_checkpoint(tmp_path):
     sweep = tmp_path / "results" / "early"
     proc = _start_sweep(tmp_path, *args, stderr=subprocess.PIPE)
     _wait_for(lambda: any(s.get("status") == "running" for s in _summaries(sweep).values()))
-    time.sleep(0.5)  # inside the blocking open
+    # wait until it blocks in the FIFO's open (Linux: wait_for_partner), not in an import: a
+    # third-party bare `except:` there could swallow the interrupt, and the run would then block
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    _wait_for(lambda: not wchan.exists() or wchan.read_text().strip() == "wait_for_partner")
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # leave no process blocked on the FIFO
+        raise
     assert proc.returncode == 130
     lines = [line for line in stderr.splitlines() if line.strip() and "HYDRA" not in line]
     assert len(lines) == 1 and "before a run saved a checkpoint" in lines[0] and "Traceback" not in stderr
