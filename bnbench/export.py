@@ -123,11 +123,22 @@ def to_tensorboard(sweep_dir: Path, out_dir: Path) -> list[Path]:
 def to_mlflow(sweep_dir: Path, tracking_uri: str, experiment: str | None = None) -> dict[str, int]:
     """Log the sweep to MLflow at ``tracking_uri``; returns counts of runs exported and skipped."""
     try:
-        from mlflow.entities import Metric, Param, RunTag
-        from mlflow.tracking import MlflowClient
+        from mlflow.exceptions import MlflowException
     except ImportError as err:
         raise ExportError("exporting to MLflow needs the mlflow package: pip install 'bnbench[mlflow]'") from err
     runs, keys = _sweep(sweep_dir)
+    try:
+        return _to_mlflow(sweep_dir, runs, keys, tracking_uri, experiment)
+    except MlflowException as err:  # an unsupported URI, an unreachable server, a refused write
+        first = str(err.message if hasattr(err, "message") else err).strip().splitlines()[0]
+        raise ExportError(f"MLflow at {tracking_uri}: {first}") from err
+
+
+def _to_mlflow(sweep_dir: Path, runs: pd.DataFrame, keys: list[str], tracking_uri: str,
+               experiment: str | None) -> dict[str, int]:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=tracking_uri)
     name = experiment or sweep_dir.resolve().name
     found = client.get_experiment_by_name(name)

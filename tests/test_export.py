@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pandas as pd
@@ -99,3 +100,8 @@ def test_export_needs_a_target_and_a_sweep(sweep, tmp_path):
     assert proc.returncode == 1 and "--tensorboard FOLDER and/or --mlflow URI" in proc.stderr
     proc = run_cli("export", str(tmp_path / "nowhere"), "--tensorboard", str(tmp_path / "tb"), cwd=cwd)
     assert proc.returncode == 1 and "is not a folder" in proc.stderr
+    if importlib.util.find_spec("mlflow") is not None:  # an unsupported tracking URI: one line, no traceback
+        proc = run_cli("export", str(folder), "--mlflow", "bogus://nowhere", cwd=cwd)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert lines[-1].startswith("error: MLflow at bogus://nowhere:")
