@@ -354,9 +354,10 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
                                 "(exact minimum p = 1/2^(n-1)); use 6 or more seeds for it to be informative.")
     if len(factors) > 1:
         tables.anova, tables.anova_notes = stats.anova(runs, factors, metric)
-        tables.effects = stats.main_effects(runs, factors, metric, expected_cells=expected)
+        # one cell table (grid cells with no run included, so they mark their marginals) for all of them
+        tables.effects = stats.main_effects(runs, factors, metric, cells=tables.cells)
         for a, b in itertools.combinations(factors, 2):
-            tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric, factors)
+            tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric, factors, cells=tables.cells)
             tables.flips += stats.sign_flips(tables.interactions[(a, b)], a, b)
             tables.flips += stats.sign_flips(tables.interactions[(a, b)], b, a)
     tables.counts = {status: int((runs["status"] == status).sum()) for status in STATUSES}

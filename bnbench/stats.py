@@ -450,26 +450,35 @@ def compare_to_baseline(
 # ---------------------------------------------------------------------------- marginals
 
 
+def _pool(group: pd.DataFrame) -> dict:
+    """A marginal over a group of cells (rows of :func:`cell_stats`): the unweighted mean of their
+    means and its range, how many cells have a result, and the results and divergences in them."""
+    means = group["mean"].dropna().to_numpy()
+    results, diverged = int(group["n"].sum()), int(group["diverged"].sum())
+    return {"mean": float(np.mean(means)) if len(means) else np.nan,
+            "cell_min": float(np.min(means)) if len(means) else np.nan,
+            "cell_max": float(np.max(means)) if len(means) else np.nan,
+            "cells": len(means), "results": results, "diverged": diverged,
+            "div_rate": diverged / results if results else np.nan}
+
+
 def main_effects(runs: pd.DataFrame, factors: list[str], metric: str = "final_test_acc",
-                 expected_cells: Iterable[Mapping[str, str]] | None = None) -> pd.DataFrame:
+                 expected_cells: Iterable[Mapping[str, str]] | None = None,
+                 cells: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per factor and level, the unweighted mean of its cells' means (each cell counts once):
     ``factor, level, cells`` (cells of the level with a result), ``cells_total``,
     ``incomplete_cells`` (cells with failed, unfinished or missing runs, or none at all),
     ``results``, ``diverged``, ``div_rate``, ``mean`` (of cell means), ``cell_min, cell_max``
-    (the range of its cell means)."""
-    cells = cell_stats(runs, factors, metric, expected_cells=expected_cells)
+    (the range of its cell means). ``cells``: the :func:`cell_stats` of these runs, when the
+    caller has it already."""
+    if cells is None:
+        cells = cell_stats(runs, factors, metric, expected_cells=expected_cells)
     rows = []
     for f in factors:
         for level in cells[f].cat.categories:
             group = cells[cells[f] == level]
-            means = group["mean"].dropna().to_numpy()
-            results, diverged = int(group["n"].sum()), int(group["diverged"].sum())
-            rows.append({"factor": f, "level": level, "cells": len(means), "cells_total": len(group),
-                         "incomplete_cells": int((~group["complete"]).sum()), "results": results,
-                         "diverged": diverged, "div_rate": diverged / results if results else np.nan,
-                         "mean": float(np.mean(means)) if len(means) else np.nan,
-                         "cell_min": float(np.min(means)) if len(means) else np.nan,
-                         "cell_max": float(np.max(means)) if len(means) else np.nan})
+            rows.append({"factor": f, "level": level, **_pool(group), "cells_total": len(group),
+                         "incomplete_cells": int((~group["complete"]).sum())})
     columns = ["factor", "level", "cells", "cells_total", "incomplete_cells", "results", "diverged", "div_rate",
                "mean", "cell_min", "cell_max"]
     out = pd.DataFrame(rows, columns=columns)
@@ -478,22 +487,19 @@ def main_effects(runs: pd.DataFrame, factors: list[str], metric: str = "final_te
 
 
 def interaction_table(runs: pd.DataFrame, factor_a: str, factor_b: str, metric: str = "final_test_acc",
-                      factors: list[str] | None = None) -> pd.DataFrame:
+                      factors: list[str] | None = None, cells: pd.DataFrame | None = None) -> pd.DataFrame:
     """Long table, one row per (level of ``factor_a``, level of ``factor_b``): ``mean`` (the
     unweighted mean over the matching cells of all ``factors`` of their means), ``cells``,
     ``results``, ``diverged``, ``div_rate`` and ``complete`` (every matching cell complete).
-    ``factors`` defaults to the two."""
+    ``factors`` defaults to the two; ``cells``: their :func:`cell_stats`, when the caller has it."""
     factors = list(factors or [factor_a, factor_b])
-    cells = cell_stats(runs, factors, metric)
+    if cells is None:
+        cells = cell_stats(runs, factors, metric)
     rows = []
     for a in cells[factor_a].cat.categories:
         for b in cells[factor_b].cat.categories:
             group = cells[(cells[factor_a] == a) & (cells[factor_b] == b)]
-            means = group["mean"].dropna().to_numpy()
-            results, diverged = int(group["n"].sum()), int(group["diverged"].sum())
-            rows.append({factor_a: a, factor_b: b, "mean": float(np.mean(means)) if len(means) else np.nan,
-                         "cells": len(means), "results": results, "diverged": diverged,
-                         "div_rate": diverged / results if results else np.nan,
+            rows.append({factor_a: a, factor_b: b, **_pool(group),
                          "complete": bool(len(group)) and bool(group["complete"].all())})
     out = pd.DataFrame(rows, columns=[factor_a, factor_b, "mean", "cells", "results", "diverged", "div_rate",
                                       "complete"])
