@@ -8,7 +8,6 @@ works as Hydra documents it.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bnbench import interrupts, records
+from bnbench import interrupts, planning
 from bnbench.config import config_dir, register_configs
 from bnbench.devices import cpu_share, parallel_jobs, uses_gpu_slots
 
@@ -47,33 +46,6 @@ class FailFast(RuntimeError):
 last_run: dict[str, Any] | None = None
 
 
-def seed_stack(cfg: DictConfig, sweep_dir: Path, overrides: list[str], launcher: Any) -> list[int]:
-    """The seeds this sweep job trains as one stacked model, its own among them (bnbench/
-    stacking.py), from the grid in the multirun.yaml Hydra's sweeper saves before launching;
-    [] when the sweep lists no other seed."""
-    from bnbench.stacking import seed_stacks
-
-    grid = records.value_order(sweep_dir)
-    try:
-        seeds = [int(float(v)) for v in grid.get("seed", [])]
-    except ValueError:
-        return []
-    size = cfg.trainer.stack_size
-    if int(cfg.seed) not in seeds or (size is not None and size < 1):  # the run's validate() reports a bad size
-        return []
-    # This job's cell in launch order: the basic sweeper launches the product of the lists in
-    # the order given, the first key varying slowest.
-    mine = records.parse_overrides(overrides)
-    cell = 0
-    for key, values in grid.items():
-        if key != "seed":
-            position = values.index(mine[key]) if mine.get(key) in values else 0
-            cell = cell * len(values) + position
-    cells = math.prod(len(values) for key, values in grid.items() if key != "seed")
-    stacks = seed_stacks(seeds, cell, cells, parallel_jobs(launcher), size)
-    return next(stack for stack in stacks if int(cfg.seed) in stack)
-
-
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     # Imported here, in the job: the launching process of a sweep never needs torch.
@@ -98,29 +70,37 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         cpu_threads=cpu_share(hydra_cfg.launcher),
         gpu_slots_dir=Path(hydra_cfg.sweep.dir) / ".gpu-slots" if multirun and uses_gpu_slots(hydra_cfg.launcher) else None,
     )
-    seeds = seed_stack(cfg, Path(hydra_cfg.sweep.dir), job["overrides"], hydra_cfg.launcher) \
-        if multirun and cfg.trainer.stack_seeds else []
-    if len(seeds) > 1:
-        summary = run_stacked(cfg, run_dir, seeds, **job)
+    # The sweeper planned which runs this job trains (bnbench/planning.py): one, or a stack of seeds.
+    members = planning.members(Path(hydra_cfg.sweep.dir), cfg.sweep.plan, cfg.sweep.stack) \
+        if multirun and cfg.sweep.plan is not None else []
+    if len(members) > 1:
+        outcomes = run_stacked(cfg, Path(hydra_cfg.sweep.dir), members, **job)
     else:
-        summary = run_experiment(cfg, run_dir, console_progress=not multirun, **job)
-    status = summary["status"]
-    if summary.get("skipped"):
-        return summary
-    if status == "failed":
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run's error is printed once, by the CLI
-            log.error("failed: %s", summary["error"])
-    else:
-        final, best = summary["final"], summary["best"]
-        if final.get("test_acc") is None:  # regression
-            score = f"test loss {final['test_loss']:.4f} (best {best['test_loss']:.4f} at epoch {best['epoch']:.2f})"
-        else:
-            score = f"test acc {100 * final['test_acc']:.2f}% (best {100 * best['test_acc']:.2f}% at epoch {best['epoch']:.2f})"
-        log.info("%s: %s, train loss %.4f, %.1fs, %s", status, score, final["train_loss"], summary["wall_s"],
-                 run_dir if hydra_cfg.mode == RunMode.RUN else run_dir.name)
-    if hydra_cfg.mode == RunMode.RUN:
-        last_run = summary
-    elif status == "failed" and cfg.sweep.fail_fast:
+        outcomes = [(run_dir, run_experiment(cfg, run_dir, console_progress=not multirun, **job))]
+    for folder, summary in outcomes:
+        _say(summary, folder if multirun else run_dir, multirun)
+    if not multirun:
+        last_run = outcomes[0][1]
+    failed = [(folder, s) for folder, s in outcomes if s["status"] == "failed" and not s.get("skipped")]
+    if failed and multirun and cfg.sweep.fail_fast:
         stop_marker.touch()
-        raise FailFast(f"{run_dir.name}: {summary['error']} (bnbench report {run_dir.parent} tabulates what ran)")
-    return summary
+        folder, summary = failed[0]
+        raise FailFast(f"{folder.name}: {summary['error']} (bnbench report {folder.parent} tabulates what ran)")
+    return outcomes[0][1]
+
+
+def _say(summary: dict[str, Any], run_dir: Path, multirun: bool) -> None:
+    """One log line with a finished run's outcome (a single run's error is printed by the CLI)."""
+    if summary.get("skipped"):
+        return
+    if summary["status"] == "failed":
+        if multirun:
+            log.error("failed: %s (%s)", summary["error"], run_dir.name)
+        return
+    final, best = summary["final"], summary["best"]
+    if final.get("test_acc") is None:  # regression
+        score = f"test loss {final['test_loss']:.4f} (best {best['test_loss']:.4f} at epoch {best['epoch']:.2f})"
+    else:
+        score = f"test acc {100 * final['test_acc']:.2f}% (best {100 * best['test_acc']:.2f}% at epoch {best['epoch']:.2f})"
+    log.info("%s: %s, train loss %.4f, %.1fs, %s", summary["status"], score, final["train_loss"], summary["wall_s"],
+             run_dir.name if multirun else run_dir)

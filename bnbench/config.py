@@ -18,9 +18,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; its message is shown to the user as one line."""
+from bnbench.errors import ConfigError  # noqa: F401  (re-exported: the historical place)
 
 
 @dataclass
@@ -41,7 +39,11 @@ class ModelConfig:
 
 @dataclass
 class NormConfig:
-    # none | before (Linear/Conv -> BN -> act) | after (Linear/Conv -> act -> BN)
+    # What normalizes (bnbench/models.py NORMS): bn (batch norm), ln (layer norm: all channels
+    # and positions of one sample, GroupNorm with one group as in Wu & He 2018), gn (group
+    # norm: `groups` groups of channels per sample), none.
+    kind: str = "bn"
+    # before (Linear/Conv -> norm -> act, Ioffe & Szegedy 2015) | after (Linear/Conv -> act -> norm)
     placement: str = "before"
     # PyTorch convention: running = (1 - momentum) * running + momentum * batch_stat,
     # so PyTorch's 0.1 is Keras' 0.9. The running variance uses the unbiased estimate.
@@ -49,8 +51,13 @@ class NormConfig:
     eps: float = 1e-5
     affine: bool = True
     # Drop the bias of a Linear/Conv whose output goes straight into BN (its mean is
-    # subtracted anyway; BN's beta takes its role). Only affects placement=before.
+    # subtracted anyway; BN's beta takes its role). Only affects placement=before, and only
+    # batch norm: layer and group norm subtract a mean over channels, which does not cancel a
+    # per-channel bias.
     drop_bias: bool = False
+    # Group norm: channel groups per layer (every layer's width must be a multiple). Wu & He
+    # use 32 on ImageNet models; 4 divides every default width here (100; 32-96; 256).
+    groups: int = 4
 
 
 @dataclass
@@ -115,10 +122,10 @@ class TrainerConfig:
     log_progress: bool = True
     # In a sweep over seeds, train the seeds of each cell together as one stacked model
     # (bnbench/stacking.py): same results up to float rounding, fewer, larger operations.
-    # Runs with dropout or diagnostics are not stacked.
-    stack_seeds: bool = False
+    # Runs with diagnostics or an optimizer that is not per-element train one by one.
+    stack_seeds: bool = True
     # Most seeds in one stack; null = split each cell's seeds into as few stacks as keep all
-    # the parallel workers busy to the end (bnbench.stacking.seed_stacks).
+    # the parallel workers busy to the end (bnbench.planning.seed_stacks).
     stack_size: Optional[int] = None
     # Convolutional models hold their activations channels-last (NHWC): oneDNN's CPU
     # convolutions ran an AlexNet step 1.4x faster (docs/benchmarks.md). Same results up to
@@ -134,6 +141,10 @@ class SweepConfig:
     fail_fast: bool = False
     # No live display, only a line per finished run (bnbench run -m --quiet; logs and CI).
     quiet: bool = False
+    # Set by the sweeper for each job it launches (bnbench/planning.py): the plan in the sweep
+    # folder (.plans/PLAN.json) and this job's entry in it, the runs it trains together.
+    plan: Optional[str] = None
+    stack: Optional[int] = None
 
 
 @dataclass
@@ -164,7 +175,14 @@ class Config:
 
 
 def register_configs() -> None:
+    """The schema, and bnbench's sweeper (hydra/sweeper=bnbench, planned seed stacks), registered
+    by hand: Hydra 1.3 does not find plugins of an editable install (hydra#3252)."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.bnbench_sweeper import PlannedSweeper  # also stores its config (hydra/sweeper=bnbench)
+
     ConfigStore.instance().store(name="base_config", node=Config)
+    Plugins.instance().register(PlannedSweeper)
 
 
 def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
@@ -196,21 +214,29 @@ def config_dir() -> Path:
 def validate(cfg: DictConfig) -> None:
     """Check the names that select code, so a typo fails before any data is loaded."""
     from bnbench.data import DATASETS
-    from bnbench.models import ACTIVATIONS, MODELS, PLACEMENTS
+    from bnbench.models import ACTIVATIONS, MODELS, NORMS, PLACEMENTS
     from bnbench.train import LR_SCHEDULES, OPTIMIZERS
 
     checks = [
         ("model.name", cfg.model.name, MODELS),
-        ("norm.placement", cfg.norm.placement, PLACEMENTS),
+        ("norm.kind", cfg.norm.kind, NORMS),
         ("activation.name", cfg.activation.name, ACTIVATIONS),
         ("optimizer.name", cfg.optimizer.name, OPTIMIZERS),
         ("dataset.name", cfg.dataset.name, DATASETS),
         ("trainer.lr_schedule", cfg.trainer.lr_schedule, LR_SCHEDULES),
         ("model.init", cfg.model.init, ("default", "gaussian")),
     ]
+    if cfg.norm.placement == "none":  # the 0.1/0.2 spelling of "no normalization"
+        raise ConfigError("norm.placement=none is not a placement: no normalization is norm=none "
+                          "(or norm.kind=none); placements are before and after")
+    if cfg.norm.kind != "none":
+        checks.append(("norm.placement", cfg.norm.placement, PLACEMENTS))
     for key, value, allowed in checks:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(sorted(allowed))}")
+    if cfg.norm.drop_bias and cfg.norm.kind in ("ln", "gn"):
+        raise ConfigError(f"norm.drop_bias=true applies to batch norm only: {cfg.norm.kind} subtracts a mean "
+                          "over channels, which does not cancel a per-channel bias")
     # key -> (value, whether null is allowed): counts that must be at least 1
     at_least_one = {
         "trainer.batch_size": (cfg.trainer.batch_size, False),
@@ -220,6 +246,7 @@ def validate(cfg: DictConfig) -> None:
         "trainer.eval_every": (cfg.trainer.eval_every, True),
         "trainer.jobs_per_gpu": (cfg.trainer.jobs_per_gpu, False),
         "trainer.stack_size": (cfg.trainer.stack_size, True),
+        "norm.groups": (cfg.norm.groups, False),
         "dataset.train_size": (cfg.dataset.train_size, True),
         "dataset.test_size": (cfg.dataset.test_size, True),
     }

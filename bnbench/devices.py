@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from bnbench.config import ConfigError
+from bnbench.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

@@ -35,10 +35,13 @@ acc_train_mode      accuracy on a fixed probe set (the first ``diagnostics.probe
 acc_eval_mode       x trainer.batch_size test samples, in batches of trainer.batch_size) with BN
                     using batch statistics (train mode) and running statistics (eval mode),
                     after the step's update; dropout is off in both, so they differ only by BN
-                    (equal without BN). Two batches by default: cheap, but coarse (1/120 at batch 60)
+                    (equal without BN, and with layer or group norm: no batch statistics).
+                    Two batches by default: cheap, but coarse (1/120 at batch 60)
 ==================  ===========================================================================
 
-Columns that do not apply (no BN, another activation, the head) are empty. Hooks are
+Columns that do not apply (no BN, another activation, the head) are empty. Layer and group
+norm (norm.kind=ln/gn) have no running statistics: their bn_* columns are empty, and the
+percentiles of the input to the nonlinearity show what they do to it. Hooks are
 registered only for the forward pass of a diagnostics step and removed after its backward
 pass, and every statistic stays on the device until one transfer per diagnostics step: with
 diagnostics off the training loop does no extra work at all. Diagnostics read the model and

@@ -11,10 +11,10 @@ import fcntl
 import logging
 import os
 import random
-import re
 import socket
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Mapping
@@ -28,8 +28,9 @@ from bnbench.config import ConfigError, validate
 from bnbench.data import DataError, load_dataset
 from bnbench.devices import job_device, release_gpu_slot, set_threads
 from bnbench.models import build_model, count_parameters
-from bnbench.stacking import train_stacked, why_not_stackable
-from bnbench.train import Checkpoint, steps_plan, train
+from bnbench.stacking import NotStackable
+from bnbench.planning import why_not_stackable
+from bnbench.train import Checkpoint, TrainResult, steps_plan, train_copies
 
 log = logging.getLogger("bnbench")
 epoch_log = logging.getLogger("bnbench.epochs")  # run.log only (conf/hydra/job_logging/bnbench.yaml)
@@ -101,6 +102,16 @@ def _run(
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or [])
+    finished = _finished(cfg, run_dir)
+    if finished is not None:
+        return finished
+    return _train_group([Member(cfg, run_dir, overrides)], choices, console_progress, cpu_threads,
+                        gpu_slots_dir)[0]
+
+
+def _finished(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The record in ``run_dir`` if it is a finished record of this very run (same identity
+    hash), marked skipped; else None, saying in the log why an existing record is replaced."""
     run_id = records.run_identity(cfg)
     previous, problem = records.load_summary(run_dir)
     if problem:
@@ -111,51 +122,94 @@ def _run(
     if previous is not None and previous.get("run_id") not in (None, run_id):
         log.warning("config or code changed since the run recorded in %s (id %s -> %s): running it afresh",
                     run_dir, previous.get("run_id"), run_id)
+    return None
 
+
+@dataclass
+class Member:
+    """One run of a job's group: its config (seed included), folder and Hydra overrides."""
+
+    cfg: DictConfig
+    folder: Path
+    overrides: list[str]
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+
+def _train_group(members: list[Member], choices: Mapping[str, Any] | None, console_progress: bool,
+                 cpu_threads: int | None, gpu_slots_dir: Path | None) -> list[dict[str, Any]]:
+    """The one run lifecycle, for S >= 1 runs that differ only by seed, trained together
+    (bnbench.train.train_copies): each gets its own record, checkpoint and outcome in its own
+    folder. Whatever happens inside (a typo caught by validation, missing data files, a NaN
+    loss, a bug) ends in each run's ``summary.json`` with a status. Runs that cannot train as one
+    stack (NotStackable: the reason goes to the log) train one by one instead, never as a
+    failure. Returns the summaries, in the order of ``members``."""
+    cfg, s = members[0].cfg, len(members)
+    seeds = [m.seed for m in members]
     started = time.perf_counter()
-    summary = _start_summary(cfg, run_dir, run_id, overrides, choices)
-    checkpoint = Checkpoint(run_dir / "checkpoint.pt", run_id, cfg.trainer.checkpoint_every)
+    summaries = [_start_summary(m.cfg, m.folder, records.run_identity(m.cfg), m.overrides, choices, stack_size=s)
+                 for m in members]
+    if s > 1:
+        for summary in summaries:
+            summary["stacked_seeds"] = seeds
+    checkpoints = [Checkpoint(m.folder / "checkpoint.pt", summary["run_id"], m.cfg.trainer.checkpoint_every)
+                   for m, summary in zip(members, summaries)]
+    results: list[TrainResult | None] = [None] * s
+    total_steps = 0
 
-    def on_eval(row: dict) -> None:
+    def on_eval(i: int, row: dict) -> None:
         if cfg.trainer.log_progress:
-            (log if console_progress else epoch_log).info(_format_row(row))
-        summary["progress"] = {"step": row["step"], "total_steps": total_steps, "epoch": row["epoch"],
-                               "test_acc": row["test_acc"], "test_loss": row["test_loss"],
-                               "train_loss": row["train_loss"]}
-        records.write_json(run_dir / records.SUMMARY, summary)  # what progress displays read
+            line = _format_row(row) if s == 1 else f"seed {seeds[i]}: {_format_row(row)}"
+            (log if console_progress else epoch_log).info(line)
+        summaries[i]["progress"] = {"step": row["step"], "total_steps": total_steps, "epoch": row["epoch"],
+                                    "test_acc": row["test_acc"], "test_loss": row["test_loss"],
+                                    "train_loss": row["train_loss"]}
+        records.write_json(members[i].folder / records.SUMMARY, summaries[i])  # what progress displays read
 
-    history: list[dict] = []
-    diagnostics_rows: list[dict] = []  # diagnostics.enabled: rows of diagnostics.csv
     try:
         validate(cfg)
+        reason = why_not_stackable(cfg) if s > 1 else None
+        if reason is not None:
+            raise NotStackable(reason)
         device = job_device(cfg.trainer.device, gpu_slots_dir, cfg.trainer.jobs_per_gpu)
-        summary["device"] = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
-        if device.type == "cpu":
-            summary["threads"] = set_threads(cfg.trainer.threads, cpu_threads)
-        seed_everything(cfg.seed)
+        device_name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+        threads = set_threads(cfg.trainer.threads, cpu_threads) if device.type == "cpu" else None
+        seed_everything(seeds[0])
         data = load_dataset(cfg, device)
-        model = build_model(cfg, data.in_shape, data.num_outputs).to(device)
-        summary["n_params"] = count_parameters(model)
+        models = [build_model(m.cfg, data.in_shape, data.num_outputs).to(device) for m in members]
+        for summary in summaries:
+            summary.update(device=device_name, n_params=count_parameters(models[0]))
+            if threads is not None:
+                summary["threads"] = threads
         total_steps = steps_plan(len(data.train_y), cfg.trainer)[1]
-        result = train(model, data, cfg, device, on_eval=on_eval, checkpoint=checkpoint)
-        if result.resumed_from_step:
-            summary["resumed_from_step"] = result.resumed_from_step
-            log.info("resumed from the checkpoint at step %d", result.resumed_from_step)
-        history = result.history
-        diagnostics_rows = result.diagnostics
-        summary["status"] = result.status
-        checkpoint.remove()
+        results = train_copies(models, seeds, data, cfg, device, on_eval=on_eval, checkpoints=checkpoints)
+        for summary, result, checkpoint in zip(summaries, results, checkpoints):
+            if result.resumed_from_step:
+                summary["resumed_from_step"] = result.resumed_from_step
+            summary["status"] = result.status
+            checkpoint.remove()
+        if results[0].resumed_from_step:
+            log.info("resumed from the checkpoint%s at step %d", "s" if s > 1 else "", results[0].resumed_from_step)
+    except NotStackable as err:
+        log.info("seeds %s not stacked: %s; training them one by one", ",".join(map(str, seeds)), err)
+        return [_train_group([m], choices, console_progress, cpu_threads, gpu_slots_dir)[0] for m in members]
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM, in training (Interrupted) or before it
-        summary.update(status="interrupted", error=interrupts.describe(err))
-        records.write_json(run_dir / records.SUMMARY, summary)
+        for m, summary in zip(members, summaries):
+            summary.update(status="interrupted", error=interrupts.describe(err))
+            records.write_json(m.folder / records.SUMMARY, summary)
         raise
     except USER_ERRORS as err:
-        summary.update(status="failed", error=str(err))
+        for summary in summaries:
+            summary.update(status="failed", error=str(err))
     except Exception as err:  # a bug or an environment problem: keep the traceback next to the record
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-        records.write_text(run_dir / "error.txt", traceback.format_exc())
-    _finish(run_dir, summary, history, diagnostics_rows, started)
-    return summary
+        for m, summary in zip(members, summaries):
+            summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+            records.write_text(m.folder / "error.txt", traceback.format_exc())
+    for m, summary, result in zip(members, summaries, results):
+        _finish(m.folder, summary, result.history if result else [], result.diagnostics if result else [], started)
+    return summaries
 
 
 def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str],
@@ -218,140 +272,44 @@ def _outcome(history: list[dict]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- stacked seeds
 
-def sibling_dir(run_dir: Path, own_seed: int, seed: int) -> Path | None:
-    """The folder of the run that differs from ``run_dir``'s only by its seed: Hydra names run
-    folders by their overrides (``...,seed=0,...``), so it is the same name with the seed
-    swapped; None when the name does not hold the seed exactly once (a custom hydra.sweep.subdir)."""
-    pattern = re.compile(rf"(^|,)seed={own_seed}(?=,|$)")
-    if len(pattern.findall(run_dir.name)) != 1:
-        return None
-    return run_dir.parent / pattern.sub(lambda m: f"{m.group(1)}seed={seed}", run_dir.name)
-
-
-def run_stacked(cfg: DictConfig, run_dir: Path, seeds: list[int], overrides: list[str],
+def run_stacked(cfg: DictConfig, sweep_dir: Path, planned: list[dict[str, Any]], overrides: list[str],
                 choices: Mapping[str, Any] | None = None, cpu_threads: int | None = None,
-                gpu_slots_dir: Path | None = None) -> dict[str, Any]:
-    """A sweep job with ``trainer.stack_seeds=true``: train this job's run together with the runs
-    of the same cell for the sweep's other ``seeds`` (bnbench/stacking.py), writing each seed's
-    record into its own folder exactly as its own job would. Seeds that are finished, or locked
-    by another process, are left alone; their own jobs find their records and skip. Returns this
-    job's own summary."""
-    own_seed = int(cfg.seed)
-    reason = why_not_stackable(cfg)
-    dirs = {seed: sibling_dir(run_dir, own_seed, seed) for seed in seeds}
-    if reason is None and (own_seed not in seeds or any(d is None for d in dirs.values())):
-        reason = "the run folder names do not show the seed (hydra.sweep.subdir)"
-    if reason is not None:
-        log.info("seeds not stacked: %s", reason)
-        return run_experiment(cfg, run_dir, overrides=overrides, choices=choices, console_progress=False,
-                              cpu_threads=cpu_threads, gpu_slots_dir=gpu_slots_dir)
-    # The jobs of one stack start together on parallel workers: the first to take the stack's
-    # lock trains it, the others return at once (rather than racing for its seeds one by one
-    # and splitting the stack).
-    stack_handle = _lock(dirs[seeds[0]], ".stack.lock")
-    if stack_handle is None:
-        log.info("skipped: another job trains the stack of seeds %s", ",".join(map(str, seeds)))
-        return {"status": "running", "skipped": True, "run_id": records.run_identity(cfg)}
-    handles: dict[int, IO] = {}
-    own: dict[str, Any] | None = None
-    cells: list[tuple[int, DictConfig, Path, list[str]]] = []
+                gpu_slots_dir: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """A sweep job that trains the runs the sweep planned for it (bnbench/planning.py: seeds of
+    one cell, this job's own first) as one stack, writing each seed's record, and the Hydra files
+    its own job would have written, into that seed's folder. Runs finished since the plan, or
+    locked by another process (a second sweep command on the same folder), are left alone
+    (their summaries are marked skipped). Returns each run's folder and summary, in plan order."""
+    handles: list[IO] = []
+    outcomes: dict[Path, dict[str, Any]] = {}
+    todo: list[Member] = []
     try:
-        for seed in [own_seed, *(s for s in seeds if s != own_seed)]:
+        for entry in planned:
+            seed, folder = int(entry["seed"]), sweep_dir / entry["folder"]
             seed_cfg = copy.deepcopy(cfg)
             seed_cfg.seed = seed
-            folder = dirs[seed]
             handle = _lock(folder)
-            if handle is None:  # another process trains it right now
-                if seed == own_seed:
-                    own = {"status": "running", "skipped": True, "run_id": records.run_identity(seed_cfg)}
+            if handle is None:
+                log.info("skipped: another process is running %s right now", folder.name)
+                outcomes[folder] = {"status": "running", "skipped": True, "run_id": records.run_identity(seed_cfg)}
                 continue
-            previous = records.read_summary(folder)
-            if previous is not None and previous.get("run_id") == records.run_identity(seed_cfg) \
-                    and previous.get("status") in records.FINISHED:
+            finished = _finished(seed_cfg, folder)
+            if finished is not None:
                 handle.close()
-                if seed == own_seed:
-                    log.info("skipped: already %s (%s)", previous["status"], folder.name)
-                    own = {**previous, "skipped": True}
+                outcomes[folder] = finished
                 continue
-            handles[seed] = handle
-            seed_overrides = [f"seed={seed}" if o.startswith("seed=") else o for o in overrides]
-            if seed != own_seed:  # what the seed's own Hydra job writes into its folder
+            handles.append(handle)
+            outcomes[folder] = {}
+            if seed != int(cfg.seed):  # what the seed's own Hydra job writes into its folder
                 (folder / ".hydra").mkdir(parents=True, exist_ok=True)
                 OmegaConf.save(seed_cfg, folder / ".hydra" / "config.yaml")
-                OmegaConf.save(OmegaConf.create(seed_overrides), folder / ".hydra" / "overrides.yaml")
-            cells.append((seed, seed_cfg, folder, seed_overrides))
-        if len(cells) == 1:  # nothing to stack it with: an ordinary run (with checkpoints), lock held here
-            seed, seed_cfg, folder, seed_overrides = cells[0]
-            summary = _run(seed_cfg, folder, overrides=seed_overrides, choices=choices, console_progress=False,
-                           cpu_threads=cpu_threads, gpu_slots_dir=gpu_slots_dir)
-            own = summary if seed == own_seed else own
-        elif cells:
-            summaries = _train_stacked_cell(cfg, cells, choices, cpu_threads, gpu_slots_dir)
-            own = summaries.get(own_seed, own)
-        return own if own is not None else {"status": "running", "skipped": True}
+                OmegaConf.save(OmegaConf.create(list(entry["overrides"])), folder / ".hydra" / "overrides.yaml")
+            todo.append(Member(seed_cfg, folder, list(entry["overrides"])))
+        if todo:
+            for member, summary in zip(todo, _train_group(todo, choices, False, cpu_threads, gpu_slots_dir)):
+                outcomes[member.folder] = summary
+        return list(outcomes.items())
     finally:
         release_gpu_slot()
-        for handle in [*handles.values(), stack_handle]:
+        for handle in handles:
             handle.close()
-
-
-def _train_stacked_cell(cfg: DictConfig, cells: list[tuple[int, DictConfig, Path, list[str]]],
-                        choices: Mapping[str, Any] | None, cpu_threads: int | None,
-                        gpu_slots_dir: Path | None) -> dict[int, dict[str, Any]]:
-    started = time.perf_counter()
-    seeds = [seed for seed, *_ in cells]
-    summaries: dict[int, dict[str, Any]] = {}
-    for seed, seed_cfg, folder, seed_overrides in cells:
-        summaries[seed] = _start_summary(seed_cfg, folder, records.run_identity(seed_cfg), seed_overrides, choices,
-                                         stack_size=len(seeds))
-        summaries[seed]["stacked_seeds"] = seeds
-    histories: dict[int, list[dict]] = {seed: [] for seed in seeds}
-    total_steps = 0
-
-    def on_eval(i: int, row: dict) -> None:
-        seed, _, folder, _ = cells[i]
-        if cfg.trainer.log_progress:
-            epoch_log.info("seed %d: %s", seed, _format_row(row))
-        summaries[seed]["progress"] = {"step": row["step"], "total_steps": total_steps, "epoch": row["epoch"],
-                                       "test_acc": row["test_acc"], "test_loss": row["test_loss"],
-                                       "train_loss": row["train_loss"]}
-        records.write_json(folder / records.SUMMARY, summaries[seed])
-
-    def fail_all(**fields: Any) -> None:
-        for summary in summaries.values():
-            summary.update(**fields)
-
-    try:
-        validate(cfg)
-        device = job_device(cfg.trainer.device, gpu_slots_dir, cfg.trainer.jobs_per_gpu)
-        device_name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
-        threads = set_threads(cfg.trainer.threads, cpu_threads) if device.type == "cpu" else None
-        data = load_dataset(cfg, device)
-        models = []
-        for seed, seed_cfg, _, _ in cells:
-            seed_everything(seed)  # the initialization the seed's own run would get
-            models.append(build_model(seed_cfg, data.in_shape, data.num_outputs).to(device))
-            summaries[seed].update(device=device_name, n_params=count_parameters(models[-1]))
-            if threads is not None:
-                summaries[seed]["threads"] = threads
-        total_steps = steps_plan(len(data.train_y), cfg.trainer)[1]
-        results = train_stacked(models, seeds, data, cfg, device, on_eval=on_eval)
-        for seed, result in zip(seeds, results):
-            histories[seed] = result.history
-            summaries[seed]["status"] = result.status
-    except KeyboardInterrupt as err:
-        for seed, _, folder, _ in cells:
-            summaries[seed].update(status="interrupted", error=interrupts.describe(err))
-            records.write_json(folder / records.SUMMARY, summaries[seed])
-        raise
-    except USER_ERRORS as err:
-        fail_all(status="failed", error=str(err))
-    except Exception as err:
-        fail_all(status="failed", error=f"{type(err).__name__}: {err}")
-        for _, _, folder, _ in cells:
-            records.write_text(folder / "error.txt", traceback.format_exc())
-    for seed, _, folder, _ in cells:
-        if summaries[seed]["status"] in records.FINISHED:  # a checkpoint left by an earlier, unstacked attempt
-            (folder / "checkpoint.pt").unlink(missing_ok=True)
-        _finish(folder, summaries[seed], histories[seed], [], started)
-    return summaries

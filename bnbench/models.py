@@ -1,13 +1,15 @@
-"""Model builders: architecture x batch-norm placement x activation.
+"""Model builders: architecture x normalization (kind x placement) x activation.
 
 Every hidden layer is a small ``nn.Sequential`` block whose order *is* the placement:
 
     none:    Linear/Conv -> act
-    before:  Linear/Conv -> BN -> act        (Ioffe & Szegedy 2015: normalize the pre-activation)
-    after:   Linear/Conv -> act -> BN
+    before:  Linear/Conv -> norm -> act        (Ioffe & Szegedy 2015: normalize the pre-activation)
+    after:   Linear/Conv -> act -> norm
 
 so the layer order can be read off (and tested) directly, and diagnostics can hook the input
-of each activation module (the "input to the nonlinearity" of the 2015 paper, Fig. 1).
+of each activation module (the "input to the nonlinearity" of the 2015 paper, Fig. 1). The
+norm and the activation are constructor arguments chosen by name from one table each
+(:data:`NORMS`, :data:`ACTIVATIONS`), as timm's ``create_norm`` does.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from bnbench.errors import ConfigError
 
 # name -> torch.nn module class; a new activation is one entry here plus conf/activation/NAME.yaml
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -30,12 +34,82 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "selu": nn.SELU,
 }
 
-PLACEMENTS = ("none", "before", "after")
+PLACEMENTS = ("before", "after")
+
+
+def _group_norm(groups: int, channels: int, norm_cfg) -> nn.GroupNorm:
+    if channels % groups:
+        raise ConfigError(f"norm.groups={groups} does not divide a layer of {channels} channels: choose a "
+                          "number of groups that divides every layer's width")
+    return nn.GroupNorm(groups, channels, eps=norm_cfg.eps, affine=norm_cfg.affine)
+
+
+# norm.kind -> (channels, norm config, conv: whether it follows a convolution) -> module; a new
+# kind is one entry here, plus its stacked form in bnbench/stacking.py and conf/norm/ files.
+# Layer norm is GroupNorm with one group (Wu & He 2018's definition: every channel and position
+# of one sample); on an MLP's (batch, features) that is exactly nn.LayerNorm(features).
+NORMS: dict[str, Callable[[int, object, bool], nn.Module] | None] = {
+    "none": None,
+    "bn": lambda c, cfg, conv: (nn.BatchNorm2d if conv else nn.BatchNorm1d)(
+        c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine),
+    "ln": lambda c, cfg, conv: _group_norm(1, c, cfg),
+    "gn": lambda c, cfg, conv: _group_norm(cfg.groups, c, cfg),
+}
+
+
+def create_norm(norm_cfg, channels: int, conv: bool) -> nn.Module | None:
+    """The normalization layer ``norm_cfg`` asks for over ``channels``, or None (kind none)."""
+    make = NORMS[norm_cfg.kind]
+    return None if make is None else make(channels, norm_cfg, conv)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout whose masks come from its own stream (seed, place), not the global RNG: a
+    run's masks then depend only on its seed, whether it trains alone or stacked with other
+    seeds (bnbench/stacking.py draws each copy's mask from that copy's stream). The stream's
+    state is part of a run's checkpoint (:func:`dropout_states`)."""
+
+    def __init__(self, p: float, stream_seed: int):
+        super().__init__(p)
+        self.stream_seed = stream_seed
+        self.generator: torch.Generator | None = None
+
+    def rng(self, device: torch.device) -> torch.Generator:
+        if self.generator is None or self.generator.device.type != device.type:
+            self.generator = torch.Generator(device=device).manual_seed(self.stream_seed)
+        return self.generator
+
+    def masked(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout in training mode: zero each entry with probability p, scale the rest by 1/(1-p)."""
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.rng(x.device))
+        return x * keep / (1 - self.p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.masked(x) if self.training and self.p > 0 else x
+
+
+def dropout_states(model: nn.Module, device: torch.device) -> list[torch.Tensor]:
+    """The state of each Dropout stream of ``model`` (for a checkpoint)."""
+    return [m.rng(device).get_state() for m in model.modules() if isinstance(m, Dropout)]
+
+
+def set_dropout_states(model: nn.Module, device: torch.device, states) -> None:
+    layers = [m for m in model.modules() if isinstance(m, Dropout)]
+    if len(layers) != len(states):
+        raise ValueError(f"{len(states)} dropout streams saved, the model has {len(layers)}")
+    for layer, state in zip(layers, states):
+        layer.rng(device).set_state(state.cpu())
+
+
+def reset_dropout(model: nn.Module) -> None:
+    """Every Dropout stream of ``model`` back to its start."""
+    for layer in model.modules():
+        if isinstance(layer, Dropout):
+            layer.generator = None
 
 
 def _hidden_block(
     layer_cls: type[nn.Module],
-    bn_cls: type[nn.Module],
     in_dim: int,
     out_dim: int,
     norm_cfg,
@@ -43,20 +117,16 @@ def _hidden_block(
     dropout: nn.Module | None,
     **layer_kwargs,
 ) -> nn.Sequential:
-    placement = norm_cfg.placement
+    norm = create_norm(norm_cfg, out_dim, conv=layer_cls is not nn.Linear)
     # A bias right before BN is cancelled by the mean subtraction; BN's beta replaces it.
-    bias = not (placement == "before" and norm_cfg.drop_bias)
+    bias = not (norm is not None and norm_cfg.placement == "before" and norm_cfg.drop_bias)
     layer = layer_cls(in_dim, out_dim, bias=bias, **layer_kwargs)
-
-    def bn() -> nn.Module:
-        return bn_cls(out_dim, eps=norm_cfg.eps, momentum=norm_cfg.momentum, affine=norm_cfg.affine)
-
-    if placement == "before":
-        modules = [layer, bn(), make_act()]
-    elif placement == "after":
-        modules = [layer, make_act(), bn()]
-    else:
+    if norm is None:
         modules = [layer, make_act()]
+    elif norm_cfg.placement == "before":
+        modules = [layer, norm, make_act()]
+    else:
+        modules = [layer, make_act(), norm]
     if dropout is not None:
         modules.append(dropout)
     return nn.Sequential(*modules)
@@ -66,7 +136,7 @@ class MLP(nn.Module):
     """Fully connected net: `depth` hidden blocks of `width` units (or one block per entry of
     `widths`), then a linear output layer (classifier logits or regression outputs)."""
 
-    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, dropout: float):
+    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, make_dropout):
         super().__init__()
         in_features = math.prod(in_shape)
         hidden = list(model_cfg.widths) if getattr(model_cfg, "widths", None) else [model_cfg.width] * model_cfg.depth
@@ -75,9 +145,7 @@ class MLP(nn.Module):
         self.hidden = nn.Sequential(
             *[
                 _hidden_block(
-                    nn.Linear, nn.BatchNorm1d, widths[i], widths[i + 1], norm_cfg, make_act,
-                    nn.Dropout(dropout) if dropout > 0 else None,
-                )
+                    nn.Linear, widths[i], widths[i + 1], norm_cfg, make_act, make_dropout())
                 for i in range(len(hidden))
             ]
         )
@@ -96,11 +164,9 @@ class AlexNetStyle(nn.Module):
     classifier's input at no more than 3x3 per channel.
     """
 
-    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, dropout: float):
+    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, make_dropout):
         super().__init__()
         if len(in_shape) != 3:
-            from bnbench.config import ConfigError
-
             raise ConfigError(f"model=alexnet needs images (channels, height, width); this dataset has rows of "
                               f"{math.prod(in_shape)} features: use model=mlp")
         in_channels, height, width = in_shape
@@ -111,7 +177,7 @@ class AlexNetStyle(nn.Module):
         for i in range(5):
             kernel = first_kernel if i == 0 else 3
             blocks.append(
-                _hidden_block(nn.Conv2d, nn.BatchNorm2d, channels[i], channels[i + 1], norm_cfg, make_act, None,
+                _hidden_block(nn.Conv2d, channels[i], channels[i + 1], norm_cfg, make_act, None,
                               kernel_size=kernel, padding=kernel // 2)
             )
             if i in (0, 1, 4) and size >= 4:
@@ -122,10 +188,9 @@ class AlexNetStyle(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.flatten = nn.Flatten()
         fc_in = channels[-1] * pooled * pooled
-        make_dropout = (lambda: nn.Dropout(dropout)) if dropout > 0 else (lambda: None)
         self.hidden = nn.Sequential(
-            _hidden_block(nn.Linear, nn.BatchNorm1d, fc_in, model_cfg.fc_width, norm_cfg, make_act, make_dropout()),
-            _hidden_block(nn.Linear, nn.BatchNorm1d, model_cfg.fc_width, model_cfg.fc_width, norm_cfg, make_act,
+            _hidden_block(nn.Linear, fc_in, model_cfg.fc_width, norm_cfg, make_act, make_dropout()),
+            _hidden_block(nn.Linear, model_cfg.fc_width, model_cfg.fc_width, norm_cfg, make_act,
                           make_dropout()),
         )
         self.head = nn.Linear(model_cfg.fc_width, num_outputs)
@@ -137,8 +202,14 @@ class AlexNetStyle(nn.Module):
 MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "alexnet": AlexNetStyle}
 
 
-# The parts of a weight layer that draw random numbers, each from its own stream.
-_PARTS = ("weight", "bias")
+# The parts of a weight layer that draw random numbers, each from its own stream; dropout
+# layers draw their masks from streams of their own.
+_PARTS = ("weight", "bias", "dropout")
+
+
+def _stream_seed(seed: int, place: int, part: str) -> int:
+    words = np.random.SeedSequence([int(seed) & (2**64 - 1), place, _PARTS.index(part)]).generate_state(2)
+    return int(words[0]) << 32 | int(words[1])
 
 
 def _layer_generator(seed: int, place: int, part: str) -> torch.Generator:
@@ -149,8 +220,7 @@ def _layer_generator(seed: int, place: int, part: str) -> torch.Generator:
     dropped bias (norm.drop_bias) skips its draws and shifts every later layer. Here a layer's
     draws depend only on the seed and its place among the weight layers, so none, bn_before,
     bn_after and bn_before without biases start from identical Linear and Conv weights."""
-    words = np.random.SeedSequence([int(seed) & (2**64 - 1), place, _PARTS.index(part)]).generate_state(2)
-    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
+    return torch.Generator().manual_seed(_stream_seed(seed, place, part))
 
 
 @torch.no_grad()
@@ -176,15 +246,25 @@ def _init_weights(model: nn.Module, seed: int, init: str, std: float) -> None:
 
 
 def build_model(cfg, in_shape: Sequence[int], num_outputs: int) -> nn.Module:
-    """Build the model a run config describes; its initial weights depend on ``cfg.seed`` and
-    each layer's place only (:func:`_layer_generator`), not on the global RNG."""
+    """Build the model a run config describes; its initial weights and its dropout masks
+    depend on ``cfg.seed`` and each layer's place only (:func:`_layer_generator`), not on the
+    global RNG."""
     act_cls = ACTIVATIONS[cfg.activation.name]
     act_kwargs = dict(cfg.activation.kwargs or {})
 
     def make_act() -> nn.Module:
         return act_cls(**act_kwargs)
 
-    model = MODELS[cfg.model.name](in_shape, num_outputs, cfg.model, cfg.norm, make_act, cfg.trainer.dropout)
+    dropouts = 0
+
+    def make_dropout() -> Dropout | None:
+        nonlocal dropouts
+        if cfg.trainer.dropout <= 0:
+            return None
+        dropouts += 1  # the place of this dropout layer among the model's dropout layers
+        return Dropout(cfg.trainer.dropout, _stream_seed(cfg.seed, dropouts - 1, "dropout"))
+
+    model = MODELS[cfg.model.name](in_shape, num_outputs, cfg.model, cfg.norm, make_act, make_dropout)
     _init_weights(model, cfg.seed, cfg.model.init, cfg.model.init_std)
     return model
 

@@ -1,74 +1,44 @@
-"""Stacked seeds: the seeds of one sweep cell trained together as one grouped model.
+"""Copies of a model: the S seeds of one sweep cell trained together as one grouped model.
 
 Runs that differ only by seed run the same small operations; on their own they leave most of a
 core (or a GPU) waiting on per-operation overhead. Here S copies, each built exactly as its own
-run would build it (``torch.manual_seed(seed)`` then ``build_model``), become one model whose
-layers hold the S copies side by side:
+run builds it (``build_model`` with the copy's seed), become one model whose layers hold the S
+copies side by side:
 
-    Linear       weights (S, out, in), applied to (S, batch, in) with one batched matmul
+    Linear       weights (S, in, out), applied to (S, batch, in) with one batched matmul
     Conv2d       one conv with groups=S over S x channels: S independent convolutions
     BatchNorm    one BN over S x features: each copy's features are normalized over that
                  copy's batch only, with its own running statistics, as S separate BNs would
+    GroupNorm    (layer norm and group norm) one GroupNorm with S x groups over S x channels:
+                 the groups never straddle two copies, so each is normalized as its own was
+    Dropout      each copy's mask from that copy's own stream (bnbench.models.Dropout), so a
+                 seed's masks do not depend on which stack it is in
     activation, pooling   per element / per channel: shared as they are
 
 Each copy sees its own batches (the data order of its seed), its own loss, and so its own
-gradients; the optimizers are per-element, so every copy follows its separate run's
-trajectory up to float rounding (other kernels sum in another order), which the tests check.
-``scripts/bench_stacking.py`` measures the gain. Dropout (its random masks come from one
-global stream per run) and diagnostics (hooks on per-run modules) are not stacked: such runs
-train one by one.
+gradients; with a per-element optimizer every copy follows its separate run's trajectory up to
+float rounding (other kernels sum in another order), which the tests check in float64.
+
+Every grouped tensor keeps the name its copies have in the plain model (``hidden.0.0.weight``)
+and a layout (:func:`layout`), so a copy's state (weights, BN statistics, optimizer moments) is
+cut out of the stack and put back exactly: a stacked run writes each seed's checkpoint in the
+plain model's format, and any checkpoint resumes stacked or alone. An ordinary run is a
+:class:`SingleNet`, a stack of one that calls the plain model itself, so its numbers are those
+of the model alone.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from bnbench.data import TensorDataset, eval_batches
-from bnbench.models import ACTIVATIONS
-from bnbench.interrupts import Interrupted, deferred
-from bnbench.train import (TASKS, Task, TrainResult, make_optimizer, make_schedule, steps_plan, train_probe,
-                           use_channels_last)
+from bnbench.models import ACTIVATIONS, Dropout
 
 
-def why_not_stackable(cfg) -> str | None:
-    """None if runs of this config can be stacked, else the reason (for the log)."""
-    if cfg.trainer.dropout > 0:
-        return "dropout draws its masks from each run's own random stream"
-    if cfg.get("diagnostics") is not None and cfg.diagnostics.enabled:
-        return "diagnostics hook each run's own modules"
-    return None
-
-
-def seed_stacks(seeds: Sequence[int], cell: int, cells: int, workers: int, size: int | None = None) -> list[list[int]]:
-    """How the ``seeds`` of a sweep's cell number ``cell`` (of ``cells``, in launch order) split
-    into stacks, each trained by one job of one of ``workers`` parallel workers.
-
-    ``size`` caps a stack. Without it, cells run whole, a round of ``workers`` cells at a time,
-    and the cells of an incomplete last round are split so that its stacks occupy every worker:
-    3 cells of 5 seeds on 2 workers would take 2 rounds of 5 seed-runs with one worker idle in
-    the second; with the third cell as stacks of 3 and 2 they take 5 + 3. Whole cells make the
-    largest stacks, and larger stacks cost less per seed."""
-    seeds = list(seeds)
-    if size is not None:
-        parts = math.ceil(len(seeds) / size)
-    else:
-        last_round = cells % max(1, workers)  # cells left over after the full rounds
-        parts = math.ceil(workers / last_round) if last_round and cell >= cells - last_round else 1
-    stacks, start = [], 0
-    for stack_len in _split_sizes(len(seeds), min(parts, len(seeds))):
-        stacks.append(seeds[start:start + stack_len])
-        start += stack_len
-    return stacks
-
-
-def _split_sizes(n: int, parts: int) -> list[int]:
-    """n items in ``parts`` contiguous parts, the larger first: 5 in 2 -> [3, 2]."""
-    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+class NotStackable(Exception):
+    """These copies cannot train as one stack; the message says why (for the log)."""
 
 
 # ------------------------------------------------------------------------------- grouped layers
@@ -91,9 +61,27 @@ class GroupedLinear(nn.Module):
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
 
-def _grouped_batchnorm(bns: Sequence[nn.modules.batchnorm._BatchNorm]) -> nn.modules.batchnorm._BatchNorm:
+class _Rows:
+    """A norm of S copies applied to (S, B, C) as one norm over the S*C features of (B, S*C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, b, c = x.shape
+        return super().forward(x.transpose(0, 1).reshape(b, s * c)).view(b, s, c).transpose(0, 1)
+
+
+class RowsBatchNorm(_Rows, nn.BatchNorm1d):
+    pass
+
+
+class RowsGroupNorm(_Rows, nn.GroupNorm):
+    pass
+
+
+def _grouped_batchnorm(bns: Sequence[nn.modules.batchnorm._BatchNorm],
+                       cls: type[nn.Module] | None = None) -> nn.modules.batchnorm._BatchNorm:
     first = bns[0]
-    grouped = type(first)(first.num_features * len(bns), eps=first.eps, momentum=first.momentum, affine=first.affine)
+    grouped = (cls or type(first))(first.num_features * len(bns), eps=first.eps, momentum=first.momentum,
+                                   affine=first.affine, track_running_stats=first.track_running_stats)
     with torch.no_grad():
         for name, tensor in [*grouped.named_parameters(), *grouped.named_buffers()]:
             if name == "num_batches_tracked":
@@ -103,16 +91,14 @@ def _grouped_batchnorm(bns: Sequence[nn.modules.batchnorm._BatchNorm]) -> nn.mod
     return grouped
 
 
-class RowsBatchNorm(nn.Module):
-    """BN of S copies on (S, B, C): one BatchNorm1d over the S*C features of (B, S*C)."""
-
-    def __init__(self, bns: Sequence[nn.BatchNorm1d]):
-        super().__init__()
-        self.bn = _grouped_batchnorm(bns)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, b, c = x.shape
-        return self.bn(x.transpose(0, 1).reshape(b, s * c)).view(b, s, c).transpose(0, 1)
+def _grouped_groupnorm(gns: Sequence[nn.GroupNorm], cls: type[nn.GroupNorm] = nn.GroupNorm) -> nn.GroupNorm:
+    first, s = gns[0], len(gns)
+    grouped = cls(first.num_groups * s, first.num_channels * s, eps=first.eps, affine=first.affine)
+    if first.affine:
+        with torch.no_grad():
+            grouped.weight.copy_(torch.cat([gn.weight for gn in gns]))
+            grouped.bias.copy_(torch.cat([gn.bias for gn in gns]))
+    return grouped
 
 
 def _grouped_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
@@ -126,10 +112,24 @@ def _grouped_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
     return grouped
 
 
+class StackedDropout(nn.Module):
+    """The Dropout layers of S copies on (S, B, ...): copy i's mask drawn from copy i's stream,
+    with the shape and in the order its own run draws it."""
+
+    def __init__(self, dropouts: Sequence[Dropout]):
+        super().__init__()
+        self.copies = list(dropouts)  # a plain list: their generators are the copies' own, not submodules
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        return torch.stack([d.masked(x[i]) for i, d in enumerate(self.copies)])
+
+
 def _shared(module: nn.Module) -> nn.Module:
     if isinstance(module, (*ACTIVATIONS.values(), nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
         return module
-    raise TypeError(f"cannot stack a {type(module).__name__} layer")
+    raise NotStackable(f"a {type(module).__name__} layer has no stacked form")
 
 
 def _grouped_sequential(blocks: Sequence[nn.Module], conv_layout: bool) -> nn.Sequential:
@@ -146,7 +146,13 @@ def _grouped_sequential(blocks: Sequence[nn.Module], conv_layout: bool) -> nn.Se
         elif isinstance(first, nn.BatchNorm2d):
             out.append(_grouped_batchnorm(parts))
         elif isinstance(first, nn.BatchNorm1d):
-            out.append(RowsBatchNorm(parts))
+            out.append(_grouped_batchnorm(parts, RowsBatchNorm))
+        elif isinstance(first, nn.GroupNorm):
+            out.append(_grouped_groupnorm(parts, nn.GroupNorm if conv_layout else RowsGroupNorm))
+        elif isinstance(first, Dropout):
+            if conv_layout:
+                raise NotStackable("dropout between convolutions has no stacked form")
+            out.append(StackedDropout(parts))
         else:
             out.append(_shared(first))
     return nn.Sequential(*out)
@@ -162,6 +168,9 @@ class StackedNet(nn.Module):
         super().__init__()
         self.copies = len(models)
         first = models[0]
+        if not (isinstance(getattr(first, "hidden", None), nn.Sequential) and isinstance(getattr(first, "head", None),
+                                                                                        nn.Linear)):
+            raise NotStackable(f"{type(first).__name__} is not built of hidden blocks and a linear head")
         self.features = _grouped_sequential([m.features for m in models], True) if hasattr(first, "features") else None
         self.hidden = _grouped_sequential([m.hidden for m in models], False)
         self.head = GroupedLinear([m.head for m in models])
@@ -176,111 +185,144 @@ class StackedNet(nn.Module):
         return self.head(self.hidden(x))
 
 
-# ------------------------------------------------------------------------------- training
+class SingleNet(nn.Module):
+    """An ordinary run as a stack of one: (1, B, ...) -> (1, B, outputs) through the plain model
+    itself, so it computes exactly what the model alone computes."""
 
-def _per_copy_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(S, B, ...) outputs and targets -> (S,) mean losses, each as its own run computes it."""
-    per_sample = task.loss(outputs.flatten(0, 1), targets.flatten(0, 1), reduction="none")
-    return per_sample.view(outputs.shape[0], -1).mean(dim=1)
+    copies = 1
 
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
 
-@torch.no_grad()
-def evaluate_stacked(net: StackedNet, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                     task: Task) -> tuple[list[float], list[float | None]]:
-    """Each copy's mean test loss and accuracy (None for regression), in eval mode."""
-    was_training = net.training
-    net.eval()
-    s = net.copies
-    loss_sum = torch.zeros(s, device=x.device)
-    correct = torch.zeros(s, device=x.device, dtype=torch.long)
-    for xb, yb in eval_batches(x, y, batch_size):
-        out = net(xb.unsqueeze(0).expand(s, *xb.shape))
-        targets = yb.unsqueeze(0).expand(s, *yb.shape)
-        loss_sum += _per_copy_loss(task, out, targets) * len(yb)
-        if task.hits is not None:
-            correct += task.hits(out, targets).sum(dim=1)
-    net.train(was_training)
-    n = len(y)
-    accs = [c / n for c in correct.tolist()] if task.hits is not None else [None] * s
-    return [v / n for v in loss_sum.tolist()], accs
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x[0]).unsqueeze(0)
 
 
-def train_stacked(models: Sequence[nn.Module], seeds: Sequence[int], data: TensorDataset, cfg, device: torch.device,
-                  on_eval: Callable[[int, dict], None] | None = None) -> list[TrainResult]:
-    """Train ``models`` (built for ``seeds``, from the same config but the seed) as one stacked
-    model, the loop of bnbench.train.train for each copy: each seed's own data order, its own
-    evaluation rows and its own divergence. ``on_eval(i, row)`` gets copy i's rows."""
-    trainer = cfg.trainer
-    net = use_channels_last(StackedNet(models).to(device), trainer)
-    s = len(models)
-    optimizer = make_optimizer(net, cfg.optimizer)
-    steps_per_epoch, total_steps, eval_every = steps_plan(len(data.train_y), trainer)
-    schedule = make_schedule(optimizer, trainer.lr_schedule, total_steps)
-    order_rngs = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-    n_train, batch_size = len(data.train_y), trainer.batch_size
-    task = TASKS[data.task]
-    probe_x, probe_y = train_probe(data)
+def stack(models: Sequence[nn.Module]) -> nn.Module:
+    """The network that trains ``models`` together: a SingleNet for one, a StackedNet for more
+    (NotStackable, with the reason, when they cannot be grouped)."""
+    return SingleNet(models[0]) if len(models) == 1 else StackedNet(models)
 
-    results = [TrainResult(status="completed") for _ in range(s)]
-    active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
-    loss_sum = torch.zeros(s, device=device)
-    correct = torch.zeros(s, device=device, dtype=torch.long)
-    seen, step, pos = 0, 0, 0
-    start = time.perf_counter()
-    net.train()
-    with deferred() as stop:
-        while step < total_steps:
-            orders = torch.stack([torch.randperm(n_train, generator=g, device=g.device) for g in order_rngs])
-            orders = orders.to(data.train_y.device)
-            while pos < steps_per_epoch and step < total_steps:
-                idx = orders[:, pos * batch_size:(pos + 1) * batch_size]  # (S, B): each copy's own batch
-                xb, yb = data.train_batch(idx)
-                outputs = net(xb)
-                losses = _per_copy_loss(task, outputs, yb)
-                # a diverged copy's NaN must not reach the sum (its gradient is cut, the others' unchanged)
-                total = torch.where(active, losses, torch.zeros_like(losses)).sum()
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                schedule.step()
-                loss_sum += losses.detach() * batch_size
-                if task.hits is not None:
-                    correct += task.hits(outputs.detach(), yb).sum(dim=1)
-                seen += batch_size
-                step += 1
-                pos += 1
-                if pos == steps_per_epoch:
-                    pos = 0
-                if step % eval_every == 0 or step == total_steps:
-                    running_losses, running_correct = (loss_sum / seen).tolist(), correct.tolist()
-                    train_losses, train_accs = evaluate_stacked(net, probe_x, probe_y, trainer.eval_batch_size, task)
-                    test_losses, test_accs = evaluate_stacked(net, data.test_x, data.test_y,
-                                                              trainer.eval_batch_size, task)
-                    wall = round(time.perf_counter() - start, 4)
-                    for i in range(s):
-                        if results[i].status != "completed":
-                            continue  # diverged earlier: its record ended there
-                        row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                               "train_loss_running": running_losses[i],
-                               "train_acc_running": running_correct[i] / seen if task.hits is not None else None,
-                               "train_loss": train_losses[i], "train_acc": train_accs[i],
-                               "test_loss": test_losses[i], "test_acc": test_accs[i],
-                               "lr": optimizer.param_groups[0]["lr"], "wall_s": wall}
-                        results[i].history.append(row)
-                        if on_eval is not None:
-                            on_eval(i, row)
-                        limit = trainer.diverge_above
-                        running = running_losses[i]
-                        if not math.isfinite(running) or (limit is not None and running > limit):
-                            results[i].status = "diverged"
-                            active[i] = False
-                    if not bool(active.any()):
-                        return results
-                    loss_sum.zero_()
-                    correct.zero_()
-                    seen = 0
-                if stop["signum"] is not None:  # stacked runs keep no checkpoint: they restart from step 0
-                    raise Interrupted(f"interrupted at step {step}", signum=stop["signum"], step=step)
-                if pos == 0:
-                    break  # new epoch: new permutations
-    return results
+
+# ------------------------------------------------------------------------------- states
+
+def layout(net: nn.Module, name: str) -> str:
+    """How the grouped tensor ``name`` of a StackedNet holds its copies' tensors of that name:
+    ``stack_t`` (stacked along a new dim 0, each transposed: GroupedLinear weights), ``stack``
+    (along a new dim 0), ``cat`` (concatenated along dim 0: conv, norm) or ``shared`` (one value
+    for all: BN's num_batches_tracked)."""
+    owner = net.get_submodule(name.rsplit(".", 1)[0]) if "." in name else net
+    leaf = name.rsplit(".", 1)[-1]
+    if isinstance(owner, GroupedLinear):
+        return "stack_t" if leaf == "weight" else "stack"
+    return "shared" if leaf == "num_batches_tracked" else "cat"
+
+
+def split(tensor: torch.Tensor, how: str, copies: int) -> list[torch.Tensor]:
+    """The copies' own tensors held in a grouped ``tensor`` laid out as ``how``."""
+    if how == "stack_t":
+        return [t.t() for t in tensor.unbind(0)]
+    if how == "stack":
+        return list(tensor.unbind(0))
+    if how == "shared":
+        return [tensor] * copies
+    return list(tensor.chunk(copies, 0))
+
+
+def join(tensors: Sequence[torch.Tensor], how: str) -> torch.Tensor:
+    """The grouped tensor of the copies' ``tensors`` (inverse of :func:`split`)."""
+    if how == "shared":
+        if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
+            raise NotStackable("the copies disagree on a value the stack shares (their checkpoints are at "
+                               "different steps)")
+        return tensors[0]
+    if how == "stack_t":
+        return torch.stack([t.t() for t in tensors]).contiguous()
+    if how == "stack":
+        return torch.stack(list(tensors))
+    return torch.cat(list(tensors))
+
+
+def write_back(net: nn.Module, models: Sequence[nn.Module]) -> None:
+    """Copy each copy's weights and buffers out of the stack into its plain model, so that
+    ``models[i].state_dict()`` is copy i's state in the plain model's format."""
+    if isinstance(net, SingleNet):
+        return  # it trains the plain model itself
+    with torch.no_grad():
+        for name, tensor in _tensors(net):
+            for model, part in zip(models, split(tensor, layout(net, name), len(models))):
+                _find(model, name).copy_(part)
+
+
+def _tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*module.named_parameters(), *module.named_buffers()]
+
+
+def _find(model: nn.Module, name: str) -> torch.Tensor:
+    owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    return getattr(owner, name.rsplit(".", 1)[-1])
+
+
+def optimizer_state_of_copy(net: nn.Module, optimizer: torch.optim.Optimizer, model: nn.Module, i: int) -> dict:
+    """Copy i's optimizer state in the format a plain optimizer over ``model.parameters()``
+    has: per-parameter state cut out of the grouped state like the parameter itself; step
+    counts shared. A SingleNet's optimizer state is the plain one already."""
+    state = optimizer.state_dict()
+    if isinstance(net, SingleNet):
+        return state
+    copies = net.copies
+    plain_index = {name: k for k, (name, _) in enumerate(model.named_parameters())}
+    names = [name for name, _ in net.named_parameters()]
+    out_state: dict[int, dict] = {}
+    for g, per_param in state["state"].items():
+        name = names[g]
+        how = layout(net, name)
+        out_state[plain_index[name]] = {
+            key: split(value, how, copies)[i].clone() if _per_element(value) else value
+            for key, value in per_param.items()}
+    groups = []
+    for group in state["param_groups"]:
+        groups.append({**group, "params": sorted(plain_index[names[g]] for g in group["params"])})
+    return {"state": out_state, "param_groups": groups}
+
+
+def optimizer_state_of_stack(net: nn.Module, optimizer: torch.optim.Optimizer, models: Sequence[nn.Module],
+                             states: Sequence[dict]) -> dict:
+    """The grouped optimizer state of copies whose plain states are ``states`` (inverse of
+    :func:`optimizer_state_of_copy`), for ``optimizer.load_state_dict``."""
+    if isinstance(net, SingleNet):
+        return states[0]
+    plain_index = {name: k for k, (name, _) in enumerate(models[0].named_parameters())}
+    fresh = optimizer.state_dict()
+    grouped_state: dict[int, dict] = {}
+    for g, (name, param) in enumerate(net.named_parameters()):
+        per_copy = [st["state"].get(plain_index[name]) for st in states]
+        if all(p is None for p in per_copy):
+            continue
+        if any(p is None or set(p) != set(per_copy[0]) for p in per_copy):
+            raise NotStackable("the copies' optimizer states differ in kind")
+        how = layout(net, name)
+        grouped_state[g] = {
+            key: join([p[key] for p in per_copy], how) if _per_element(per_copy[0][key])
+            else _same([p[key] for p in per_copy])
+            for key in per_copy[0]}
+    groups = []
+    for group, plain_group in zip(fresh["param_groups"], states[0]["param_groups"]):
+        groups.append({**plain_group, "params": group["params"]})
+    return {"state": grouped_state, "param_groups": groups}
+
+
+def _per_element(value) -> bool:
+    """Whether an optimizer state value is per element of its parameter (a moment, a momentum
+    buffer) rather than one value for the whole tensor (Adam's step count)."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0
+
+
+def _same(values: list):
+    first = values[0]
+    for other in values[1:]:
+        same = torch.equal(other, first) if isinstance(first, torch.Tensor) else other == first
+        if not same:
+            raise NotStackable("the copies' optimizer states are at different steps")
+    return first

@@ -1,8 +1,10 @@
-"""The training engine: one readable loop over data held on the device.
+"""The training engine: one readable loop (:func:`train_copies`) over data held on the device,
+for S >= 1 copies of a model; an ordinary run is a stack of one (:func:`train`).
 
 Metrics are accumulated on the device and read once per evaluation, so the step loop never
-waits on the host. A non-finite (or exploding) training loss ends the run with status ``diverged``: that is
-a result (the configuration cannot train at this learning rate), not a crash.
+waits on the host. A non-finite (or exploding) training loss ends the copy with status
+``diverged``: that is a result (the configuration cannot train at this learning rate), not a
+crash. Checkpoints, resume, dropout, divergence and Ctrl-C are written once, for every S.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,11 @@ from torch import nn
 
 from bnbench.data import TensorDataset, eval_batches
 from bnbench.diagnostics import Diagnostics
+from bnbench.errors import ConfigError
 from bnbench.interrupts import Interrupted, deferred
+from bnbench.models import dropout_states, reset_dropout, set_dropout_states
+from bnbench.stacking import (NotStackable, SingleNet, optimizer_state_of_copy, optimizer_state_of_stack, stack,
+                              write_back)
 
 # name -> constructor from (parameters, optimizer config); a new optimizer is one entry here
 # plus conf/optimizer/NAME.yaml.
@@ -99,7 +105,7 @@ class TrainResult:
 
 # What every checkpoint holds (snapshot() in train()); one without them cannot resume a run.
 CHECKPOINT_KEYS = {"model", "optimizer", "schedule", "torch_rng", "epoch_rng", "pos", "step", "loss_sum", "correct",
-                   "seen", "elapsed", "history"}
+                   "seen", "elapsed", "history", "dropout_rng"}
 
 
 class Checkpoint:
@@ -107,7 +113,7 @@ class Checkpoint:
 
     It holds everything the loop's future depends on: weights and buffers (BN running
     statistics), optimizer and schedule state, the data-order generator as it was at the start
-    of the current epoch plus the position in it, the global RNG (dropout), the metric
+    of the current epoch plus the position in it, the dropout streams, the metric
     accumulators and the history so far. Resuming therefore replays the same batches in the
     same order and reaches the same final metrics as an uninterrupted run.
     """
@@ -152,23 +158,12 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              task: Task = TASKS["classification"]) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None for regression) in eval mode (batch norm uses its running
-    statistics)."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for xb, yb in eval_batches(x, y, batch_size):
-        outputs = model(xb)
-        loss_sum += task.loss(outputs, yb) * len(yb)
-        if task.hits is not None:
-            correct += task.hits(outputs, yb).sum()
-    model.train(was_training)
-    n = len(y)
-    return loss_sum.item() / n, (correct.item() / n if task.hits is not None else None)
+    """Mean loss and accuracy (None for regression) of one model in eval mode (batch norm uses
+    its running statistics)."""
+    losses, accs = evaluate_copies(SingleNet(model), x, y, batch_size, task)
+    return losses[0], accs[0]
 
 
 def train_probe(data: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,8 +181,6 @@ def steps_plan(n_train: int, trainer_cfg) -> tuple[int, int, int]:
     """(steps per epoch, total steps, evaluate every N steps)."""
     steps_per_epoch = n_train // trainer_cfg.batch_size
     if steps_per_epoch == 0:
-        from bnbench.config import ConfigError
-
         raise ConfigError(
             f"trainer.batch_size={trainer_cfg.batch_size} is larger than the training set ({n_train} samples)"
         )
@@ -196,151 +189,222 @@ def steps_plan(n_train: int, trainer_cfg) -> tuple[int, int, int]:
     return steps_per_epoch, total, every
 
 
-def train(
-    model: nn.Module,
-    data: TensorDataset,
-    cfg,
-    device: torch.device,
-    on_eval: Callable[[dict], None] | None = None,
-    checkpoint: Checkpoint | None = None,
-) -> TrainResult:
-    """Train ``model`` on ``data`` as ``cfg`` says; the seed fixes the data order."""
+def copy_losses(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(S, B, ...) outputs and targets -> (S,) mean losses, each as its own run computes it
+    (a stack of one computes exactly the plain model's loss)."""
+    if outputs.shape[0] == 1:
+        return task.loss(outputs[0], targets[0]).unsqueeze(0)
+    per_sample = task.loss(outputs.flatten(0, 1), targets.flatten(0, 1), reduction="none")
+    return per_sample.view(outputs.shape[0], -1).mean(dim=1)
+
+
+@torch.no_grad()
+def evaluate_copies(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                    task: Task) -> tuple[list[float], list[float | None]]:
+    """Each copy's mean loss and accuracy (None for regression) on (x, y), in eval mode."""
+    was_training = net.training
+    net.eval()
+    s = net.copies
+    loss_sum = torch.zeros(s, device=x.device)
+    correct = torch.zeros(s, device=x.device, dtype=torch.long)
+    for xb, yb in eval_batches(x, y, batch_size):
+        outputs = net(xb.unsqueeze(0).expand(s, *xb.shape))
+        targets = yb.unsqueeze(0).expand(s, *yb.shape)
+        loss_sum += copy_losses(task, outputs, targets) * len(yb)
+        if task.hits is not None:
+            correct += task.hits(outputs, targets).sum(dim=1)
+    net.train(was_training)
+    n = len(y)
+    accs = [c / n for c in correct.tolist()] if task.hits is not None else [None] * s
+    return [v / n for v in loss_sum.tolist()], accs
+
+
+def _position(state: dict | None) -> tuple[int, int] | None:
+    return None if state is None else (int(state.get("step", -1)), int(state.get("pos", -1)))
+
+
+def train(model: nn.Module, data: TensorDataset, cfg, device: torch.device,
+          on_eval: Callable[[dict], None] | None = None, checkpoint: Checkpoint | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` as ``cfg`` says (an ordinary run: a stack of one)."""
+    forward = (lambda _, row: on_eval(row)) if on_eval is not None else None
+    return train_copies([model], [int(cfg.seed)], data, cfg, device, on_eval=forward, checkpoints=[checkpoint])[0]
+
+
+def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: TensorDataset, cfg, device: torch.device,
+                 on_eval: Callable[[int, dict], None] | None = None,
+                 checkpoints: Sequence[Checkpoint | None] | None = None) -> list[TrainResult]:
+    """Train S >= 1 copies of a model, built from the same config for ``seeds``, together: the
+    one training loop of bnbench. Each copy has its own data order (its seed's generator), its
+    own loss, evaluation rows, divergence and checkpoint (``checkpoints[i]``, in the plain
+    model's format); ``on_eval(i, row)`` gets copy i's rows. One copy trains the plain model
+    itself (bnbench.stacking.SingleNet); more train as one grouped model (StackedNet), which
+    raises NotStackable, before any step, when they cannot.
+
+    Metrics are accumulated on the device and read once per evaluation, so the step loop never
+    waits on the host. A copy whose running training loss is not finite (or above
+    ``trainer.diverge_above``) ends as ``diverged`` at that evaluation; the others go on."""
     trainer = cfg.trainer
-    use_channels_last(model, trainer)
-    optimizer = make_optimizer(model, cfg.optimizer)
+    s = len(models)
+    checkpoints = list(checkpoints or [None] * s)
     steps_per_epoch, total_steps, eval_every = steps_plan(len(data.train_y), trainer)
-    schedule = make_schedule(optimizer, trainer.lr_schedule, total_steps)
-    # Data order has its own generator so that model changes (which consume the global RNG
-    # differently at init) do not change which batches a seed sees.
-    order_rng = torch.Generator(device=device).manual_seed(cfg.seed)
     n_train, batch_size = len(data.train_y), trainer.batch_size
     task = TASKS[data.task]
-    probe_x, probe_y = train_probe(data)
+    results = [TrainResult(status="completed") for _ in range(s)]
 
-    result = TrainResult(status="completed")
-    diagnostics = Diagnostics.for_run(model, cfg, data)  # None when off: the loop then does nothing extra
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, step, pos, elapsed_before = 0, 0, 0, 0.0
-    epoch_rng = order_rng.get_state()  # generator state at the start of the current epoch
+    # Resume: every copy from its own checkpoint, all at one position (else they cannot stack).
+    states = [ck.load(device) if ck else None for ck in checkpoints]
+    if s > 1 and len({_position(st) for st in states}) > 1:
+        where = ", ".join(f"seed {seed}: {'step ' + str(_position(st)[0]) if st else 'no checkpoint'}"
+                          for seed, st in zip(seeds, states))
+        raise NotStackable(f"their checkpoints are at different steps ({where})")
+    resumed = states[0] is not None
+    fresh = copy.deepcopy(models[0].state_dict()) if resumed and s == 1 else None
 
-    state = checkpoint.load(device) if checkpoint else None
-    if state is not None:
-        fresh = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state()})
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            torch.set_rng_state(state["torch_rng"].cpu())
-            if device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-            epoch_rng, pos, step = state["epoch_rng"].cpu(), int(state["pos"]), int(state["step"])
+    def build() -> tuple[nn.Module, torch.optim.Optimizer, object]:
+        net = use_channels_last(stack(models).to(device), trainer)
+        optimizer = make_optimizer(net, cfg.optimizer)
+        return net, optimizer, make_schedule(optimizer, trainer.lr_schedule, total_steps)
+
+    try:
+        if resumed:
+            for model, state in zip(models, states):
+                model.load_state_dict(state["model"])
+                set_dropout_states(model, device, state["dropout_rng"])
+        net, optimizer, schedule = build()
+        if resumed:
+            optimizer.load_state_dict(optimizer_state_of_stack(net, optimizer, models, [st["optimizer"] for st in states]))
+            schedule.load_state_dict(states[0]["schedule"])
+            step, pos = _position(states[0])
             if not (0 <= pos < steps_per_epoch and 0 < step <= total_steps):
                 raise ValueError(f"its position (step {step}, batch {pos}) does not fit this run")
-            loss_sum.fill_(state["loss_sum"])
-            correct.fill_(state["correct"])
-            seen, elapsed_before = int(state["seen"]), float(state["elapsed"])
-            result.history = list(state["history"])
-            result.diagnostics = list(state.get("diagnostics", []))
-            result.resumed_from_step = step
-        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
-            # loadable but not this run's state (shapes, optimizer groups, fields): back to the
-            # fresh start, and the file goes aside so a rerun does not fail on it again
-            model.load_state_dict(fresh["model"])
-            optimizer.load_state_dict(fresh["optimizer"])
-            schedule.load_state_dict(fresh["schedule"])
-            torch.set_rng_state(fresh["torch_rng"])
-            epoch_rng, pos, step, seen, elapsed_before = order_rng.get_state(), 0, 0, 0, 0.0
-            loss_sum.zero_()
-            correct.zero_()
-            result.history, result.diagnostics = [], []
-            checkpoint.set_aside(f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+    except NotStackable:
+        raise
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
+        why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        if s > 1:  # each seed on its own then sets aside what does not fit it
+            raise NotStackable(f"a checkpoint does not fit the stack ({why})") from err
+        # loadable but not this run's state (shapes, optimizer groups, fields): back to the
+        # fresh start, and the file goes aside so a rerun does not fail on it again
+        models[0].load_state_dict(fresh)
+        reset_dropout(models[0])
+        checkpoints[0].set_aside(why)
+        states, resumed = [None], False
+        net, optimizer, schedule = build()
 
-    def snapshot() -> dict:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "epoch_rng": epoch_rng,
-            "pos": pos,
-            "step": step,
-            "loss_sum": loss_sum.item(),
-            "correct": int(correct.item()),
-            "seen": seen,
-            "elapsed": elapsed_before + time.perf_counter() - start,
-            "history": result.history,
-            "diagnostics": result.diagnostics,
-        }
+    # Data order has its own generator per copy, so that model changes (which draw their
+    # weights differently) do not change which batches a seed sees.
+    order_rngs = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+    epoch_rngs = [g.get_state() for g in order_rngs]  # each generator at the start of the current epoch
+    loss_sum = torch.zeros(s, device=device)
+    correct = torch.zeros(s, device=device, dtype=torch.long)
+    seen, step, pos, elapsed_before = 0, 0, 0, 0.0
+    if resumed:
+        torch.set_rng_state(states[0]["torch_rng"].cpu())
+        if device.type == "cuda" and states[0].get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(states[0]["cuda_rng"].cpu(), device)
+        epoch_rngs = [st["epoch_rng"].cpu() for st in states]
+        step, pos = _position(states[0])
+        for i, st in enumerate(states):
+            loss_sum[i] = st["loss_sum"]
+            correct[i] = st["correct"]
+            results[i].history = list(st["history"])
+            results[i].diagnostics = list(st.get("diagnostics", []))
+            results[i].resumed_from_step = step
+        seen, elapsed_before = int(states[0]["seen"]), float(states[0]["elapsed"])
+
+    probe_x, probe_y = train_probe(data)
+    # None when off, or stacked (bnbench.planning.why_not_stackable): the loop then does nothing extra
+    diagnostics = Diagnostics.for_run(models[0], cfg, data) if s == 1 else None
+    active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
+    every = next((ck.every for ck in checkpoints if ck is not None), 0)  # evaluations between checkpoints
+
+    def save_checkpoints() -> bool:
+        """Each running copy's state into its own checkpoint; whether any was written."""
+        live = [i for i in range(s) if checkpoints[i] is not None and results[i].status == "completed"]
+        if not live:
+            return False
+        write_back(net, models)
+        common = {"schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                  "pos": pos, "step": step, "seen": seen, "elapsed": elapsed_before + time.perf_counter() - start}
+        for i in live:
+            checkpoints[i].save({**common, "model": models[i].state_dict(),
+                                 "optimizer": optimizer_state_of_copy(net, optimizer, models[i], i),
+                                 "epoch_rng": epoch_rngs[i], "loss_sum": loss_sum[i].item(),
+                                 "correct": int(correct[i].item()), "history": results[i].history,
+                                 "diagnostics": results[i].diagnostics,
+                                 "dropout_rng": dropout_states(models[i], device)})
+        return True
 
     start = time.perf_counter()
-    model.train()
+    net.train()
     with deferred() as stop:
         while step < total_steps:
-            order_rng.set_state(epoch_rng)
-            order = torch.randperm(n_train, generator=order_rng, device=order_rng.device).to(data.train_y.device)
+            for g, state in zip(order_rngs, epoch_rngs):
+                g.set_state(state)
+            orders = torch.stack([torch.randperm(n_train, generator=g, device=g.device) for g in order_rngs])
+            orders = orders.to(data.train_y.device)
             # The last partial batch is dropped: a batch of one would break BN's statistics,
             # and every epoch reshuffles, so no sample is left out for long.
             while pos < steps_per_epoch and step < total_steps:
-                idx = order[pos * batch_size : (pos + 1) * batch_size]
+                idx = orders[:, pos * batch_size:(pos + 1) * batch_size]  # (S, B): each copy's own batch
                 xb, yb = data.train_batch(idx)
                 probing = diagnostics is not None and diagnostics.due(step + 1)
                 if probing:
                     diagnostics.arm()  # hooks for this forward pass only
-                outputs = model(xb)
-                loss = task.loss(outputs, yb)
+                outputs = net(xb)
+                losses = copy_losses(task, outputs, yb)
+                # a diverged copy's NaN must not reach the sum (its gradient is cut, the others' unchanged)
+                total = losses.sum() if s == 1 else torch.where(active, losses, torch.zeros_like(losses)).sum()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                total.backward()
                 if probing:
                     diagnostics.read_gradients()  # removes the hooks
                 optimizer.step()
                 schedule.step()
-                loss_sum += loss.detach() * len(yb)
+                loss_sum += losses.detach() * batch_size
                 if task.hits is not None:
-                    correct += task.hits(outputs.detach(), yb).sum()
-                seen += len(yb)
+                    correct += task.hits(outputs.detach(), yb).sum(dim=1)
+                seen += batch_size
                 step += 1
                 pos += 1
                 if probing:
-                    result.diagnostics += diagnostics.record(step, round(step / steps_per_epoch, 4), loss)
-                if pos == steps_per_epoch:  # the next epoch starts from the generator's state now
-                    pos, epoch_rng = 0, order_rng.get_state()
+                    results[0].diagnostics += diagnostics.record(step, round(step / steps_per_epoch, 4), losses[0])
+                if pos == steps_per_epoch:  # the next epoch starts from the generators' states now
+                    pos, epoch_rngs = 0, [g.get_state() for g in order_rngs]
                 if step % eval_every == 0 or step == total_steps:
-                    running_loss = loss_sum.item() / seen
-                    train_loss, train_acc = evaluate(model, probe_x, probe_y, trainer.eval_batch_size, task)
-                    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size, task)
-                    row = {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 4),
-                        "train_loss_running": running_loss,
-                        "train_acc_running": correct.item() / seen if task.hits is not None else None,
-                        "train_loss": train_loss,
-                        "train_acc": train_acc,
-                        "test_loss": test_loss,
-                        "test_acc": test_acc,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "wall_s": round(elapsed_before + time.perf_counter() - start, 4),
-                    }
-                    result.history.append(row)
-                    if on_eval is not None:
-                        on_eval(row)
-                    limit = trainer.diverge_above
-                    if not math.isfinite(running_loss) or (limit is not None and running_loss > limit):
-                        result.status = "diverged"
-                        return result
+                    running_losses, running_correct = [v / seen for v in loss_sum.tolist()], correct.tolist()
+                    train_losses, train_accs = evaluate_copies(net, probe_x, probe_y, trainer.eval_batch_size, task)
+                    test_losses, test_accs = evaluate_copies(net, data.test_x, data.test_y, trainer.eval_batch_size,
+                                                             task)
+                    wall = round(elapsed_before + time.perf_counter() - start, 4)
+                    for i in range(s):
+                        if results[i].status != "completed":
+                            continue  # diverged earlier: its record ended there
+                        row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                               "train_loss_running": running_losses[i],
+                               "train_acc_running": running_correct[i] / seen if task.hits is not None else None,
+                               "train_loss": train_losses[i], "train_acc": train_accs[i],
+                               "test_loss": test_losses[i], "test_acc": test_accs[i],
+                               "lr": optimizer.param_groups[0]["lr"], "wall_s": wall}
+                        results[i].history.append(row)
+                        if on_eval is not None:
+                            on_eval(i, row)
+                        limit = trainer.diverge_above
+                        if not math.isfinite(running_losses[i]) or (limit is not None and running_losses[i] > limit):
+                            results[i].status = "diverged"
+                            active[i] = False
+                    if not bool(active.any()):
+                        return results
                     loss_sum.zero_()
                     correct.zero_()
                     seen = 0
-                    if checkpoint and checkpoint.every and len(result.history) % checkpoint.every == 0 \
-                            and step < total_steps:
-                        checkpoint.save(snapshot())
+                    evals = len(next(r for r in results if r.status == "completed").history)
+                    if every and evals % every == 0 and step < total_steps:
+                        save_checkpoints()
                 if stop["signum"] is not None:
-                    if checkpoint:
-                        checkpoint.save(snapshot())
-                    raise Interrupted(f"interrupted at step {step}", signum=stop["signum"], step=step,
-                                      saved=checkpoint is not None)
+                    saved = save_checkpoints()
+                    raise Interrupted(f"interrupted at step {step}", signum=stop["signum"], step=step, saved=saved)
                 if pos == 0:
-                    break  # new epoch: new permutation
-    return result
+                    break  # new epoch: new permutations
+    return results

@@ -184,6 +184,17 @@ def test_diagnostics_do_not_change_training_and_remove_their_hooks():
     assert set(probed.diagnostics[0]) == set(records.DIAGNOSTICS_COLUMNS)
 
 
+@pytest.mark.parametrize("norm", ["ln_before", "gn_after"])
+def test_layer_and_group_norm_have_no_running_statistics_gap(norm):
+    _, result = train_until(make_cfg(f"norm={norm}", "trainer.steps=20", "trainer.eval_every=10",
+                                     "diagnostics.enabled=true", "diagnostics.every=10", *QUICK))
+    rows = result.diagnostics
+    assert rows and all(r["bn_mean_gap"] is None and r["bn_var_ratio"] is None for r in rows)
+    assert all(r["act_in_p50"] is not None for r in rows if r["name"] != "head")
+    # no batch statistics: train and eval mode compute the same outputs
+    assert all(r["acc_train_mode"] == r["acc_eval_mode"] for r in rows)
+
+
 def test_diagnostics_resume_exactly(tmp_path):
     cfg = make_cfg("norm=bn_before", "trainer.steps=60", "trainer.eval_every=10", "diagnostics.enabled=true",
                    "diagnostics.every=7", *QUICK)

@@ -17,8 +17,10 @@ import pytest
 import yaml
 from conftest import run_cli
 
+# 2 cells x 2 seeds: the sweeper plans 2 jobs, each training one cell's seeds as a stack
+# (trainer.stack_size=2 keeps the cells whole whatever the machine's core count).
 GRID = ["dataset=digits", "trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false",
-        "norm=none,bn_before", "seed=0"]
+        "norm=none,bn_before", "seed=0,1", "trainer.stack_size=2"]
 
 
 def has_module(name: str) -> bool:
@@ -46,6 +48,7 @@ def outcomes(sweep_dir: Path) -> dict[str, dict]:
     for path in sorted(sweep_dir.glob("*/summary.json")):
         summary = json.loads(path.read_text())
         assert summary["status"] == "completed", f"{path.parent.name}: {summary['error']}"
+        assert summary["stacked_seeds"] == [0, 1], "each cell's seeds trained as one planned stack"
         out[path.parent.name] = summary["final"]
     assert (sweep_dir / "results.csv").is_file(), "the SweepReport callback did not run"
     return out
@@ -60,7 +63,7 @@ def reference(tmp_path_factory) -> dict[str, dict]:
     """The sequential sweep every launcher is compared with."""
     tmp = tmp_path_factory.mktemp("basic")
     result = outcomes(sweep(tmp, "basic"))
-    assert len(result) == 2 and all(0 < r["test_acc"] <= 1 for r in result.values())
+    assert len(result) == 4 and all(0 < r["test_acc"] <= 1 for r in result.values())
     return result
 
 

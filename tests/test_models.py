@@ -10,7 +10,7 @@ from bnbench.models import ACTIVATIONS, build_model
 from bnbench.train import OPTIMIZERS, make_optimizer
 from conftest import make_cfg
 
-NORMS = ["none", "bn_before", "bn_after"]
+NORMS = ["none", "bn_before", "bn_after", "ln_before", "ln_after", "gn_before", "gn_after"]
 SHAPES = {"mlp": [(1, 8, 8)], "alexnet": [(1, 8, 8), (1, 28, 28), (3, 32, 32)]}
 
 
@@ -41,20 +41,55 @@ def test_builds_and_trains_one_step(model_name, norm, activation):
 @pytest.mark.parametrize("model_name", ["mlp", "alexnet"])
 def test_layer_order_follows_placement(model_name):
     act_cls = ACTIVATIONS["tanh"]
-    expected = {
-        "none": lambda layer: [layer, act_cls],
-        "bn_before": lambda layer: [layer, "bn", act_cls],
-        "bn_after": lambda layer: [layer, act_cls, "bn"],
-    }
+    expected = {"none": lambda layer: [layer, act_cls]}
+    for kind in ("bn", "ln", "gn"):
+        expected[f"{kind}_before"] = lambda layer, kind=kind: [layer, kind, act_cls]
+        expected[f"{kind}_after"] = lambda layer, kind=kind: [layer, act_cls, kind]
     for norm, pattern in expected.items():
         model = build_model(make_cfg(f"model={model_name}", f"norm={norm}", "activation=tanh"), (1, 28, 28), 10)
         blocks = _hidden_blocks(model)
         assert len(blocks) == (3 if model_name == "mlp" else 7)  # 3 hidden FC, or 5 conv + 2 FC
         for block in blocks:
             layer_type = type(block[0])
-            bn_type = nn.BatchNorm1d if layer_type is nn.Linear else nn.BatchNorm2d
-            want = [bn_type if p == "bn" else p for p in pattern(layer_type)]
+            norm_types = {"bn": nn.BatchNorm1d if layer_type is nn.Linear else nn.BatchNorm2d,
+                          "ln": nn.GroupNorm, "gn": nn.GroupNorm}
+            want = [norm_types.get(p, p) for p in pattern(layer_type)]
             assert [type(m) for m in block] == want, f"{norm}: {block}"
+            groups = [m.num_groups for m in block if isinstance(m, nn.GroupNorm)]
+            assert groups == {"ln": [1], "gn": [4]}.get(norm[:2], [])
+
+
+def test_layer_norm_is_pytorchs_layer_norm_on_features():
+    """ln on an MLP is GroupNorm with one group: exactly nn.LayerNorm over the features."""
+    model = build_model(make_cfg("norm=ln_before", "model.width=12"), (1, 8, 8), 10)
+    gn = model.hidden[0][1]
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-1, 1)
+    ln = nn.LayerNorm(12, eps=gn.eps)
+    ln.load_state_dict({"weight": gn.weight, "bias": gn.bias})
+    x = torch.randn(5, 12) * 3 + 1
+    torch.testing.assert_close(gn(x), ln(x))
+    assert torch.equal(gn(x[:1]), gn(x)[:1]), "no batch statistics: a sample's output does not depend on its batch"
+
+
+def test_group_norm_settings_and_bad_groups():
+    from bnbench.config import ConfigError, validate
+
+    model = build_model(make_cfg("norm=gn_after", "norm.groups=5", "norm.eps=1e-3", "model.width=20"), (1, 8, 8), 10)
+    gns = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(gns) == 3 and all(m.num_groups == 5 and m.eps == 1e-3 for m in gns)
+    with pytest.raises(ConfigError, match=r"norm.groups=3 does not divide a layer of 100 channels"):
+        build_model(make_cfg("norm=gn_before", "norm.groups=3"), (1, 8, 8), 10)
+    with pytest.raises(ConfigError, match="norm.drop_bias=true applies to batch norm only"):
+        validate(make_cfg("norm=ln_before", "norm.drop_bias=true"))
+    with pytest.raises(ConfigError, match="norm.placement=none is not a placement: no normalization is norm=none"):
+        validate(make_cfg("norm.placement=none"))
+    with pytest.raises(ConfigError, match="norm.kind='in' is not known; choose one of: bn, gn, ln, none"):
+        validate(make_cfg("norm.kind=in"))
+    with pytest.raises(ConfigError, match="norm.groups=0 must be at least 1"):
+        validate(make_cfg("norm=gn_before", "norm.groups=0"))
+    validate(make_cfg("norm=none", "norm.placement=sideways"))  # no norm: its placement is unused
 
 
 def test_mlp_shape_matches_2015_paper():
@@ -109,7 +144,8 @@ def test_mlp_widths_list_and_alexnet_needs_images():
 def test_every_placement_starts_from_the_same_weights_for_a_seed(model_name):
     """Pairing by seed: a layer's initial weights depend on the seed and its place only, not on
     which BN layers or biases the model has (a dropped bias must not shift later layers)."""
-    variants = [["norm=none"], ["norm=bn_before"], ["norm=bn_after"], ["norm=bn_before", "norm.drop_bias=true"]]
+    variants = [["norm=none"], ["norm=bn_before"], ["norm=bn_after"], ["norm=ln_before"], ["norm=gn_after"],
+                ["norm=bn_before", "norm.drop_bias=true"]]
     weights = []
     for overrides in variants:
         cfg = make_cfg(f"model={model_name}", *overrides, "model.channels=[8,8,8,8,8]", "model.fc_width=16", "seed=3")
@@ -123,7 +159,7 @@ def test_every_placement_starts_from_the_same_weights_for_a_seed(model_name):
         for (w, b), (w0, b0) in zip(other, reference):
             assert torch.equal(w, w0)
             assert b is None or torch.equal(b, b0)
-    assert any(b is None for _, b in weights[3])  # drop_bias really dropped some
+    assert any(b is None for _, b in weights[-1])  # drop_bias really dropped some
     other_seed = build_model(make_cfg(f"model={model_name}", "model.channels=[8,8,8,8,8]", "model.fc_width=16",
                                       "seed=4"), (1, 8, 8), 10)
     assert not torch.equal(next(other_seed.parameters()), reference[0][0])

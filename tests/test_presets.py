@@ -10,7 +10,7 @@ from torch import nn
 from bnbench import diagnostics_report
 from bnbench.config import compose_config, validate
 from bnbench.experiment import run_experiment
-from bnbench.models import build_model
+from bnbench.models import Dropout, build_model
 from conftest import write_mnist_family
 
 PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam",
@@ -75,7 +75,7 @@ def test_keras_mlp():
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("nesterov", 0.1, 0.9)
     assert (cfg.norm.momentum, cfg.norm.eps) == (0.01, 0.001)
     model = build_model(cfg, (1, 28, 28), 10)
-    assert _blocks(model) == [[nn.Linear, nn.BatchNorm1d, nn.Tanh, nn.Dropout]] * 2
+    assert _blocks(model) == [[nn.Linear, nn.BatchNorm1d, nn.Tanh, Dropout]] * 2
     assert model.hidden[0][0].out_features == 64 and model.hidden[0][3].p == 0.5
 
 

@@ -12,7 +12,9 @@ import torch
 from bnbench import report
 from bnbench.data import load_dataset
 from bnbench.models import build_model
-from bnbench.stacking import StackedNet, seed_stacks, train_stacked
+from bnbench.planning import seed_stacks
+from bnbench.stacking import StackedNet
+from bnbench.train import train_copies as train_stacked
 from bnbench.train import train
 from conftest import make_cfg, run_cli
 
@@ -77,6 +79,12 @@ def _double(data):
      "optimizer=adamw", "optimizer.lr=0.003", "trainer.steps=30", "trainer.eval_every=10"),
     ("dataset=friedman1", "model.widths=[18,18,4]", "optimizer=adam", "optimizer.lr=0.01", "dataset.train_size=600",
      "norm=bn_before"),
+    ("norm=ln_before", "optimizer=momentum", "optimizer.lr=0.05"),
+    ("norm=gn_after", "activation=sigmoid", "trainer.lr_schedule=cosine"),
+    ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=gn_before", "norm.groups=2",
+     "trainer.steps=30", "trainer.eval_every=10"),
+    ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=ln_after", "optimizer=adam",
+     "optimizer.lr=0.003", "trainer.steps=30", "trainer.eval_every=10"),
 ])
 def test_stacked_seeds_are_their_separate_runs(overrides, float64):
     cfg = make_cfg(*overrides, "trainer.epochs=2", "trainer.log_progress=false")
@@ -93,8 +101,9 @@ def test_stacked_seeds_in_float32_agree_within_rounding():
     _assert_same_runs(_separate(cfg, data, SEEDS), stacked, rel=1e-4)
 
 
-def test_stacked_model_holds_each_copy_unchanged():
-    cfg = make_cfg("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=bn_before")
+@pytest.mark.parametrize("norm", ["bn_before", "ln_after", "gn_before"])
+def test_stacked_model_holds_each_copy_unchanged(norm):
+    cfg = make_cfg("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", f"norm={norm}")
     models = [build_model(cfg, (1, 28, 28), 10) for _ in SEEDS]
     for m in models:
         m.eval()
@@ -125,9 +134,8 @@ def _records(folder):
 def test_sweep_with_stacked_seeds_writes_every_seed_record(tmp_path):
     common = ("norm=none,bn_before", "seed=0,1,2", "trainer.epochs=2", "trainer.threads=1",
               "trainer.log_progress=false")
-    plain = run_cli("run", "-m", *common, "sweep.name=plain", "--quiet", cwd=tmp_path)
-    stacked = run_cli("run", "-m", *common, "sweep.name=stacked", "trainer.stack_seeds=true", "--quiet",
-                      cwd=tmp_path)
+    plain = run_cli("run", "-m", *common, "sweep.name=plain", "trainer.stack_seeds=false", "--quiet", cwd=tmp_path)
+    stacked = run_cli("run", "-m", *common, "sweep.name=stacked", "--quiet", cwd=tmp_path)  # stacking is the default
     assert plain.returncode == 0 and stacked.returncode == 0, stacked.stderr[-2000:]
     a, b = _records(tmp_path / "results" / "plain"), _records(tmp_path / "results" / "stacked")
     assert sorted(a) == sorted(b) and len(b) == 6, "same run folders, one per seed"
@@ -140,7 +148,7 @@ def test_sweep_with_stacked_seeds_writes_every_seed_record(tmp_path):
         assert summary["final"]["test_loss"] == pytest.approx(a[name]["final"]["test_loss"], rel=2e-2)
         assert (tmp_path / "results" / "stacked" / name / ".hydra" / "overrides.yaml").is_file()
     assert "6 runs: 6 completed" in (tmp_path / "results" / "stacked" / "report.md").read_text()
-    again = run_cli("run", "-m", *common, "sweep.name=stacked", "trainer.stack_seeds=true", "--quiet", cwd=tmp_path)
+    again = run_cli("run", "-m", *common, "sweep.name=stacked", "--quiet", cwd=tmp_path)
     assert again.returncode == 0 and "6 runs were already complete and were skipped" in again.stdout
     assert _records(tmp_path / "results" / "stacked") == b, "a rerun redoes nothing"
     # one cell mixing stacked and unstacked records: the report says so and names the cell
@@ -164,8 +172,8 @@ def test_runs_with_diagnostics_are_not_stacked(tmp_path):
 
 
 def test_parallel_workers_share_cells_without_training_a_seed_twice(tmp_path):
-    """Two joblib workers race for the seeds of each cell: every seed is trained by exactly one
-    stack (the locks decide), and every record is complete."""
+    """Two joblib workers: the sweep's plan gives every seed to exactly one stack, and every
+    record is complete."""
     result = run_cli("run", "-m", "norm=none,bn_before", "seed=0,1,2", "trainer.epochs=2", "trainer.log_progress=false",
                      "hydra/launcher=parallel", "trainer.stack_seeds=true", "sweep.name=p", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -193,6 +201,55 @@ def test_a_seed_left_alone_trains_as_an_ordinary_run(tmp_path):
     assert all(after[name] == r for name, r in before.items()), "finished seeds are not retrained"
 
 
+def test_the_plan_is_made_before_launch_and_each_job_trains_one_stack(tmp_path):
+    result = run_cli("run", "-m", "norm=none,bn_before", "seed=0,1,2", "trainer.epochs=1", "trainer.threads=1",
+                     "trainer.log_progress=false", "sweep.name=p", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "6 runs as 2 jobs: seeds stacked 3 3" in result.stderr + result.stdout
+    (plan_file,) = (tmp_path / "results" / "p" / ".plans").glob("*.json")
+    jobs = json.loads(plan_file.read_text())["jobs"]
+    assert [[m["seed"] for m in job["members"]] for job in jobs] == [[0, 1, 2], [0, 1, 2]]
+    assert {m["folder"] for job in jobs for m in job["members"]} == set(_records(tmp_path / "results" / "p"))
+    # every seed has its own Hydra snapshot, written by its own job or by its stack's
+    for folder in _records(tmp_path / "results" / "p"):
+        overrides = (tmp_path / "results" / "p" / folder / ".hydra" / "overrides.yaml").read_text()
+        assert f"seed={folder.split('seed=')[1][0]}" in overrides
+
+
+def test_folders_named_by_job_number_cannot_be_planned_and_train_one_by_one(tmp_path):
+    result = run_cli("run", "-m", "norm=none", "seed=0,1", "trainer.epochs=1", "trainer.threads=1",
+                     "trainer.log_progress=false", "sweep.name=n", "hydra.sweep.subdir=${hydra.job.num}", "--quiet",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = _records(tmp_path / "results" / "n")
+    assert sorted(records) == ["0", "1"] and all("stacked_seeds" not in r for r in records.values())
+
+
+def test_what_cannot_stack_says_why():
+    from bnbench.planning import why_not_stackable
+
+    cfg = make_cfg()
+    assert why_not_stackable(cfg) is None
+    assert why_not_stackable(make_cfg("trainer.stack_seeds=false")) == "trainer.stack_seeds=false"
+    assert "diagnostics" in why_not_stackable(make_cfg("diagnostics.enabled=true"))
+    cfg.optimizer.name = "lars"  # a per-tensor optimizer (not in bnbench's table)
+    assert why_not_stackable(cfg) == "optimizer lars is not per-element: stacked copies would share its statistics"
+
+
+def test_a_model_without_a_stacked_form_is_not_stackable():
+    from bnbench.stacking import NotStackable
+
+    odd = [torch.nn.Sequential(torch.nn.Linear(4, 2)) for _ in range(2)]
+    with pytest.raises(NotStackable, match="Sequential is not built of hidden blocks and a linear head"):
+        StackedNet(odd)
+    cfg = make_cfg("model.width=8")
+    models = [build_model(cfg, (4,), 2) for _ in range(2)]
+    for m in models:
+        m.hidden[0][1] = torch.nn.InstanceNorm1d(8)
+    with pytest.raises(NotStackable, match="a InstanceNorm1d layer has no stacked form"):
+        StackedNet(models)
+
+
 def test_seed_stacks_keep_every_worker_busy_to_the_end():
     five = [0, 1, 2, 3, 4]
     # 3 cells of 5 seeds on 2 workers: two whole cells, then the third as stacks of 3 + 2
@@ -216,3 +273,115 @@ def test_stack_size_splits_a_cell(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     stacks = {name.split("seed=")[1][0]: r.get("stacked_seeds") for name, r in _records(tmp_path / "results" / "s").items()}
     assert stacks == {"0": [0, 1], "1": [0, 1], "2": None}, "seeds 0 and 1 stacked, seed 2 an ordinary run"
+
+
+# ------------------------------------------------------------------ one engine: stacks have it all
+
+def test_dropout_masks_are_the_seeds_own_in_a_stack(float64):
+    """Each copy draws its masks from its own stream: a stack with dropout is its separate runs."""
+    cfg = make_cfg("norm=bn_before", "trainer.dropout=0.3", "trainer.epochs=2", "trainer.log_progress=false")
+    data = _double(load_dataset(cfg, CPU))
+    stacked = train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU)
+    _assert_same_runs(_separate(cfg, data, SEEDS), stacked, rel=1e-9)
+    # and a seed's masks do not depend on its stack-mates
+    pair = train_stacked(_models(cfg, data, [2, 0]), [2, 0], data, cfg, CPU)
+    _assert_same_runs([stacked[2].history, stacked[0].history], pair, rel=1e-9)
+
+
+def _checkpoints(folder, seeds):
+    from bnbench.train import Checkpoint
+
+    return [Checkpoint(folder / f"seed{seed}.pt", run_id=f"r{seed}", every=1) for seed in seeds]
+
+
+class _Cut(Exception):
+    pass
+
+
+def _cut_after(evals):
+    seen = []
+
+    def on_eval(i, row):
+        seen.append(row)
+        if len(seen) == evals:
+            raise _Cut
+
+    return on_eval
+
+
+@pytest.mark.parametrize("overrides", [
+    ("norm=bn_before", "optimizer=adam", "optimizer.lr=0.003", "trainer.dropout=0.2", "trainer.lr_schedule=cosine"),
+    ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=gn_before", "norm.groups=2",
+     "optimizer=momentum", "optimizer.lr=0.05", "trainer.dropout=0.2"),
+])
+def test_a_stack_resumes_each_copy_from_its_own_checkpoint(tmp_path, float64, overrides):
+    """A stack cut off mid-way writes each copy's checkpoint in the plain model's format; the
+    stack resumes from them, and so does each seed alone: all equal the uninterrupted runs."""
+    cfg = make_cfg(*overrides, "trainer.steps=60", "trainer.eval_every=10", "trainer.log_progress=false")
+    data = _double(load_dataset(cfg, CPU))
+    reference = _separate(cfg, data, SEEDS)
+    checkpoints = _checkpoints(tmp_path, SEEDS)
+    with pytest.raises(_Cut):  # cut at the 3rd evaluation of the stack's first copy ...
+        train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU, on_eval=_cut_after(7),
+                      checkpoints=checkpoints)
+    saved = [torch.load(ck.path, weights_only=True) for ck in checkpoints]
+    assert {st["step"] for st in saved} == {20}, "each copy saved at the last evaluation before the cut"
+    plain_keys = set(build_model(cfg, data.in_shape, data.num_outputs).state_dict())
+    assert all(set(st["model"]) == plain_keys for st in saved), "a plain model's checkpoint"
+    for seed in SEEDS:
+        shutil.copy(tmp_path / f"seed{seed}.pt", tmp_path / f"alone{seed}.pt")
+    resumed = train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU, checkpoints=checkpoints)
+    assert [r.resumed_from_step for r in resumed] == [20, 20, 20]
+    _assert_same_runs(reference, resumed, rel=1e-9)
+    for i, seed in enumerate(SEEDS):  # the stack's checkpoint of one seed resumes it on its own
+        from bnbench.train import Checkpoint
+
+        seed_cfg = cfg.copy()
+        seed_cfg.seed = seed
+        (alone,) = train_stacked(_models(cfg, data, [seed]), [seed], data, seed_cfg, CPU,
+                                 checkpoints=[Checkpoint(tmp_path / f"alone{seed}.pt", run_id=f"r{seed}", every=1)])
+        assert alone.resumed_from_step == 20
+        _assert_same_runs([reference[i]], [alone], rel=1e-9)
+
+
+def test_checkpoints_at_different_steps_do_not_stack(tmp_path):
+    from bnbench.stacking import NotStackable
+
+    cfg = make_cfg("norm=bn_before", "trainer.steps=40", "trainer.eval_every=10", "trainer.log_progress=false")
+    data = load_dataset(cfg, CPU)
+    checkpoints = _checkpoints(tmp_path, [0, 1])
+    with pytest.raises(_Cut):
+        train_stacked(_models(cfg, data, [0]), [0], data, cfg, CPU, on_eval=_cut_after(3), checkpoints=checkpoints[:1])
+    with pytest.raises(NotStackable, match=r"checkpoints are at different steps \(seed 0: step 20, seed 1: no "):
+        train_stacked(_models(cfg, data, [0, 1]), [0, 1], data, cfg, CPU, checkpoints=checkpoints)
+
+
+def test_a_killed_stacked_sweep_resumes_every_seed_from_its_checkpoint(tmp_path):
+    import os
+    import signal
+    import time
+
+    from test_resume import _start_sweep, _summaries, _wait_for
+
+    args = ("norm=bn_before,gn_before", "seed=0,1,2", "sweep.name=k", "trainer.epochs=20", "trainer.threads=1",
+            "dataset.train_size=600", "trainer.stack_seeds=true")
+    sweep = tmp_path / "results" / "k"
+    proc = _start_sweep(tmp_path, *args)
+    try:  # the first cell's stack has checkpointed every seed
+        _wait_for(lambda: len(list(sweep.glob("*/checkpoint.pt"))) == 3)
+        time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    steps = {p.parent.name: torch.load(p, weights_only=True)["step"] for p in sweep.glob("*/checkpoint.pt")}
+    assert len(steps) == 3
+    rerun = run_cli("run", "-m", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = _summaries(sweep)
+    assert len(after) == 6 and {s["status"] for s in after.values()} == {"completed"}
+    for name, step in steps.items():
+        assert after[name]["resumed_from_step"] == step, name
+        # killed between two of the stack's checkpoint writes, its seeds are at different steps:
+        # they then resume one by one (said in the log), otherwise as the same stack
+        assert after[name]["stack_size"] == (3 if len(set(steps.values())) == 1 else 1)
+    assert not list(sweep.glob("*/checkpoint.pt"))

@@ -1,0 +1,137 @@
+"""Sweep planning, before any job starts: which runs train together as one stack.
+
+The sweeper (hydra_plugins/bnbench_sweeper) expands the grid into runs exactly as Hydra's basic
+sweeper does, composes each run's config once (as Hydra's own validation of a batch does), and
+hands the runs to :func:`plan`. The runs of a cell (runs that differ only by ``seed``) become
+stacks (:func:`seed_stacks`); each stack is one launched job, which trains its seeds as one
+grouped model (bnbench/stacking.py) and writes each seed's record into that seed's own folder.
+The plan is saved in the sweep folder (``.plans/ID.json``) and each job is told its entry
+(``sweep.plan=ID sweep.stack=K``): jobs never rediscover their sweep. Torch-free: it runs in
+the launching process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig
+
+from bnbench import records
+
+PLANS = ".plans"
+
+# Optimizers whose update of each entry of a parameter depends on that entry's own gradients
+# only: on a grouped tensor of stacked copies each copy then gets its separate run's update.
+# One that is not (LARS, LAMB: per-tensor norms; L-BFGS: one step for all parameters) is left
+# out of this set, and its runs train one by one.
+PER_ELEMENT_OPTIMIZERS = frozenset({"sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"})
+
+
+def why_not_stackable(cfg: DictConfig) -> str | None:
+    """None if the seeds of this config can train as one stack, else the reason (for the log)."""
+    if not cfg.trainer.stack_seeds:
+        return "trainer.stack_seeds=false"
+    if cfg.optimizer.name not in PER_ELEMENT_OPTIMIZERS:
+        return f"optimizer {cfg.optimizer.name} is not per-element: stacked copies would share its statistics"
+    if cfg.get("diagnostics") is not None and cfg.diagnostics.enabled:
+        return "diagnostics hook each run's own modules"
+    return None
+
+
+@dataclass
+class Run:
+    """One run of the sweep, as its own job would be: overrides, seed, and folder (relative to
+    the sweep folder)."""
+
+    overrides: list[str]
+    seed: int | None
+    folder: str
+    finished: bool = False  # a finished record of this very run is on disk already
+    stack_size: int | None = None  # trainer.stack_size
+    blocker: str | None = None  # why it cannot stack (why_not_stackable), or None
+
+
+@dataclass
+class Job:
+    """What one launched job trains: the runs of ``members`` (one stack; one run when alone)."""
+
+    members: list[Run] = field(default_factory=list)
+
+    @property
+    def overrides(self) -> list[str]:
+        return self.members[0].overrides  # the first member's folder is the job's own
+
+
+def cell_key(overrides: Sequence[str]) -> tuple[str, ...]:
+    """What a run's cell is: its overrides without the seed."""
+    return tuple(o for o in overrides if records.parse_overrides([o]).keys() != {"seed"})
+
+
+def plan(runs: Sequence[Run], workers: int) -> list[Job]:
+    """The jobs that train ``runs``: unfinished runs of one cell that can stack become stacks
+    (:func:`seed_stacks`, sized to keep ``workers`` parallel workers busy), every other
+    unfinished run a job of its own, in the order of the runs. Finished runs get no job."""
+    cells: dict[tuple[str, ...], list[Run]] = {}
+    alone: list[Run] = []
+    for run in runs:
+        if run.finished:
+            continue
+        if run.seed is None or run.blocker is not None:
+            alone.append(run)
+        else:
+            cells.setdefault(cell_key(run.overrides), []).append(run)
+    jobs: list[tuple[int, Job]] = [(runs.index(run), Job([run])) for run in alone]
+    for number, members in enumerate(cells.values()):
+        by_seed = {run.seed: run for run in members}
+        for seeds in seed_stacks(list(by_seed), number, len(cells), workers, members[0].stack_size):
+            job = Job([by_seed[seed] for seed in seeds])
+            jobs.append((runs.index(job.members[0]), job))
+    return [job for _, job in sorted(jobs, key=lambda pair: pair[0])]
+
+
+def seed_stacks(seeds: Sequence[int], cell: int, cells: int, workers: int, size: int | None = None) -> list[list[int]]:
+    """How the ``seeds`` of cell number ``cell`` (of ``cells``, in launch order) split into
+    stacks, each trained by one job of one of ``workers`` parallel workers.
+
+    ``size`` caps a stack. Without it, cells run whole, a round of ``workers`` cells at a time,
+    and the cells of an incomplete last round are split so that its stacks occupy every worker:
+    3 cells of 5 seeds on 2 workers would take 2 rounds of 5 seed-runs with one worker idle in
+    the second; with the third cell as stacks of 3 and 2 they take 5 + 3. Whole cells make the
+    largest stacks, and larger stacks cost less per seed."""
+    seeds = list(seeds)
+    if size is not None:
+        parts = math.ceil(len(seeds) / size)
+    else:
+        last_round = cells % max(1, workers)  # cells left over after the full rounds
+        parts = math.ceil(workers / last_round) if last_round and cell >= cells - last_round else 1
+    stacks, start = [], 0
+    for stack_len in _split_sizes(len(seeds), min(parts, len(seeds))):
+        stacks.append(seeds[start:start + stack_len])
+        start += stack_len
+    return stacks
+
+
+def _split_sizes(n: int, parts: int) -> list[int]:
+    """n items in ``parts`` contiguous parts, the larger first: 5 in 2 -> [3, 2]."""
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+def save(sweep_dir: Path, jobs: Sequence[Job]) -> str:
+    """Write the plan into the sweep folder; returns its id (for ``sweep.plan``)."""
+    plan_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    (sweep_dir / PLANS).mkdir(parents=True, exist_ok=True)
+    records.write_json(sweep_dir / PLANS / f"{plan_id}.json",
+                       {"jobs": [{"members": [asdict(run) for run in job.members]} for job in jobs]})
+    return plan_id
+
+
+def members(sweep_dir: Path, plan_id: str, stack: int) -> list[dict[str, Any]]:
+    """The runs job ``stack`` of plan ``plan_id`` trains: [{seed, folder, overrides}, ...]."""
+    path = sweep_dir / PLANS / f"{plan_id}.json"
+    return json.loads(path.read_text())["jobs"][stack]["members"]

@@ -1,0 +1,116 @@
+"""bnbench's sweeper: Hydra's basic sweeper, with the seed stacks planned before launch.
+
+It lives in ``hydra_plugins`` because Hydra instantiates sweepers only from that package.
+bnbench.app also registers it by hand: under setuptools' default editable install Hydra 1.3
+does not find plugins there (hydra#3252).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from bnbench import planning, records
+from bnbench.devices import parallel_jobs
+
+log = logging.getLogger("bnbench")
+
+
+@dataclass
+class PlannedSweeperConf:
+    _target_: str = "hydra_plugins.bnbench_sweeper.PlannedSweeper"
+    max_batch_size: Optional[int] = None
+    params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="bnbench", node=PlannedSweeperConf, provider="bnbench")
+
+
+class PlannedSweeper(Sweeper):
+    """Expands the grid as the basic sweeper does (same runs, same order), then launches one
+    job per stack of seeds (bnbench.planning) instead of one per run.
+
+    Not a subclass of BasicSweeper: Hydra's plugin scan re-executes the module that defines it,
+    and a subclass of the class it replaced then fails in ``super()``."""
+
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
+        super().__init__()
+        self.max_batch_size = max_batch_size
+        self.params = dict(params or {})
+        self.hydra_context: Any = None
+        self.config: Optional[DictConfig] = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from hydra._internal.core_plugins import basic_sweeper  # looked up now: the plugin scan replaces it
+
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        # every run, in the basic sweeper's order
+        runs_overrides = basic_sweeper.BasicSweeper.split_arguments(overrides, None)[0]
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        runs = [self._run(run_overrides, number, sweep_dir) for number, run_overrides in enumerate(runs_overrides)]
+        jobs = planning.plan(runs, parallel_jobs(self.config.hydra.get("launcher")))
+        stacked = [job for job in jobs if len(job.members) > 1]
+        if stacked:
+            log.info("%d runs as %d jobs: seeds stacked %s", sum(len(job.members) for job in jobs), len(jobs),
+                     " ".join(str(len(job.members)) for job in jobs))
+        plan_id = planning.save(sweep_dir, jobs)
+        batch = [[*job.overrides, f"sweep.plan={plan_id}", f"sweep.stack={k}"] for k, job in enumerate(jobs)]
+        returns = []
+        initial_job_idx = 0
+        size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(1, len(batch))
+        for chunk in (batch[i:i + size] for i in range(0, len(batch), size)):
+            results = self.launcher.launch(chunk, initial_job_idx=initial_job_idx)
+            for result in results:
+                _ = result.return_value  # raises a job's exception, as the basic sweeper does
+            initial_job_idx += len(chunk)
+            returns.append(results)
+        return returns
+
+    def _run(self, overrides: List[str], number: int, sweep_dir: Path) -> planning.Run:
+        """A run as its own job would see it: composed (this is also Hydra's check that every
+        job's config composes), its folder resolved as the launcher resolves it."""
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        folders = set()
+        for num in (number, number + 1_000_003):  # a folder named by the job number cannot be planned
+            with open_dict(cfg):
+                cfg.hydra.job.id = num
+                cfg.hydra.job.num = num
+            folders.add(str(OmegaConf.select(cfg, "hydra.sweep.subdir")))
+        folder = str(OmegaConf.select(cfg, "hydra.sweep.subdir")) if len(folders) == 1 else ""
+        with open_dict(cfg):
+            cfg.hydra.job.num = number
+        seed = int(cfg.seed) if "seed" in records.parse_overrides(overrides) else None
+        blocker = planning.why_not_stackable(cfg) if folder else "hydra.sweep.subdir names run folders by job number"
+        previous = records.read_summary(sweep_dir / folder) if folder else None
+        finished = bool(previous and previous.get("status") in records.FINISHED
+                        and previous.get("run_id") == records.run_identity(_task_config(cfg)))
+        return planning.Run(list(overrides), seed, folder, finished, cfg.trainer.stack_size, blocker)
+
+
+def _task_config(cfg: DictConfig) -> DictConfig:
+    """The config the job's task function gets: without the hydra node (as hydra's run_job)."""
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
