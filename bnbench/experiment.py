@@ -188,7 +188,7 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
         for summary, result, checkpoint in zip(summaries, results, checkpoints):
             if result.resumed_from_step:
                 summary["resumed_from_step"] = result.resumed_from_step
-            summary["status"] = result.status
+            summary.update(status=result.status, first_step_s=result.first_step_s)
             checkpoint.remove()
         if results[0].resumed_from_step:
             log.info("resumed from the checkpoint%s at step %d", "s" if s > 1 else "", results[0].resumed_from_step)
@@ -226,12 +226,14 @@ def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[
         "params": records.parse_overrides(overrides),
         "overrides": overrides,
         "choices": {k: v for k, v in (choices or {}).items() if not str(k).startswith("hydra")},
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "versions": records.library_versions(),
         "stack_size": stack_size,
     }
+    if cfg.sweep.get("plan") is not None:  # the sweep job that trained it (bnbench/planning.py)
+        summary["job"] = f"{cfg.sweep.plan}/{cfg.sweep.stack}"
     records.write_json(run_dir / records.SUMMARY, summary)
     return summary
 
@@ -240,7 +242,7 @@ def _finish(run_dir: Path, summary: dict[str, Any], history: list[dict], diagnos
             started: float) -> None:
     summary.pop("progress", None)
     summary["wall_s"] = round(time.perf_counter() - started, 3)
-    summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     summary.update(_outcome(history))
     records.write_csv(run_dir / records.METRICS, history, records.METRIC_COLUMNS)
     if diagnostics_rows:  # bnbench/diagnostics.py; a stale file of an earlier run is removed

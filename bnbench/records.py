@@ -250,7 +250,7 @@ def sweep_info(argv: list[str]) -> dict[str, Any]:
     return {
         # the CLI passes the command as typed; sys.argv is what it handed to Hydra
         "command": os.environ.get("BNBENCH_COMMAND") or " ".join(shlex.quote(a) for a in argv),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "host": socket.gethostname(),
         "git": git_state(Path(__file__).resolve().parent),
     }

@@ -100,6 +100,9 @@ class TrainResult:
     status: str  # completed | diverged
     history: list[dict] = field(default_factory=list)
     resumed_from_step: int = 0
+    # seconds from the loop's start to the end of its first step (one-time costs: lazy imports,
+    # kernel selection, allocator warm-up); scripts/bench.py reports them apart from training
+    first_step_s: float | None = None
     diagnostics: list[dict] = field(default_factory=list)  # rows of diagnostics.csv (bnbench/diagnostics.py)
 
 
@@ -368,6 +371,10 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                 seen += batch_size
                 step += 1
                 pos += 1
+                if results[0].first_step_s is None:
+                    first_step_s = round(time.perf_counter() - start, 4)
+                    for result in results:
+                        result.first_step_s = first_step_s
                 if probing:
                     results[0].diagnostics += diagnostics.record(step, round(step / steps_per_epoch, 4), losses[0])
                 if pos == steps_per_epoch:  # the next epoch starts from the generators' states now

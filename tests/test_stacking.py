@@ -181,8 +181,8 @@ def test_parallel_workers_share_cells_without_training_a_seed_twice(tmp_path):
     assert len(records) == 6 and all(r["status"] == "completed" for r in records.values())
     for norm in ("none", "bn_before"):
         cell = [r for name, r in records.items() if f"norm={norm}," in name]
-        stacks = {(r["pid"], r["started_at"], tuple(r["stacked_seeds"])) for r in cell}
-        trained = sorted(seed for _, _, seeds in stacks for seed in seeds)
+        stacks = {(r["job"], tuple(r["stacked_seeds"])) for r in cell}
+        trained = sorted(seed for _, seeds in stacks for seed in seeds)
         assert trained == [0, 1, 2], f"each seed in exactly one stack: {stacks}"
 
 
