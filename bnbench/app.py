@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bnbench import interrupts, planning
+from bnbench import interrupts, planning, records
 from bnbench.config import config_dir, register_configs
 from bnbench.devices import cpu_share, parallel_jobs, uses_gpu_slots
 
@@ -42,16 +42,11 @@ class FailFast(RuntimeError):
     """A run failed and the sweep was started with --fail-fast."""
 
 
-# Summary of the last single (non-multirun) run in this process, for the CLI.
-last_run: dict[str, Any] | None = None
-
-
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def main(cfg: DictConfig) -> records.RunRecord:
     # Imported here, in the job: the launching process of a sweep never needs torch.
     from bnbench.experiment import run_experiment, run_stacked
 
-    global last_run
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # --fail-fast: launchers start a whole batch of jobs at once, so the first failure leaves a
@@ -80,7 +75,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     for folder, summary in outcomes:
         _say(summary, folder if multirun else run_dir, multirun)
     if not multirun:
-        last_run = outcomes[0][1]
+        records.note_outcome(run_dir=str(run_dir))  # the CLI reads the record there
     failed = [(folder, s) for folder, s in outcomes if s["status"] == "failed" and not s.get("skipped")]
     if failed and multirun and cfg.sweep.fail_fast:
         stop_marker.touch()
@@ -89,7 +84,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return outcomes[0][1]
 
 
-def _say(summary: dict[str, Any], run_dir: Path, multirun: bool) -> None:
+def _say(summary: records.RunRecord, run_dir: Path, multirun: bool) -> None:
     """One log line with a finished run's outcome (a single run's error is printed by the CLI)."""
     if summary.get("skipped"):
         return

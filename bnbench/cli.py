@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import List, Optional
@@ -19,6 +21,7 @@ from rich.table import Table
 
 from bnbench import __version__, interrupts
 from bnbench.config import config_dir
+from bnbench.errors import ConfigError
 
 app = typer.Typer(
     help="Ablation studies of batch normalization: placement x activation x optimizer x model, "
@@ -43,7 +46,16 @@ def _one_line(err: BaseException) -> str:
     """Hydra's messages span lines (e.g. the list of options); keep them on one."""
     lines = str(err).replace("\\'", "'").splitlines()  # Hydra escapes the quotes of its examples
     if isinstance(err.__cause__, OmegaConfBaseException):
-        lines.append(str(err.__cause__).splitlines()[0])
+        cause = str(err.__cause__).splitlines()[0]
+        other_option = re.fullmatch(r"Key '(\w+)' not in '(\w+)Config'", cause)
+        key = getattr(err.__cause__, "full_key", "") or ""
+        group = key.split(".")[0]
+        if other_option and group in ("model", "optimizer", "dataset") and lines[0].startswith("Could not override"):
+            # each option of these groups has its own schema (bnbench/config.py SCHEMAS); Hydra's
+            # advice to append the key with + would add one the code never reads
+            return (f"{key} is not a key of the chosen {group} option (its schema: {other_option[2]}Config in "
+                    f"bnbench/config.py): misspelt, or a key of another {group} option")
+        lines.append(cause)
     text, listing = "", False
     for raw in lines:
         line = raw.strip()
@@ -174,10 +186,13 @@ def run(
         key, _, value = item.lstrip("+").partition("=")
         if key == "sweep.name":
             _check_sweep_name(value)
+        if key in ("sweep.plan", "sweep.stack"):
+            fail(f"{key} is set by bnbench's sweeper for each job it launches (which seeds train together); "
+                 f"remove {item} from the command")
     _check_writable(_output_dir(overrides, multirun))
     interrupts.terminate_like_ctrl_c()
     from bnbench import app as hydra_app
-    from bnbench import sweep
+    from bnbench import records, sweep
 
     if fail_fast:
         overrides.append("sweep.fail_fast=true")
@@ -186,7 +201,9 @@ def run(
     os.environ["BNBENCH_COMMAND"] = " ".join(shlex.quote(a) for a in ["bnbench", *sys.argv[1:]])
     os.environ[interrupts.LAUNCHER_PID] = str(os.getpid())  # parallel workers exit when this process dies
     sys.argv = ["bnbench", *(["--multirun"] if multirun else []), *overrides]
-    hydra_app.last_run, sweep.last_sweep, sweep.last_planned, sweep.report_error = None, None, None, None
+    # where the run or sweep went: the job or the sweep callback writes it, the records say the rest
+    outcome_file = Path(tempfile.mkstemp(prefix="bnbench-outcome-", suffix=".json")[1])
+    os.environ[records.OUTCOME_ENV] = str(outcome_file)
     # Let Hydra's exceptions reach us, so each ends as one line here rather than a trace.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -197,6 +214,8 @@ def run(
         fail(f"stopped at the first failed run (--fail-fast): {err}")
     except (HydraException, OmegaConfBaseException) as err:
         fail(_one_line(err))
+    except ConfigError as err:  # raised in a job before its run started (e.g. a plan that is not there)
+        fail(str(err))
     except (RuntimeError, OSError) as err:
         if not _raised_in_launcher(err):
             raise  # a bug: its traceback is the useful part
@@ -205,18 +224,30 @@ def run(
              + (" (on a machine without Slurm use hydra/launcher=slurm_local or parallel)" if no_slurm else ""))
     finally:
         sweep.stop_monitor()  # the live view, if an error ended the sweep before its last callback
-    if multirun and sweep.last_planned == 0:
+        outcome = records.read_outcome(outcome_file)
+        outcome_file.unlink(missing_ok=True)
+        os.environ.pop(records.OUTCOME_ENV, None)
+    _exit_with_outcome(outcome, multirun)
+
+
+def _exit_with_outcome(outcome: dict, multirun: bool) -> None:
+    """Exit non-zero when the records of what just ran hold a failure (or no report was written)."""
+    from bnbench import records
+
+    if multirun and outcome.get("planned") == 0:
         fail("the sweep has no jobs: a swept key lists no values (e.g. seed=range(0,0)); give every swept key at "
              "least one value")
-    if multirun and sweep.report_error is not None:
-        fail(f"the runs are recorded, but the report failed: {sweep.report_error}")
-    if multirun:
-        tables = sweep.last_sweep
-        if tables is not None and len(tables.failed_runs):
-            fail(f"{len(tables.failed_runs)} of {len(tables.runs)} runs failed; first error: "
-                 f"{tables.failed_runs['error'].iloc[0]}")
-    elif hydra_app.last_run is not None and hydra_app.last_run["status"] == "failed":
-        fail(hydra_app.last_run["error"])
+    if multirun and outcome.get("report_error") is not None:
+        fail(f"the runs are recorded, but the report failed: {outcome['report_error']}")
+    if multirun and outcome.get("sweep_dir"):
+        folders = records.run_folders(Path(outcome["sweep_dir"]))
+        failed = [s for s in map(records.read_summary, folders) if s and s.get("status") == "failed"]
+        if failed:
+            fail(f"{len(failed)} of {len(folders)} runs failed; first error: {failed[0].get('error')}")
+    elif not multirun and outcome.get("run_dir"):
+        summary = records.read_summary(Path(outcome["run_dir"]))
+        if summary is not None and summary["status"] == "failed":
+            fail(summary.get("error") or "the run failed")
 
 
 @app.command()

@@ -16,25 +16,38 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnbench.errors import ConfigError  # noqa: F401  (re-exported: the historical place)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # mlp | alexnet
-    # MLP: `depth` hidden layers of `width` units (3x100 as in Ioffe & Szegedy 2015, sec. 4.1).
-    depth: int = 3
-    width: int = 100
-    # MLP hidden widths, one per layer (e.g. [18, 18, 4]); when set, depth and width are unused.
-    widths: Optional[List[int]] = None
-    # AlexNet-style CNN: five conv layers and two hidden FC layers before the classifier.
-    channels: List[int] = field(default_factory=lambda: [32, 64, 96, 96, 64])
-    fc_width: int = 256
+    """What every model option has. Each option (conf/model/NAME.yaml) names its own schema
+    below, so a key of another model (model.depth on alexnet) fails at composition."""
+
+    name: str = MISSING  # mlp | alexnet
     # Weight init: "default" (PyTorch's) or "gaussian" (N(0, init_std^2), biases zero).
     init: str = "default"
     init_std: float = 0.01
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    name: str = "mlp"
+    # `depth` hidden layers of `width` units (3x100 as in Ioffe & Szegedy 2015, sec. 4.1).
+    depth: int = 3
+    width: int = 100
+    # Hidden widths, one per layer (e.g. [18, 18, 4]); when set, depth and width are unused.
+    widths: Optional[List[int]] = None
+
+
+@dataclass
+class AlexNetConfig(ModelConfig):
+    name: str = "alexnet"
+    # Five conv layers and two hidden FC layers before the classifier.
+    channels: List[int] = field(default_factory=lambda: [32, 64, 96, 96, 64])
+    fc_width: int = 256
 
 
 @dataclass
@@ -69,18 +82,35 @@ class ActivationConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "sgd"  # sgd | momentum | nesterov | adam | adamw | rmsprop
+    """What every optimizer option has (plain SGD: nothing more); the others add their own
+    keys, so optimizer.momentum on adam fails at composition instead of being ignored."""
+
+    name: str = MISSING  # sgd | momentum | nesterov | adam | adamw | rmsprop
     lr: float = 0.1
     weight_decay: float = 0.0
-    momentum: float = 0.9  # used by momentum, nesterov and rmsprop
+
+
+@dataclass
+class MomentumConfig(OptimizerConfig):  # momentum, nesterov
+    momentum: float = 0.9
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):  # adam, adamw
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    alpha: float = 0.99  # rmsprop smoothing constant
+
+
+@dataclass
+class RMSpropConfig(OptimizerConfig):
+    alpha: float = 0.99  # smoothing constant
+    eps: float = 1e-8
+    momentum: float = 0.0
 
 
 @dataclass
 class DatasetConfig:
-    name: str = "digits"
+    name: str = MISSING
     # Where torchvision looks for (and downloads) files; BNBENCH_DATA overrides the default.
     root: str = "${oc.env:BNBENCH_DATA,data}"
     download: bool = True
@@ -90,9 +120,12 @@ class DatasetConfig:
     # Standardize inputs per channel (per feature for tabular data), and regression targets,
     # with the training set's mean and std.
     normalize: bool = True
-    # Synthetic datasets only (friedman1): input features and the std of the target noise.
-    features: int = 10
-    noise: float = 1.0
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):  # friedman1
+    features: int = 10  # input features (only the first 5 carry signal)
+    noise: float = 1.0  # std of the Gaussian noise added to the target
 
 
 @dataclass
@@ -122,7 +155,7 @@ class TrainerConfig:
     log_progress: bool = True
     # In a sweep over seeds, train the seeds of each cell together as one stacked model
     # (bnbench/stacking.py): same results up to float rounding, fewer, larger operations.
-    # Runs with diagnostics or an optimizer that is not per-element train one by one.
+    # Runs with an optimizer that is not per-element train one by one.
     stack_seeds: bool = True
     # Most seeds in one stack; null = split each cell's seeds into as few stacks as keep all
     # the parallel workers busy to the end (bnbench.planning.seed_stacks).
@@ -162,16 +195,27 @@ class DiagnosticsConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # model, optimizer, dataset: each option of the group names its schema (conf/model/mlp.yaml:
+    # /schema/model/mlp), following Hydra's structured_configs tutorial 5.1
+    model: ModelConfig = MISSING
     norm: NormConfig = field(default_factory=NormConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = MISSING
+    dataset: DatasetConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     seed: int = 0
     results_dir: str = "${oc.env:BNBENCH_RESULTS,results}"
+
+
+# One schema per option: conf/GROUP/OPTION.yaml starts with `defaults: [/schema/GROUP/NAME@_here_, _self_]`.
+SCHEMAS = [
+    ("model", "mlp", MLPConfig), ("model", "alexnet", AlexNetConfig),
+    ("optimizer", "sgd", OptimizerConfig), ("optimizer", "momentum", MomentumConfig),
+    ("optimizer", "adam", AdamConfig), ("optimizer", "rmsprop", RMSpropConfig),
+    ("dataset", "images", DatasetConfig), ("dataset", "synthetic", SyntheticConfig),
+]
 
 
 def register_configs() -> None:
@@ -181,7 +225,10 @@ def register_configs() -> None:
 
     from hydra_plugins.bnbench_sweeper import PlannedSweeper  # also stores its config (hydra/sweeper=bnbench)
 
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for group, name, node in SCHEMAS:
+        store.store(group=f"schema/{group}", name=name, node=node)
     Plugins.instance().register(PlannedSweeper)
 
 
@@ -241,8 +288,8 @@ def validate(cfg: DictConfig) -> None:
     at_least_one = {
         "trainer.batch_size": (cfg.trainer.batch_size, False),
         "trainer.eval_batch_size": (cfg.trainer.eval_batch_size, False),
-        "model.depth": (cfg.model.depth, False),
-        "model.width": (cfg.model.width, False),
+        "model.depth": (cfg.model.get("depth"), False),
+        "model.width": (cfg.model.get("width"), False),
         "trainer.eval_every": (cfg.trainer.eval_every, True),
         "trainer.jobs_per_gpu": (cfg.trainer.jobs_per_gpu, False),
         "trainer.stack_size": (cfg.trainer.stack_size, True),
@@ -250,7 +297,7 @@ def validate(cfg: DictConfig) -> None:
         "dataset.train_size": (cfg.dataset.train_size, True),
         "dataset.test_size": (cfg.dataset.test_size, True),
     }
-    for key, (value, nullable) in at_least_one.items():
+    for key, (value, nullable) in at_least_one.items():  # None also: a key this option does not have
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be at least 1" + (" (or null)" if nullable else ""))
     if cfg.trainer.steps is None and cfg.trainer.epochs < 1:
@@ -259,11 +306,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("trainer.steps must be at least 1")
     if not 0.0 <= cfg.trainer.dropout < 1.0:
         raise ConfigError(f"trainer.dropout={cfg.trainer.dropout} must be in [0, 1)")
-    if cfg.model.widths is not None and (not cfg.model.widths or min(cfg.model.widths) < 1):
-        raise ConfigError(f"model.widths={list(cfg.model.widths)} must list at least one width, each at least 1")
-    if cfg.dataset.noise < 0:
+    widths = cfg.model.get("widths")
+    if widths is not None and (not widths or min(widths) < 1):
+        raise ConfigError(f"model.widths={list(widths)} must list at least one width, each at least 1")
+    if cfg.dataset.get("noise", 0) < 0:
         raise ConfigError(f"dataset.noise={cfg.dataset.noise} must be 0 or more")
-    if len(cfg.model.channels) != 5:
+    if "channels" in cfg.model and len(cfg.model.channels) != 5:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
     _check_ranges(cfg)
     if cfg.trainer.checkpoint_every < 0:
@@ -271,6 +319,14 @@ def validate(cfg: DictConfig) -> None:
     if cfg.diagnostics.enabled and min(cfg.diagnostics.every, cfg.diagnostics.probe_batches) < 1:
         raise ConfigError(f"diagnostics.every={cfg.diagnostics.every} and diagnostics.probe_batches="
                           f"{cfg.diagnostics.probe_batches} must be at least 1")
+
+
+_ABSENT = object()
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    """The value at ``key``, or _ABSENT where this option's schema has no such key."""
+    return OmegaConf.select(cfg, key, default=_ABSENT)
 
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed and torch.Generator take a 64-bit seed
@@ -288,16 +344,18 @@ def _check_ranges(cfg: DictConfig) -> None:
         ("norm.eps", cfg.norm.eps, lambda v: v > 0, "must be greater than 0 (it keeps BN from dividing by zero)"),
         ("optimizer.lr", cfg.optimizer.lr, lambda v: v > 0, "must be positive"),
         ("optimizer.weight_decay", cfg.optimizer.weight_decay, lambda v: v >= 0, "must be 0 or more"),
-        ("optimizer.momentum", cfg.optimizer.momentum, half_open(0.0, 1.0), "must be in [0, 1)"),
-        ("optimizer.eps", cfg.optimizer.eps, lambda v: v > 0, "must be greater than 0"),
-        ("optimizer.alpha", cfg.optimizer.alpha, half_open(0.0, 1.0), "must be in [0, 1)"),
+        ("optimizer.momentum", _get(cfg, "optimizer.momentum"), half_open(0.0, 1.0), "must be in [0, 1)"),
+        ("optimizer.eps", _get(cfg, "optimizer.eps"), lambda v: v > 0, "must be greater than 0"),
+        ("optimizer.alpha", _get(cfg, "optimizer.alpha"), half_open(0.0, 1.0), "must be in [0, 1)"),
         ("model.init_std", cfg.model.init_std, lambda v: v > 0, "must be greater than 0"),
         ("trainer.diverge_above", cfg.trainer.diverge_above, lambda v: v is None or v > 0,
          "must be greater than 0 (or null: only NaN and inf count as diverged)"),
     ]
     for key, value, ok, rule in checks:
-        if not ok(value):
+        if value is not _ABSENT and not ok(value):
             raise ConfigError(f"{key}={value} {rule}")
+    if "betas" not in cfg.optimizer:
+        return
     betas = list(cfg.optimizer.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ConfigError(f"optimizer.betas={betas} must be two values in [0, 1), e.g. [0.9, 0.999]")

@@ -45,7 +45,9 @@ percentiles of the input to the nonlinearity show what they do to it. Hooks are
 registered only for the forward pass of a diagnostics step and removed after its backward
 pass, and every statistic stays on the device until one transfer per diagnostics step: with
 diagnostics off the training loop does no extra work at all. Diagnostics read the model and
-consume no random numbers, so a run's trajectory is the same with them on or off.
+consume no random numbers, so a run's trajectory is the same with them on or off. In a stack of
+seeds (bnbench/stacking.py) each copy's diagnostics step is replayed on the copy's plain model
+(bnbench.train._copy_diagnostics), so every seed's rows are those of its own run.
 
 bnbench/diagnostics_report.py reads the ``diagnostics.csv`` files of a sweep for the report
 (per cell and layer, and over training, per layer), without torch.
@@ -128,7 +130,7 @@ def _quantiles(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     flat = x.detach().reshape(-1).float()
     if flat.numel() > QUANTILE_MAX_ENTRIES:
         flat = flat[:: math.ceil(flat.numel() / QUANTILE_MAX_ENTRIES)]
-    return torch.quantile(flat, q.to(flat.device))
+    return torch.quantile(flat, q.to(device=flat.device, dtype=flat.dtype))
 
 
 def _channel_dims(x: torch.Tensor) -> list[int]:

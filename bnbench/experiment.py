@@ -67,7 +67,7 @@ def _lock(run_dir: Path, name: str = ".run.lock") -> IO | None:
     return handle
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> dict[str, Any]:
+def run_experiment(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> records.RunRecord:
     """:func:`_run` under a lock on the run folder, so two processes given the same run (two
     sweep commands racing on one sweep folder) never train it twice: the second skips it."""
     handle = _lock(run_dir)
@@ -89,7 +89,7 @@ def _run(
     console_progress: bool = True,
     cpu_threads: int | None = None,
     gpu_slots_dir: Path | None = None,
-) -> dict[str, Any]:
+) -> records.RunRecord:
     """Train the run ``cfg`` describes and write its record into ``run_dir``; return the summary.
 
     ``console_progress=False`` (sweeps) sends the per-evaluation lines to run.log only;
@@ -109,7 +109,7 @@ def _run(
                         gpu_slots_dir)[0]
 
 
-def _finished(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+def _finished(cfg: DictConfig, run_dir: Path) -> records.RunRecord | None:
     """The record in ``run_dir`` if it is a finished record of this very run (same identity
     hash), marked skipped; else None, saying in the log why an existing record is replaced."""
     run_id = records.run_identity(cfg)
@@ -139,7 +139,7 @@ class Member:
 
 
 def _train_group(members: list[Member], choices: Mapping[str, Any] | None, console_progress: bool,
-                 cpu_threads: int | None, gpu_slots_dir: Path | None) -> list[dict[str, Any]]:
+                 cpu_threads: int | None, gpu_slots_dir: Path | None) -> list[records.RunRecord]:
     """The one run lifecycle, for S >= 1 runs that differ only by seed, trained together
     (bnbench.train.train_copies): each gets its own record, checkpoint and outcome in its own
     folder. Whatever happens inside (a typo caught by validation, missing data files, a NaN
@@ -213,12 +213,12 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
 
 
 def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str],
-                   choices: Mapping[str, Any] | None, stack_size: int = 1) -> dict[str, Any]:
+                   choices: Mapping[str, Any] | None, stack_size: int = 1) -> records.RunRecord:
     """The record of a run that has started (status running), written to its folder.
     ``stack_size``: how many seeds trained together as one stacked model (1: on its own). In
     float32 a stacked run differs from its unstacked twin by rounding, so the report shows
     which way each run was trained and warns when one cell mixes the two."""
-    summary: dict[str, Any] = {
+    summary: records.RunRecord = {
         "run_id": run_id,
         "status": "running",
         "error": None,
@@ -238,7 +238,7 @@ def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[
     return summary
 
 
-def _finish(run_dir: Path, summary: dict[str, Any], history: list[dict], diagnostics_rows: list[dict],
+def _finish(run_dir: Path, summary: records.RunRecord, history: list[dict], diagnostics_rows: list[dict],
             started: float) -> None:
     summary.pop("progress", None)
     summary["wall_s"] = round(time.perf_counter() - started, 3)
@@ -276,14 +276,14 @@ def _outcome(history: list[dict]) -> dict[str, Any]:
 
 def run_stacked(cfg: DictConfig, sweep_dir: Path, planned: list[dict[str, Any]], overrides: list[str],
                 choices: Mapping[str, Any] | None = None, cpu_threads: int | None = None,
-                gpu_slots_dir: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
+                gpu_slots_dir: Path | None = None) -> list[tuple[Path, records.RunRecord]]:
     """A sweep job that trains the runs the sweep planned for it (bnbench/planning.py: seeds of
     one cell, this job's own first) as one stack, writing each seed's record, and the Hydra files
     its own job would have written, into that seed's folder. Runs finished since the plan, or
     locked by another process (a second sweep command on the same folder), are left alone
     (their summaries are marked skipped). Returns each run's folder and summary, in plan order."""
     handles: list[IO] = []
-    outcomes: dict[Path, dict[str, Any]] = {}
+    outcomes: dict[Path, records.RunRecord] = {}
     todo: list[Member] = []
     try:
         for entry in planned:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from bnbench import records
+from bnbench.errors import ConfigError
 
 PLANS = ".plans"
 
@@ -39,8 +40,6 @@ def why_not_stackable(cfg: DictConfig) -> str | None:
         return "trainer.stack_seeds=false"
     if cfg.optimizer.name not in PER_ELEMENT_OPTIMIZERS:
         return f"optimizer {cfg.optimizer.name} is not per-element: stacked copies would share its statistics"
-    if cfg.get("diagnostics") is not None and cfg.diagnostics.enabled:
-        return "diagnostics hook each run's own modules"
     return None
 
 
@@ -134,4 +133,8 @@ def save(sweep_dir: Path, jobs: Sequence[Job]) -> str:
 def members(sweep_dir: Path, plan_id: str, stack: int) -> list[dict[str, Any]]:
     """The runs job ``stack`` of plan ``plan_id`` trains: [{seed, folder, overrides}, ...]."""
     path = sweep_dir / PLANS / f"{plan_id}.json"
-    return json.loads(path.read_text())["jobs"][stack]["members"]
+    try:
+        return json.loads(path.read_text())["jobs"][stack]["members"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise ConfigError(f"sweep.plan={plan_id} sweep.stack={stack}: no such job in {path} ({type(err).__name__}); "
+                          "these keys are set by bnbench's sweeper, not by hand") from None

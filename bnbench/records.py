@@ -19,7 +19,7 @@ import platform
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping, Optional, TypedDict
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +42,77 @@ DIAGNOSTICS_COLUMNS = [
     "act_in_p15", "act_in_p50", "act_in_p85", "unit", "unit_p15", "unit_p50", "unit_p85", "saturated_frac",
     "dead_frac", "bn_mean_gap", "bn_var_ratio", "loss", "acc_train_mode", "acc_eval_mode",
 ]
+
+Status = Literal["running", "completed", "diverged", "failed", "interrupted"]
+
+
+class FinalMetrics(TypedDict, total=False):
+    """The model at the last evaluation (``train_*``: eval mode on the training probe;
+    ``*_running``: averages of the steps since the evaluation before, in train mode)."""
+
+    train_loss: float
+    train_acc: Optional[float]  # None for regression, as every *_acc
+    test_loss: float
+    test_acc: Optional[float]
+    train_loss_running: float
+    train_acc_running: Optional[float]
+
+
+class BestMetrics(TypedDict, total=False):
+    """The evaluation with the best test metric (selected on the test set: optimistic)."""
+
+    test_acc: Optional[float]
+    test_loss: float
+    step: int
+    epoch: float
+
+
+class Progress(TypedDict):
+    """While a run trains: its last evaluation, for the live view."""
+
+    step: int
+    total_steps: int
+    epoch: float
+    test_acc: Optional[float]
+    test_loss: float
+    train_loss: float
+
+
+class RunRecord(TypedDict, total=False):
+    """A run's ``summary.json``: every key bnbench writes (a test checks the file against this).
+
+    Written when the run starts (status running), at each evaluation (``progress``) and when it
+    ends (status, outcome, times). Older records may lack keys added later; readers use .get()."""
+
+    run_id: str  # run_identity(): equal id, same run
+    status: Status
+    error: Optional[str]  # why the run failed or was interrupted
+    seed: int
+    params: dict[str, str]  # the run's own overrides, key -> value
+    overrides: list[str]
+    choices: dict[str, Any]  # config group -> option (norm: bn_before, ...)
+    started_at: str  # ISO 8601, UTC, milliseconds
+    host: str
+    pid: int
+    versions: dict[str, str]
+    stack_size: int  # seeds trained together as one stacked model (1: on its own)
+    stacked_seeds: list[int]
+    job: str  # "PLAN/STACK": the planned sweep job that trained it (bnbench/planning.py)
+    device: str
+    n_params: int
+    threads: int
+    resumed_from_step: int
+    first_step_s: float  # seconds from the job's start to the end of its first optimizer step
+    progress: Progress
+    wall_s: float
+    finished_at: str
+    final: FinalMetrics
+    best: BestMetrics
+    steps: int
+    epochs: float
+    train_s: float  # training time, summed over resumed parts
+    skipped: bool  # in memory only: a finished run this job left alone (never written)
+
 
 # Config keys that do not change a run's result (paths, runtime and display settings): left out
 # of its identity hash and of the factors of a report. conf/config.yaml keeps them out of run
@@ -87,16 +158,42 @@ def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: list[str])
     _atomic_write(path, buffer.getvalue())
 
 
+# The CLI's outcome of one `bnbench run` command: where its run or sweep went (and, for a sweep,
+# how many jobs were planned and why no report was written). The CLI names a file in this
+# variable; the job (single run) or the sweep callback writes it; the CLI then reads the run
+# records themselves from the folder it names.
+OUTCOME_ENV = "BNBENCH_OUTCOME"
+
+
+def note_outcome(**fields: Any) -> None:
+    """Add ``fields`` to the outcome file the CLI asked for (no-op outside the CLI)."""
+    path = os.environ.get(OUTCOME_ENV)
+    if not path:
+        return
+    try:
+        known = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        known = {}
+    write_json(Path(path), {**known, **fields})
+
+
+def read_outcome(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def write_text(path: Path, text: str) -> None:
     _atomic_write(path, text)
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
+def read_summary(run_dir: Path) -> RunRecord | None:
     """The run's summary.json, or None when it is absent or unusable (:func:`load_summary` says why)."""
     return load_summary(run_dir)[0]
 
 
-def load_summary(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+def load_summary(run_dir: Path) -> tuple[RunRecord | None, str | None]:
     """(summary, None), (None, None) when there is no summary.json, or (None, why) when there
     is one that cannot be used: unreadable, not JSON (a torn or overwritten file), not a record."""
     path = run_dir / SUMMARY
@@ -111,6 +208,13 @@ def load_summary(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not isinstance(data, dict) or "status" not in data:
         return None, f"{SUMMARY} is corrupt (not a run record)"
     return data, None
+
+
+def run_folders(sweep_dir: Path) -> list[Path]:
+    """Every run folder of a sweep: those with a record, and those started without one yet."""
+    found = {p.parent for p in sweep_dir.rglob(SUMMARY)}
+    found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    return sorted(found)
 
 
 def metrics_problem(run_dir: Path) -> str | None:

@@ -89,12 +89,6 @@ class SweepTables:
 # ------------------------------------------------------------------ reading run records
 
 
-def _run_dirs(sweep_dir: Path) -> list[Path]:
-    found = {p.parent for p in sweep_dir.rglob(records.SUMMARY)}
-    found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
-    return sorted(found)
-
-
 def _row(run_dir: Path, sweep_dir: Path) -> dict:
     summary, problem = records.load_summary(run_dir)
     row: dict = {"run": str(run_dir.relative_to(sweep_dir)) or "."}
@@ -164,7 +158,7 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
     """
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir} is not a folder; give the sweep folder that `bnbench run -m` printed")
-    rows = [_row(d, sweep_dir) for d in _run_dirs(sweep_dir)]
+    rows = [_row(d, sweep_dir) for d in records.run_folders(sweep_dir)]
     source = "run records"
     if not rows and (sweep_dir / "results.csv").is_file():
         rows, source = _rows_from_results_csv(sweep_dir / "results.csv"), "results.csv"

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from rich.console import Console
@@ -24,18 +24,7 @@ from bnbench.app import FAIL_FAST_MARKER, LIVE_VIEW
 from bnbench.devices import parallel_jobs
 from bnbench.progress import SweepMonitor
 
-if TYPE_CHECKING:
-    from bnbench.report import SweepTables
-
 log = logging.getLogger("bnbench")
-
-# Outcome of the last multirun in this process, for the CLI's exit code: its tables, how many
-# jobs the sweeper planned, and why its report could not be written (Hydra turns an error
-# raised in a callback into a warning, so the CLI reads it from here).
-last_sweep: SweepTables | None = None
-last_planned: int | None = None
-report_error: str | None = None
-
 
 def finished_runs(sweep_dir: Path) -> dict[Path, str]:
     """Run folders holding a finished record, with the time it finished."""
@@ -69,9 +58,9 @@ class SweepReport(Callback):
         self.finished_before: dict[Path, str] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global last_planned
-        last_planned = planned_runs(config)
         sweep_dir = Path(config.hydra.sweep.dir)
+        # for the CLI: where the records go, and whether there is anything to run at all
+        records.note_outcome(sweep_dir=str(sweep_dir), planned=planned_runs(config))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)  # left by an earlier --fail-fast sweep
         records.write_json(sweep_dir / records.SWEEP_INFO, records.sweep_info(sys.argv))
@@ -91,17 +80,18 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from bnbench import report  # pandas, scipy, matplotlib: not needed while the jobs run
 
-        global last_sweep, report_error
         stop_monitor()
         sweep_dir = Path(config.hydra.sweep.dir)
-        if last_planned == 0:
+        if planned_runs(config) == 0:
             return  # nothing ran; the CLI says why
         try:
             tables = report.build(sweep_dir)
             written = report.write(tables)
         except Exception as err:  # the runs are safe on disk; say why the tables are not
-            report_error = str(err) if isinstance(err, report.ReportError) else f"{type(err).__name__}: {err}"
-            log.error("no report: %s", report_error, exc_info=not isinstance(err, report.ReportError))
+            # Hydra turns an error raised in a callback into a warning: the CLI reads this instead
+            why = str(err) if isinstance(err, report.ReportError) else f"{type(err).__name__}: {err}"
+            records.note_outcome(report_error=why)
+            log.error("no report: %s", why, exc_info=not isinstance(err, report.ReportError))
             return
         report.print_tables(tables, Console(width=None if sys.stdout.isatty() else 160))
         now = finished_runs(sweep_dir)
@@ -109,4 +99,3 @@ class SweepReport(Callback):
         if skipped:
             print(f"{skipped} runs were already complete and were skipped")
         print(f"wrote {', '.join(str(p) for p in written)}")
-        last_sweep = tables

@@ -222,6 +222,30 @@ def evaluate_copies(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
     return [v / n for v in loss_sum.tolist()], accs
 
 
+def _copy_diagnostics(net: nn.Module, models: Sequence[nn.Module], diagnostics: Sequence[Diagnostics],
+                      xb: torch.Tensor, yb: torch.Tensor, task: Task, active: torch.Tensor,
+                      device: torch.device) -> None:
+    """The first half of a diagnostics step of a stack: each live copy's plain model, holding
+    the copy's state from the stack, runs the step's forward and backward pass on the copy's
+    own batch with the diagnostics hooks on (what its own run records, to float rounding). Its
+    dropout streams are the stack's own (StackedDropout holds the copies' Dropout layers), so
+    they are put back afterwards: the stack then draws the masks the replay drew. The stack
+    itself is not touched; :meth:`Diagnostics.record` reads each copy after the update."""
+    write_back(net, models)
+    for i, (model, diag) in enumerate(zip(models, diagnostics)):
+        if not bool(active[i]):
+            continue
+        streams = dropout_states(model, device)
+        model.train()
+        diag.arm()
+        loss = task.loss(model(xb[i]), yb[i])
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        diag.read_gradients()  # removes the hooks
+        model.zero_grad(set_to_none=True)
+        set_dropout_states(model, device, streams)
+
+
 def _position(state: dict | None) -> tuple[int, int] | None:
     return None if state is None else (int(state.get("step", -1)), int(state.get("pos", -1)))
 
@@ -316,8 +340,10 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
         seen, elapsed_before = int(states[0]["seen"]), float(states[0]["elapsed"])
 
     probe_x, probe_y = train_probe(data)
-    # None when off, or stacked (bnbench.planning.why_not_stackable): the loop then does nothing extra
-    diagnostics = Diagnostics.for_run(models[0], cfg, data) if s == 1 else None
+    # One per copy, on its plain model (None when off: the loop then does nothing extra). A
+    # single run hooks the model it trains; a stack's copies are replayed (_copy_diagnostics).
+    diagnostics = [Diagnostics.for_run(model, cfg, data) for model in models]
+    diagnostics = diagnostics if diagnostics[0] is not None else None
     active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
     every = next((ck.every for ck in checkpoints if ck is not None), 0)  # evaluations between checkpoints
 
@@ -352,17 +378,19 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
             while pos < steps_per_epoch and step < total_steps:
                 idx = orders[:, pos * batch_size:(pos + 1) * batch_size]  # (S, B): each copy's own batch
                 xb, yb = data.train_batch(idx)
-                probing = diagnostics is not None and diagnostics.due(step + 1)
-                if probing:
-                    diagnostics.arm()  # hooks for this forward pass only
+                probing = diagnostics is not None and diagnostics[0].due(step + 1)
+                if probing and s == 1:
+                    diagnostics[0].arm()  # hooks for this forward pass only
+                elif probing:
+                    _copy_diagnostics(net, models, diagnostics, xb, yb, task, active, device)
                 outputs = net(xb)
                 losses = copy_losses(task, outputs, yb)
                 # a diverged copy's NaN must not reach the sum (its gradient is cut, the others' unchanged)
                 total = losses.sum() if s == 1 else torch.where(active, losses, torch.zeros_like(losses)).sum()
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
-                if probing:
-                    diagnostics.read_gradients()  # removes the hooks
+                if probing and s == 1:
+                    diagnostics[0].read_gradients()  # removes the hooks
                 optimizer.step()
                 schedule.step()
                 loss_sum += losses.detach() * batch_size
@@ -376,7 +404,11 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                     for result in results:
                         result.first_step_s = first_step_s
                 if probing:
-                    results[0].diagnostics += diagnostics.record(step, round(step / steps_per_epoch, 4), losses[0])
+                    write_back(net, models)  # each copy after the update (a SingleNet is its model)
+                    for i in range(s):
+                        if bool(active[i]):
+                            results[i].diagnostics += diagnostics[i].record(step, round(step / steps_per_epoch, 4),
+                                                                            losses[i])
                 if pos == steps_per_epoch:  # the next epoch starts from the generators' states now
                     pos, epoch_rngs = 0, [g.get_state() for g in order_rngs]
                 if step % eval_every == 0 or step == total_steps:

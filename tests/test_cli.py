@@ -41,7 +41,7 @@ def test_factorial_sweep_on_idx_files(tmp_path):
     write_mnist_family(tmp_path / "data", "FashionMNIST", n_train=240, n_test=60)
     proc = run_cli(
         "run", "-m", "model=mlp,alexnet", "norm=none,bn_before", "activation=relu,tanh", "seed=0,1",
-        "dataset=fashion_mnist", "model.channels=[4,4,4,4,4]", "model.fc_width=16", *FAST,
+        "dataset=fashion_mnist", *FAST,  # alexnet at its own size: model.channels is not a key of mlp
         cwd=tmp_path, env={"BNBENCH_DATA": str(tmp_path / "data")},
     )
     assert proc.returncode == 0, proc.stderr
@@ -121,6 +121,9 @@ def test_invalid_overrides_fail_at_composition(tmp_path):
     assert bad_type.returncode != 0 and "epochs" in bad_type.stderr
     unknown_dataset = run_cli("run", "dataset=imagenet", cwd=tmp_path)
     assert unknown_dataset.returncode != 0 and "fashion_mnist" in unknown_dataset.stderr
+    other_option = run_cli("run", "optimizer=adam", "optimizer.momentum=0.9", cwd=tmp_path)
+    _assert_one_line_error(other_option, "optimizer.momentum is not a key of the chosen optimizer option",
+                           "AdamConfig")
     for proc in (unknown_key, bad_type, unknown_dataset):
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "results" / "runs").exists() or not any((tmp_path / "results" / "runs").iterdir())
@@ -300,3 +303,17 @@ def test_a_sweep_whose_report_fails_exits_non_zero(tmp_path):
     assert proc.returncode == 1
     assert "the runs are recorded, but the report failed" in proc.stderr
     assert json.loads(next((tmp_path / "results" / "rep").glob("*/summary.json")).read_text())["status"] == "completed"
+
+
+def test_sweep_plan_and_stack_are_not_set_by_hand(tmp_path):
+    """They name the sweeper's own plan file; a hand-set value is refused before anything runs."""
+    proc = run_cli("run", "-m", "sweep.plan=mine", "seed=0", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "sweep.plan is set by bnbench's sweeper", "remove sweep.plan=mine")
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_a_single_failed_run_exits_non_zero_from_its_record(tmp_path):
+    """The CLI's exit code comes from the run's record on disk (no in-process globals)."""
+    proc = run_cli("run", "activation.name=swish", "hydra.run.dir=results/one", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "swish")
+    assert json.loads((tmp_path / "results" / "one" / "summary.json").read_text())["status"] == "failed"

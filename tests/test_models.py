@@ -13,6 +13,9 @@ from conftest import make_cfg
 NORMS = ["none", "bn_before", "bn_after", "ln_before", "ln_after", "gn_before", "gn_after"]
 SHAPES = {"mlp": [(1, 8, 8)], "alexnet": [(1, 8, 8), (1, 28, 28), (3, 32, 32)]}
 
+# small versions of each model: every option has its own keys (bnbench/config.py schemas)
+SMALL = {"mlp": ("model.width=16",), "alexnet": ("model.channels=[8,8,8,8,8]", "model.fc_width=16")}
+
 
 def _hidden_blocks(model: nn.Module) -> list[nn.Sequential]:
     return [m for m in model.modules() if isinstance(m, nn.Sequential) and isinstance(m[0], (nn.Linear, nn.Conv2d))]
@@ -22,8 +25,7 @@ def _hidden_blocks(model: nn.Module) -> list[nn.Sequential]:
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("model_name", ["mlp", "alexnet"])
 def test_builds_and_trains_one_step(model_name, norm, activation):
-    cfg = make_cfg(f"model={model_name}", f"norm={norm}", f"activation={activation}", "model.channels=[8,8,8,8,8]",
-                   "model.fc_width=16", "model.width=16")
+    cfg = make_cfg(f"model={model_name}", f"norm={norm}", f"activation={activation}", *SMALL[model_name])
     for shape in SHAPES[model_name]:
         torch.manual_seed(0)
         model = build_model(cfg, shape, 10)
@@ -148,7 +150,7 @@ def test_every_placement_starts_from_the_same_weights_for_a_seed(model_name):
                 ["norm=bn_before", "norm.drop_bias=true"]]
     weights = []
     for overrides in variants:
-        cfg = make_cfg(f"model={model_name}", *overrides, "model.channels=[8,8,8,8,8]", "model.fc_width=16", "seed=3")
+        cfg = make_cfg(f"model={model_name}", *overrides, *SMALL[model_name], "seed=3")
         torch.manual_seed(123 + len(weights))  # the global RNG's state must not matter either
         model = build_model(cfg, (1, 8, 8), 10)
         weights.append([(m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
@@ -160,8 +162,7 @@ def test_every_placement_starts_from_the_same_weights_for_a_seed(model_name):
             assert torch.equal(w, w0)
             assert b is None or torch.equal(b, b0)
     assert any(b is None for _, b in weights[-1])  # drop_bias really dropped some
-    other_seed = build_model(make_cfg(f"model={model_name}", "model.channels=[8,8,8,8,8]", "model.fc_width=16",
-                                      "seed=4"), (1, 8, 8), 10)
+    other_seed = build_model(make_cfg(f"model={model_name}", *SMALL[model_name], "seed=4"), (1, 8, 8), 10)
     assert not torch.equal(next(other_seed.parameters()), reference[0][0])
 
 

@@ -124,8 +124,10 @@ def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
         assert summary["status"] in ("completed", "diverged"), summary["error"]
         rows = diagnostics_report.read_diagnostics(run_dir)
         assert sorted(rows["step"].unique()) == [1, 2]
-        hidden = len(cfg.model.widths) if cfg.model.widths else cfg.model.depth
-        n_layers = hidden + 1 if cfg.model.name == "mlp" else 8
+        if cfg.model.name == "mlp":
+            n_layers = 1 + (len(cfg.model.widths) if cfg.model.widths else cfg.model.depth)
+        else:
+            n_layers = 8
         assert rows["layer"].nunique() == n_layers
         assert rows["grad_norm"].notna().all()
         assert rows["bn_mean_gap"].notna().any() == (norm != "none")

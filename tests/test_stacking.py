@@ -6,10 +6,12 @@ import dataclasses
 import json
 import shutil
 
+import pandas as pd
 import pytest
 import torch
 
 from bnbench import report
+from bnbench.records import BestMetrics, FinalMetrics, RunRecord
 from bnbench.data import load_dataset
 from bnbench.models import build_model
 from bnbench.planning import seed_stacks
@@ -139,6 +141,10 @@ def test_sweep_with_stacked_seeds_writes_every_seed_record(tmp_path):
     assert plain.returncode == 0 and stacked.returncode == 0, stacked.stderr[-2000:]
     a, b = _records(tmp_path / "results" / "plain"), _records(tmp_path / "results" / "stacked")
     assert sorted(a) == sorted(b) and len(b) == 6, "same run folders, one per seed"
+    for summary in [*a.values(), *b.values()]:  # the typed record declares every key written
+        assert set(summary) <= set(RunRecord.__annotations__) - {"skipped", "progress"}
+        assert set(summary["final"]) == set(FinalMetrics.__annotations__)
+        assert set(summary["best"]) == set(BestMetrics.__annotations__)
     for name, summary in b.items():
         assert summary["status"] == "completed" and summary["stacked_seeds"] == [0, 1, 2]
         assert summary["stack_size"] == 3 and a[name]["stack_size"] == 1, "each record says how it was trained"
@@ -163,12 +169,45 @@ def test_sweep_with_stacked_seeds_writes_every_seed_record(tmp_path):
     assert "stacked seeds: 1 result(s) trained in stacks of 3, 5 on their own" in report.to_markdown(tables)
 
 
-def test_runs_with_diagnostics_are_not_stacked(tmp_path):
+def test_a_sweep_with_diagnostics_stacks_and_writes_each_seed_s_diagnostics(tmp_path):
     result = run_cli("run", "-m", "seed=0,1", "trainer.steps=5", "trainer.threads=1", "trainer.log_progress=false",
-                     "diagnostics.enabled=true", "trainer.stack_seeds=true", "sweep.name=d", "--quiet", cwd=tmp_path)
+                     "diagnostics.enabled=true", "diagnostics.every=2", "sweep.name=d", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     records = _records(tmp_path / "results" / "d")
-    assert len(records) == 6 and all("stacked_seeds" not in r for r in records.values())
+    assert len(records) == 6 and all(r["stacked_seeds"] == [0, 1] for r in records.values())
+    for name in records:
+        rows = pd.read_csv(tmp_path / "results" / "d" / name / "diagnostics.csv")
+        assert sorted(rows["step"].unique()) == [1, 2, 4] and rows["grad_norm"].notna().all()
+
+
+@pytest.mark.parametrize("overrides", [
+    ("norm=bn_before", "activation=sigmoid", "trainer.dropout=0.2"),
+    ("norm=gn_before", "activation=tanh", "optimizer=adam", "optimizer.lr=0.003"),
+    ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=bn_after", "trainer.steps=12",
+     "trainer.eval_every=6"),
+])
+def test_a_stack_records_each_copy_s_diagnostics_as_its_own_run_would(overrides, float64):
+    """Per-copy diagnostics: each copy's rows equal those of its separate run, and recording
+    them (a replay of the step on the copy) leaves the stack's training unchanged."""
+    cfg = make_cfg(*overrides, "trainer.epochs=1", "diagnostics.enabled=true", "diagnostics.every=5",
+                   "trainer.log_progress=false")
+    data = _double(load_dataset(cfg, CPU))
+    stacked = train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU)
+    separate = []
+    for seed, model in zip(SEEDS, _models(cfg, data, SEEDS)):
+        seed_cfg = cfg.copy()
+        seed_cfg.seed = seed
+        separate.append(train(model, data, seed_cfg, CPU))
+    _assert_same_runs([r.history for r in separate], stacked, rel=1e-9)
+    for alone, together in zip(separate, stacked):
+        assert len(together.diagnostics) == len(alone.diagnostics) > 0
+        for a, b in zip(alone.diagnostics, together.diagnostics):
+            assert set(a) == set(b)
+            for key, value in a.items():
+                if isinstance(value, float):  # float32 statistics, kept to 7 digits: a last-digit tie may differ
+                    assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (key, a["step"], a["name"])
+                else:
+                    assert b[key] == value, key
 
 
 def test_parallel_workers_share_cells_without_training_a_seed_twice(tmp_path):
@@ -231,7 +270,7 @@ def test_what_cannot_stack_says_why():
     cfg = make_cfg()
     assert why_not_stackable(cfg) is None
     assert why_not_stackable(make_cfg("trainer.stack_seeds=false")) == "trainer.stack_seeds=false"
-    assert "diagnostics" in why_not_stackable(make_cfg("diagnostics.enabled=true"))
+    assert why_not_stackable(make_cfg("diagnostics.enabled=true")) is None, "each copy records its own"
     cfg.optimizer.name = "lars"  # a per-tensor optimizer (not in bnbench's table)
     assert why_not_stackable(cfg) == "optimizer lars is not per-element: stacked copies would share its statistics"
 
@@ -385,3 +424,11 @@ def test_a_killed_stacked_sweep_resumes_every_seed_from_its_checkpoint(tmp_path)
         # they then resume one by one (said in the log), otherwise as the same stack
         assert after[name]["stack_size"] == (3 if len(set(steps.values())) == 1 else 1)
     assert not list(sweep.glob("*/checkpoint.pt"))
+
+
+def test_a_plan_that_is_not_there_is_one_clear_error(tmp_path):
+    from bnbench import planning
+    from bnbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sweep.plan=nope sweep.stack=0: no such job"):
+        planning.members(tmp_path, "nope", 0)

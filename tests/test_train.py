@@ -167,12 +167,13 @@ def test_training_reduces_loss():
                                           ("seed=-1", "seed=-1 must be"),
                                           ("optimizer.lr=0", "optimizer.lr=0.0 must be positive"),
                                           ("optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
-                                          ("optimizer.momentum=1", "optimizer.momentum"),
-                                          ("optimizer.betas=[0.9,1.5]", "optimizer.betas"),
+                                          ("optimizer=momentum optimizer.momentum=1", "optimizer.momentum"),
+                                          ("optimizer=adam optimizer.betas=[0.9,1.5]", "optimizer.betas"),
+                                          ("optimizer=rmsprop optimizer.alpha=1", "optimizer.alpha"),
                                           ("model.init_std=0", "model.init_std"),
                                           ("trainer.diverge_above=0", "trainer.diverge_above")])
 def test_out_of_range_settings_fail_before_training(tmp_path, override, key):
-    summary, rows = _run(tmp_path, override)
+    summary, rows = _run(tmp_path, *override.split())
     assert summary["status"] == "failed" and key in summary["error"] and rows == []
 
 
@@ -218,3 +219,14 @@ def test_channels_last_is_how_a_cnn_computes_not_what(tmp_path):
     for a, b in zip(histories["true"], histories["false"]):
         for key in ("train_loss", "test_loss", "test_acc"):
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.parametrize("overrides, key", [(("model=alexnet", "model.depth=3"), "model.depth"),
+                                            (("optimizer=adam", "optimizer.momentum=0.9"), "optimizer.momentum"),
+                                            (("dataset=digits", "dataset.noise=0.5"), "dataset.noise")])
+def test_a_key_of_another_option_fails_at_composition(overrides, key):
+    """Each option has its own schema: a key that only another option has is not silently ignored."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=key.replace(".", r"\.")):
+        make_cfg(*overrides)
