@@ -16,6 +16,6 @@ demo: $(BIN)/python
 
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,slurm,ray,tensorboard,mlflow]'
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 .PHONY: demo test

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bnbench.errors import ConfigError  # noqa: F401  (re-exported: the historical place)
+from bnbench.errors import ConfigError
 
 
 @dataclass
@@ -161,7 +161,7 @@ class TrainerConfig:
     # the parallel workers busy to the end (bnbench.planning.seed_stacks).
     stack_size: Optional[int] = None
     # Convolutional models hold their activations channels-last (NHWC): oneDNN's CPU
-    # convolutions ran an AlexNet step 1.4x faster (docs/benchmarks.md). Same results up to
+    # convolutions are fastest so (docs/benchmarks.md). Same results up to
     # float rounding.
     channels_last: bool = True
 
@@ -259,7 +259,9 @@ def config_dir() -> Path:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the names that select code, so a typo fails before any data is loaded."""
+    """Check the names that select code, so a typo fails before any data is loaded. Called in
+    the job (torch side): the tables it checks against are imported here, not at the top, so
+    that the launching side (CLI, sweeper) reads configs without importing torch."""
     from bnbench.data import DATASETS
     from bnbench.models import ACTIVATIONS, MODELS, NORMS, PLACEMENTS
     from bnbench.train import LR_SCHEDULES, OPTIMIZERS

@@ -47,7 +47,7 @@ class TensorDataset:
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training samples at ``idx``: (B,) -> (B, ...), or (S, B) -> (S, B, ...) for
         stacked seeds. index_select on the flat indices: the same gather as ``x[idx]`` at a
-        third of its cost on CPU (28 vs 77 us for 3 x 60 Fashion-MNIST images)."""
+        fraction of its cost on CPU (docs/benchmarks.md)."""
         flat = idx.reshape(-1)
         x = self.train_x.index_select(0, flat).view(*idx.shape, *self.train_x.shape[1:])
         y = self.train_y.index_select(0, flat).view(*idx.shape, *self.train_y.shape[1:])

@@ -24,7 +24,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bnbench import interrupts, records
-from bnbench.config import ConfigError, validate
+from bnbench.config import validate
+from bnbench.errors import ConfigError
 from bnbench.data import DataError, load_dataset
 from bnbench.devices import job_device, release_gpu_slot, set_threads
 from bnbench.models import build_model, count_parameters

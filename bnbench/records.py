@@ -321,7 +321,7 @@ def value_order(sweep_dir: Path) -> dict[str, list[str]]:
         return {}
     try:
         # libyaml's loader when PyYAML has it: this file holds the whole config, and every
-        # stacked sweep job reads it (19 ms in pure Python, 2 ms with libyaml)
+        # stacked sweep job reads it (about 10x faster: docs/benchmarks.md)
         saved = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except yaml.YAMLError:
         return {}

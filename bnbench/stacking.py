@@ -50,7 +50,7 @@ class GroupedLinear(nn.Module):
         super().__init__()
         # Held as (S, in, out), each copy's weight transposed: bmm's backward then yields the
         # gradient in the parameter's own layout. Held as (S, out, in) and transposed in forward,
-        # every step paid a copy of each weight gradient into place (a fifth of a CPU step).
+        # every step paid a copy of each weight gradient into place (docs/benchmarks.md).
         self.weight = nn.Parameter(torch.stack([m.weight.detach().t() for m in linears]).contiguous())
         has_bias = linears[0].bias is not None
         self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in linears]).clone()) if has_bias else None

@@ -398,7 +398,7 @@ def main() -> None:
 
     import torch
 
-    from bnbench.config import ConfigError
+    from bnbench.errors import ConfigError
     from bnbench.data import DataError, load_dataset
     from bnbench.devices import resolve_device
 

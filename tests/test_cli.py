@@ -22,6 +22,7 @@ def _sweep_dir(cwd: Path) -> Path:
     return dirs[0]
 
 
+@pytest.mark.slow
 def test_default_grid_is_the_readme_command(tmp_path):
     """`bnbench run -m` with no arguments: norm x 3 seeds on digits, a table at the end."""
     proc = run_cli("run", "-m", "trainer.threads=1", cwd=tmp_path)
@@ -37,6 +38,7 @@ def test_default_grid_is_the_readme_command(tmp_path):
     assert "±" in report and "test acc" in proc.stdout
 
 
+@pytest.mark.slow
 def test_factorial_sweep_on_idx_files(tmp_path):
     write_mnist_family(tmp_path / "data", "FashionMNIST", n_train=240, n_test=60)
     proc = run_cli(
@@ -60,6 +62,7 @@ def test_factorial_sweep_on_idx_files(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_single_run_prints_metrics(tmp_path):
     proc = run_cli("run", "norm=bn_after", "activation=gelu", "optimizer=adam", *FAST, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -77,6 +80,7 @@ def _assert_one_line_error(proc, *fragments):
         assert fragment in error_lines[0], error_lines[0]
 
 
+@pytest.mark.slow
 def test_missing_data_offline(tmp_path):
     proc = run_cli("run", "dataset=fashion_mnist", f"dataset.root={tmp_path / 'nowhere'}", "dataset.download=false",
                    *FAST, cwd=tmp_path)
@@ -84,6 +88,7 @@ def test_missing_data_offline(tmp_path):
                            "dataset-fashion-mnist")
 
 
+@pytest.mark.slow
 def test_unwritable_results_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -91,6 +96,7 @@ def test_unwritable_results_folder(tmp_path):
     _assert_one_line_error(proc, "cannot write to the output folder")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["../escaped", "/abs", "a/b", "..", ""])
 def test_a_sweep_name_is_one_folder_inside_results_dir(tmp_path, name):
     proc = run_cli("run", "-m", f"sweep.name={name}", "seed=0", *FAST, cwd=tmp_path)
@@ -98,6 +104,7 @@ def test_a_sweep_name_is_one_folder_inside_results_dir(tmp_path, name):
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "results" / "a").exists()
 
 
+@pytest.mark.slow
 def test_the_write_check_covers_the_folder_really_written(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "taken").write_text("a file where the sweep folder would go")
@@ -109,11 +116,13 @@ def test_the_write_check_covers_the_folder_really_written(tmp_path):
     _assert_one_line_error(proc, "cannot write to the output folder", "plain_file")
 
 
+@pytest.mark.slow
 def test_an_empty_sweep_is_an_error(tmp_path):
     proc = run_cli("run", "-m", "seed=range(0,0)", "sweep.name=empty", *FAST, cwd=tmp_path)
     _assert_one_line_error(proc, "the sweep has no jobs", "range(0,0)")
 
 
+@pytest.mark.slow
 def test_invalid_overrides_fail_at_composition(tmp_path):
     unknown_key = run_cli("run", "trainer.epochz=3", cwd=tmp_path)
     assert unknown_key.returncode != 0 and "epochz" in unknown_key.stderr
@@ -129,6 +138,7 @@ def test_invalid_overrides_fail_at_composition(tmp_path):
     assert not (tmp_path / "results" / "runs").exists() or not any((tmp_path / "results" / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_failed_run_does_not_stop_the_sweep(tmp_path):
     proc = run_cli("run", "-m", "activation.name=relu,swish", "norm=bn_before", "seed=0", *FAST, cwd=tmp_path)
     assert proc.returncode == 1
@@ -138,6 +148,7 @@ def test_failed_run_does_not_stop_the_sweep(tmp_path):
     assert "## Runs without a result" in (_sweep_dir(tmp_path) / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_rebuilds_partial_sweep(tmp_path):
     proc = run_cli("run", "-m", "norm=none,bn_before", "seed=0,1", "sweep.name=partial", *FAST, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -154,11 +165,13 @@ def test_report_rebuilds_partial_sweep(tmp_path):
     assert "no summary.json (killed or still running)" in (sweep / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_on_a_folder_without_runs(tmp_path):
     proc = run_cli("report", str(tmp_path), cwd=tmp_path)
     _assert_one_line_error(proc, "no runs found")
 
 
+@pytest.mark.slow
 def test_list_shows_groups_and_options(tmp_path):
     proc = run_cli("list", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -167,6 +180,7 @@ def test_list_shows_groups_and_options(tmp_path):
     assert "mlp (default)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_help_for_every_command(tmp_path):
     for command in (["--help"], ["run", "--help"], ["report", "--help"], ["list", "--help"]):
         proc = run_cli(*command, cwd=tmp_path)
@@ -187,6 +201,7 @@ def test_ablation_presets_compose():
     assert make_cfg("ablation=factorial").dataset.name == "fashion_mnist"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_permission_denied_results(tmp_path):
     locked = tmp_path / "locked"
@@ -195,6 +210,7 @@ def test_permission_denied_results(tmp_path):
     _assert_one_line_error(proc, "cannot write")
 
 
+@pytest.mark.slow
 def test_benchmark_scripts_run_end_to_end(tmp_path):
     """scripts/bench.py and bench_stacking.py are benchmarks (they print figures, nothing is timed
     here); this only keeps them working, on a tiny Fashion-MNIST written in the real IDX format."""
@@ -217,6 +233,7 @@ def test_benchmark_scripts_run_end_to_end(tmp_path):
     assert stacking.returncode == 0 and "grouped" in stacking.stdout, stacking.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_launching_process_does_not_import_torch():
     """`bnbench run -m` composes configs and starts workers; importing torch (and the report's
     pandas and scipy) there would delay every sweep's first job by seconds."""
@@ -234,12 +251,14 @@ def test_the_launching_process_does_not_import_torch():
                           check=True).stdout.strip() == "False", "reports need no torch"
 
 
+@pytest.mark.slow
 def test_print_flags_with_multirun_are_one_line(tmp_path):
     result = run_cli("run", "-m", "--cfg", "hydra", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--cfg" in result.stderr and "drop -m" in result.stderr
 
 
+@pytest.mark.slow
 def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
     import shutil
 
@@ -268,6 +287,7 @@ def _complete(tmp_path, shell: str, line: str) -> list[str]:
     return proc.stdout.split()
 
 
+@pytest.mark.slow
 def test_shell_completion_of_commands_options_groups_and_their_options(tmp_path):
     assert _complete(tmp_path, "bash", "bnbench re") == ["report"]
     assert "--margin" in _complete(tmp_path, "bash", "bnbench report --ma")
@@ -287,6 +307,7 @@ def test_shell_completion_of_commands_options_groups_and_their_options(tmp_path)
     _assert_one_line_error(proc, "bnbench --install-completion")
 
 
+@pytest.mark.slow
 def test_hydra_messages_keep_their_brackets_and_quotes(tmp_path):
     """Rich markup swallowed '[value1,value2]' from Hydra's advice, and its quotes came escaped."""
     proc = run_cli("run", "norm=bn_before,bn_after", cwd=tmp_path)
@@ -295,6 +316,7 @@ def test_hydra_messages_keep_their_brackets_and_quotes(tmp_path):
     _assert_one_line_error(proc, "model.widths=[18, 0] must list")
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_report_fails_exits_non_zero(tmp_path):
     """Hydra turns an error raised in its callback into a warning; the exit code must not hide it."""
     blocked = tmp_path / "results" / "rep" / "report.md"
@@ -305,6 +327,7 @@ def test_a_sweep_whose_report_fails_exits_non_zero(tmp_path):
     assert json.loads(next((tmp_path / "results" / "rep").glob("*/summary.json")).read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_sweep_plan_and_stack_are_not_set_by_hand(tmp_path):
     """They name the sweeper's own plan file; a hand-set value is refused before anything runs."""
     proc = run_cli("run", "-m", "sweep.plan=mine", "seed=0", *FAST, cwd=tmp_path)
@@ -312,6 +335,7 @@ def test_sweep_plan_and_stack_are_not_set_by_hand(tmp_path):
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
 
+@pytest.mark.slow
 def test_a_single_failed_run_exits_non_zero_from_its_record(tmp_path):
     """The CLI's exit code comes from the run's record on disk (no in-process globals)."""
     proc = run_cli("run", "activation.name=swish", "hydra.run.dir=results/one", *FAST, cwd=tmp_path)

@@ -24,6 +24,7 @@ def sweep(tmp_path_factory):
     return cwd, cwd / "results" / "s"
 
 
+@pytest.mark.slow
 def test_tensorboard_export_reads_back_with_tensorboard(sweep):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -58,6 +59,7 @@ def test_tensorboard_export_reads_back_with_tensorboard(sweep):
     assert len(events.Scalars("test/acc")) == len(pd.read_csv(folder / runs[0] / "metrics.csv"))
 
 
+@pytest.mark.slow
 def test_mlflow_export_reads_back_with_mlflow(sweep):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -94,6 +96,7 @@ def test_mlflow_export_reads_back_with_mlflow(sweep):
     assert len(client.search_runs([experiment.experiment_id])) == 4
 
 
+@pytest.mark.slow
 def test_export_needs_a_target_and_a_sweep(sweep, tmp_path):
     cwd, folder = sweep
     proc = run_cli("export", str(folder), cwd=cwd)

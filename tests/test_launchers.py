@@ -67,6 +67,7 @@ def reference(tmp_path_factory) -> dict[str, dict]:
     return result
 
 
+@pytest.mark.slow
 def test_joblib_two_workers_match_sequential(tmp_path, reference):
     sweep_dir = sweep(tmp_path, "joblib", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2")
     cfg = launcher_cfg(sweep_dir)
@@ -74,6 +75,7 @@ def test_joblib_two_workers_match_sequential(tmp_path, reference):
     assert outcomes(sweep_dir) == reference
 
 
+@pytest.mark.slow
 def test_submitit_local_matches_sequential(tmp_path, reference):
     sweep_dir = sweep(tmp_path, "submitit", "hydra/launcher=slurm_local")
     assert launcher_cfg(sweep_dir)["_target_"].endswith("submitit_launcher.LocalLauncher")
@@ -82,6 +84,7 @@ def test_submitit_local_matches_sequential(tmp_path, reference):
     assert outcomes(sweep_dir) == reference
 
 
+@pytest.mark.slow
 def test_slurm_preset_submits_the_expected_sbatch_script(tmp_path):
     """No cluster here: stand-ins for srun (submitit looks for it) and sbatch (keeps the
     submission file it is given, then refuses the job) show what the preset would submit."""
@@ -114,6 +117,7 @@ def test_ray_local_matches_sequential(tmp_path, reference):
     assert outcomes(sweep_dir) == reference
 
 
+@pytest.mark.slow
 def test_parallel_workers_exit_when_the_sweep_command_is_killed(tmp_path):
     """SIGKILL to the sweep command alone: its joblib workers stop their runs as SIGTERM would
     (checkpoint saved, run recorded as interrupted) and exit, instead of lingering."""

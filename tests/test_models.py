@@ -76,7 +76,8 @@ def test_layer_norm_is_pytorchs_layer_norm_on_features():
 
 
 def test_group_norm_settings_and_bad_groups():
-    from bnbench.config import ConfigError, validate
+    from bnbench.config import validate
+    from bnbench.errors import ConfigError
 
     model = build_model(make_cfg("norm=gn_after", "norm.groups=5", "norm.eps=1e-3", "model.width=20"), (1, 8, 8), 10)
     gns = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
@@ -133,7 +134,7 @@ def test_every_optimizer_config_builds():
 
 
 def test_mlp_widths_list_and_alexnet_needs_images():
-    from bnbench.config import ConfigError
+    from bnbench.errors import ConfigError
 
     model = build_model(make_cfg("model.widths=[18,18,4]", "norm=bn_before"), (10,), 1)
     assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [18, 18, 4, 1]

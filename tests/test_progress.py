@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from bnbench.progress import SweepMonitor
@@ -43,6 +44,7 @@ def test_frames_fit_80_columns_and_keep_their_height(tmp_path):
     assert all(len(line.rstrip()) < 160 for line in wide) and LONG.format(0) in "\n".join(wide)
 
 
+@pytest.mark.slow
 def test_a_parallel_sweep_on_an_80_column_terminal_keeps_workers_off_the_screen(tmp_path):
     """In a real pseudo-terminal of 80 x 24: the live view is drawn, and the workers, which share
     the terminal, print nothing into it (each line would leave a stale copy of the frame)."""

@@ -34,6 +34,7 @@ def sweep(tmp_path_factory):
     return cwd, folder
 
 
+@pytest.mark.slow
 def test_cells_match_scipy_and_show_every_status(sweep):
     _, folder = sweep
     tables = report.build(folder)
@@ -61,6 +62,7 @@ def test_cells_match_scipy_and_show_every_status(sweep):
     assert {p.name for p in written} >= {"results.csv", "report.md", "cells.csv", "comparisons.csv"}
 
 
+@pytest.mark.slow
 def test_paired_comparison_against_default_baseline(sweep):
     _, folder = sweep
     tables = report.build(folder)
@@ -77,6 +79,7 @@ def test_paired_comparison_against_default_baseline(sweep):
     assert (holm >= tables.comparisons["p_ttest"].dropna()).all()
 
 
+@pytest.mark.slow
 def test_report_cli_options_and_formats(sweep):
     cwd, folder = sweep
     proc = run_cli("report", str(folder), "--baseline", "activation=relu", "--format", "md,csv,latex",
@@ -92,6 +95,7 @@ def test_report_cli_options_and_formats(sweep):
     assert (folder / "cells.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_time_to_target_accuracy(sweep):
     cwd, folder = sweep
     proc = run_cli("report", str(folder), "--target-acc", "0.5", "--time-unit", "epochs", "--no-plots", "-q",
@@ -105,6 +109,7 @@ def test_time_to_target_accuracy(sweep):
     assert sigmoid["mean"] == np.inf and sigmoid["median"] == np.inf
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,fragment", [
     (("--metric", "accuracy"), "unknown metric"),
     (("--baseline", "norm=batch"), "--baseline"),
@@ -123,6 +128,7 @@ def test_bad_report_options_are_one_line_errors(sweep, args, fragment):
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_cell_of_the_grid_is_listed(tmp_path):
     proc = run_cli("run", "-m", "norm=none,bn_before", "activation=relu,tanh", "seed=0,1", "sweep.name=m",
                    "trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false", cwd=tmp_path)
@@ -138,6 +144,7 @@ def test_missing_cell_of_the_grid_is_listed(tmp_path):
     assert "| bn_before | tanh | 0/2 (2 missing) |" in (folder / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_regression_sweep_reports_test_loss_lower_is_better(tmp_path):
     ok = run_cli("run", "-m", "dataset=friedman1", "model.widths=[18,18,4]", "norm=none,bn_before", "seed=0,1",
                  "optimizer=adam", "optimizer.lr=0.01", "trainer.epochs=2", "sweep.name=reg", "trainer.threads=1",
@@ -204,6 +211,7 @@ def test_a_folder_with_only_results_csv_reports_with_the_factorial_anova(tmp_pat
     assert "rebuilt from results.csv" in md and "## Factorial ANOVA" in md
 
 
+@pytest.mark.slow
 def test_damaged_records_are_named_and_the_rest_of_the_report_is_written(sweep, tmp_path):
     cwd, folder = sweep
     damaged = tmp_path / "damaged"
@@ -225,6 +233,7 @@ def test_damaged_records_are_named_and_the_rest_of_the_report_is_written(sweep, 
     assert row["status"] == "incomplete" and "trains it again" in row["error"]
 
 
+@pytest.mark.slow
 def test_report_out_writes_elsewhere_and_never_into_a_run_folder_unasked(sweep, tmp_path):
     cwd, folder = sweep
     out = tmp_path / "elsewhere"

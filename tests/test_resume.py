@@ -99,6 +99,7 @@ def _summaries(sweep: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_adds_no_rows(tmp_path):
     args = ("run", "-m", "norm=none,bn_before", "seed=0,1", "sweep.name=again", "trainer.epochs=1",
             "trainer.threads=1")
@@ -118,6 +119,7 @@ def test_rerun_skips_finished_runs_and_adds_no_rows(tmp_path):
     assert len(pd.read_csv(sweep / "results.csv")) == 6
 
 
+@pytest.mark.slow
 def test_changed_config_is_a_different_run(tmp_path):
     """Same command, same run folder, but a default changed in the config files: rerun, not skip."""
     import shutil
@@ -167,6 +169,7 @@ SLOW_SWEEP = ("norm=none,bn_before", "seed=0,1", "sweep.name=killed", "trainer.e
               "dataset.train_size=600")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_sweep_then_rerun_completes_everything(tmp_path):
     sweep = tmp_path / "results" / "killed"
     proc = _start_sweep(tmp_path, *SLOW_SWEEP)
@@ -199,6 +202,7 @@ def test_sigkill_mid_sweep_then_rerun_completes_everything(tmp_path):
         assert len(pd.read_csv(path)) == 30
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_state_and_rerun_resumes(tmp_path):
     args = ("norm=bn_before", "seed=0", "sweep.name=ctrlc", "trainer.epochs=30", "trainer.threads=1",
             "dataset.train_size=600")
@@ -215,6 +219,7 @@ def test_ctrl_c_saves_state_and_rerun_resumes(tmp_path):
     assert summary["status"] == "completed" and summary["resumed_from_step"] > 0
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     """Schedulers send SIGTERM before SIGKILL: save the checkpoint, say so, exit 143."""
     args = ("norm=bn_before", "seed=0", "sweep.name=term", "trainer.epochs=30", "trainer.threads=1",
@@ -235,6 +240,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert summary["status"] == "completed" and summary["resumed_from_step"] > 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_training_claims_no_checkpoint(tmp_path):
     """A run stopped while it loads its data has no checkpoint, and the message says so."""
     raw = tmp_path / "data" / "MNIST" / "raw"
@@ -262,6 +268,7 @@ def test_ctrl_c_before_training_claims_no_checkpoint(tmp_path):
     assert summary["status"] == "interrupted" and not any(sweep.glob("*/checkpoint.pt"))
 
 
+@pytest.mark.slow
 def test_failures_and_divergence_recorded_while_sweep_goes_on(tmp_path):
     proc = run_cli("run", "-m", "norm=none", "seed=0", "optimizer.lr=1e6,0.1", "activation.name=relu,nope",
                    "trainer.epochs=3", "trainer.threads=1", cwd=tmp_path)
@@ -272,6 +279,7 @@ def test_failures_and_divergence_recorded_while_sweep_goes_on(tmp_path):
     assert sorted(runs["status"]) == ["completed", "diverged", "failed", "failed"]
 
 
+@pytest.mark.slow
 def test_divergence_alone_is_not_a_failure(tmp_path):
     proc = run_cli("run", "-m", "norm=none", "seed=0", "optimizer.lr=1e6,0.1", "trainer.epochs=3",
                    "trainer.threads=1", cwd=tmp_path)
@@ -279,6 +287,7 @@ def test_divergence_alone_is_not_a_failure(tmp_path):
     assert "1 diverged" in (next((tmp_path / "results").iterdir()) / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_fail_fast_stops_at_the_first_failure(tmp_path):
     proc = run_cli("run", "-m", "--fail-fast", "activation.name=nope,relu", "norm=none", "seed=0", "sweep.name=ff",
                    "trainer.epochs=1", "trainer.threads=1", cwd=tmp_path)

@@ -133,6 +133,7 @@ def _records(folder):
     return {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/summary.json")}
 
 
+@pytest.mark.slow
 def test_sweep_with_stacked_seeds_writes_every_seed_record(tmp_path):
     common = ("norm=none,bn_before", "seed=0,1,2", "trainer.epochs=2", "trainer.threads=1",
               "trainer.log_progress=false")
@@ -169,6 +170,7 @@ def test_sweep_with_stacked_seeds_writes_every_seed_record(tmp_path):
     assert "stacked seeds: 1 result(s) trained in stacks of 3, 5 on their own" in report.to_markdown(tables)
 
 
+@pytest.mark.slow
 def test_a_sweep_with_diagnostics_stacks_and_writes_each_seed_s_diagnostics(tmp_path):
     result = run_cli("run", "-m", "seed=0,1", "trainer.steps=5", "trainer.threads=1", "trainer.log_progress=false",
                      "diagnostics.enabled=true", "diagnostics.every=2", "sweep.name=d", "--quiet", cwd=tmp_path)
@@ -210,6 +212,7 @@ def test_a_stack_records_each_copy_s_diagnostics_as_its_own_run_would(overrides,
                     assert b[key] == value, key
 
 
+@pytest.mark.slow
 def test_parallel_workers_share_cells_without_training_a_seed_twice(tmp_path):
     """Two joblib workers: the sweep's plan gives every seed to exactly one stack, and every
     record is complete."""
@@ -225,6 +228,7 @@ def test_parallel_workers_share_cells_without_training_a_seed_twice(tmp_path):
         assert trained == [0, 1, 2], f"each seed in exactly one stack: {stacks}"
 
 
+@pytest.mark.slow
 def test_a_seed_left_alone_trains_as_an_ordinary_run(tmp_path):
     common = ("norm=bn_before", "trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false", "sweep.name=s",
               "trainer.stack_seeds=true", "--quiet")
@@ -240,6 +244,7 @@ def test_a_seed_left_alone_trains_as_an_ordinary_run(tmp_path):
     assert all(after[name] == r for name, r in before.items()), "finished seeds are not retrained"
 
 
+@pytest.mark.slow
 def test_the_plan_is_made_before_launch_and_each_job_trains_one_stack(tmp_path):
     result = run_cli("run", "-m", "norm=none,bn_before", "seed=0,1,2", "trainer.epochs=1", "trainer.threads=1",
                      "trainer.log_progress=false", "sweep.name=p", "--quiet", cwd=tmp_path)
@@ -255,6 +260,7 @@ def test_the_plan_is_made_before_launch_and_each_job_trains_one_stack(tmp_path):
         assert f"seed={folder.split('seed=')[1][0]}" in overrides
 
 
+@pytest.mark.slow
 def test_folders_named_by_job_number_cannot_be_planned_and_train_one_by_one(tmp_path):
     result = run_cli("run", "-m", "norm=none", "seed=0,1", "trainer.epochs=1", "trainer.threads=1",
                      "trainer.log_progress=false", "sweep.name=n", "hydra.sweep.subdir=${hydra.job.num}", "--quiet",
@@ -305,6 +311,7 @@ def test_seed_stacks_keep_every_worker_busy_to_the_end():
     assert seed_stacks([0, 1, 2], 0, cells=1, workers=1, size=5) == [[0, 1, 2]]
 
 
+@pytest.mark.slow
 def test_stack_size_splits_a_cell(tmp_path):
     result = run_cli("run", "-m", "norm=bn_before", "seed=0,1,2", "trainer.epochs=1", "trainer.threads=1",
                      "trainer.log_progress=false", "trainer.stack_seeds=true", "trainer.stack_size=2", "sweep.name=s",
@@ -395,6 +402,7 @@ def test_checkpoints_at_different_steps_do_not_stack(tmp_path):
         train_stacked(_models(cfg, data, [0, 1]), [0, 1], data, cfg, CPU, checkpoints=checkpoints)
 
 
+@pytest.mark.slow
 def test_a_killed_stacked_sweep_resumes_every_seed_from_its_checkpoint(tmp_path):
     import os
     import signal

@@ -356,6 +356,7 @@ def simulated(n_cells: int, n_seeds: int, effect: float, rng, noise: float = 0.0
     return make_runs(cells, factors=("norm", "rep"))
 
 
+@pytest.mark.slow
 def test_confidence_intervals_cover_the_true_mean_at_the_nominal_rate():
     rng = np.random.default_rng(0)
     n, reps, mu = 5, 400, 0.9
@@ -368,6 +369,7 @@ def test_confidence_intervals_cover_the_true_mean_at_the_nominal_rate():
     assert ((cells["mean"] - half_z <= mu) & (mu <= cells["mean"] + half_z)).mean() < 0.92
 
 
+@pytest.mark.slow
 def test_identical_configs_are_significant_at_about_the_nominal_rate():
     rng = np.random.default_rng(1)
     runs = simulated(n_cells=400, n_seeds=8, effect=0.0, rng=rng)
@@ -383,6 +385,7 @@ def test_identical_configs_are_significant_at_about_the_nominal_rate():
     assert np.mean([(p < 0.05).any() for p in families]) > 0.15  # uncorrected: about 1 - 0.95**5
 
 
+@pytest.mark.slow
 def test_paired_t_intervals_cover_at_the_nominal_rate_and_the_bootstrap_does_not():
     """Coverage of the interval of a paired difference, thousands of synthetic pairs per size."""
     rng = np.random.default_rng(7)
@@ -406,6 +409,7 @@ def test_paired_t_intervals_cover_at_the_nominal_rate_and_the_bootstrap_does_not
             assert boot_cover < 0.85, boot_cover
 
 
+@pytest.mark.slow
 def test_a_known_effect_is_found_at_the_expected_power_and_its_interval_covers_it():
     rng = np.random.default_rng(2)
     effect, n = 0.02, 8
