@@ -440,3 +440,17 @@ def test_a_plan_that_is_not_there_is_one_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="sweep.plan=nope sweep.stack=0: no such job"):
         planning.members(tmp_path, "nope", 0)
+
+
+@pytest.mark.slow
+def test_every_norm_kind_trains_stacked_in_a_sweep_of_both_models(tmp_path):
+    """The issue's check: norm=ln_before,gn_before,bn_after sweeps train stacked on the MLP and
+    the AlexNet-style CNN (each at its own default size, on digits)."""
+    result = run_cli("run", "-m", "model=mlp,alexnet", "norm=ln_before,gn_before,bn_after", "seed=0,1",
+                     "trainer.steps=4", "trainer.threads=1", "trainer.log_progress=false", "sweep.name=n", "--quiet",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = _records(tmp_path / "results" / "n")
+    assert len(records) == 12
+    assert all(r["status"] == "completed" and r["stacked_seeds"] == [0, 1] for r in records.values())
+    assert "not stacked" not in result.stdout + result.stderr
