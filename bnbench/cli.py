@@ -256,7 +256,9 @@ def report(
     metric: Optional[str] = typer.Option(
         None, "--metric", help="final_test_acc (default), final_test_loss (default for regression), "
         "final_train_acc, final_train_loss (the final model, eval mode), final_train_acc_running, "
-        "final_train_loss_running (running averages, train mode), best_test_acc, best_test_loss (selected on "
+        "final_train_loss_running (running averages, train mode), final_val_acc, final_val_loss, "
+        "test_acc_at_best_val, test_loss_at_best_val (the evaluation with the best validation metric: selected "
+        "without the test set), best_test_acc, best_test_loss (selected on "
         "the test set: optimistic)."),
     baseline: Optional[List[str]] = typer.Option(
         None, "--baseline", help="Cell to compare against, e.g. norm=none (repeat for several keys). "

@@ -114,12 +114,18 @@ class DatasetConfig:
     # Where torchvision looks for (and downloads) files; BNBENCH_DATA overrides the default.
     root: str = "${oc.env:BNBENCH_DATA,data}"
     download: bool = True
-    # Optional subsets (first N after a seeded shuffle) for quick runs; null = all.
+    # Optional subsets (first N after a seeded shuffle) for quick runs; null = all. train_size
+    # picks from the training images left after the validation split.
     train_size: Optional[int] = None
     test_size: Optional[int] = None
     # Standardize inputs per channel (per feature for tabular data), and regression targets,
     # with the training set's mean and std.
     normalize: bool = True
+    # Validation split, carved from the training files before any subset, by a generator that
+    # does not depend on the run's seed (the same images for every seed and arm): a count of
+    # images (1 or more) or a fraction below 1; 0 = no validation split. Selection (the best
+    # evaluation, tuned values) uses it, never the test set. The 60,000-image sets use 5,000.
+    val_size: float = 0.1
 
 
 @dataclass

@@ -35,6 +35,9 @@ class TensorDataset:
     test_y: torch.Tensor
     num_outputs: int  # classes, or regression targets
     task: str = "classification"  # classification | regression
+    # The validation split (dataset.val_size), carved from the training files; None when off.
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -247,6 +250,38 @@ DATASETS: dict[str, Callable[..., RawData]] = {
 }
 
 
+# The validation split's own generator: the same images for every seed and arm of a sweep, and
+# independent of the subset generator, so dataset.train_size picks from what is left.
+VAL_SPLIT_SEED = 20150211  # the day Ioffe & Szegedy's paper appeared
+
+
+def val_count(val_size: float, n_train: int) -> int:
+    """How many training images dataset.val_size sets aside: a count (1 or more) or a fraction
+    of the training files (below 1); 0 turns validation off."""
+    if val_size < 0:
+        raise DataError(f"dataset.val_size={val_size:g} must be 0 (no validation split), a fraction below 1, "
+                        "or a count of images")
+    if 0 < val_size < 1:
+        return max(1, round(val_size * n_train))
+    if val_size != int(val_size):
+        raise DataError(f"dataset.val_size={val_size:g}: a count must be a whole number (a fraction is below 1)")
+    if val_size >= n_train:
+        raise DataError(f"dataset.val_size={int(val_size)} is not smaller than the training set ({n_train} images): "
+                        "use a smaller count, a fraction below 1, or 0 for no validation split")
+    return int(val_size)
+
+
+def _split_val(split: RawSplit, val_size: float) -> tuple[RawSplit, RawSplit | None]:
+    """(training rest, validation) from the training files; the rest keeps the files' order."""
+    x, y = split
+    n_val = val_count(val_size, len(y))
+    if n_val == 0:
+        return split, None
+    order = np.random.default_rng(VAL_SPLIT_SEED).permutation(len(y))
+    val, rest = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return (x[rest], y[rest]), (x[val], y[val])
+
+
 def _subset(split: RawSplit, size: int | None) -> RawSplit:
     x, y = split
     if size is None or size >= len(y):
@@ -293,29 +328,34 @@ def load_dataset(cfg, device: torch.device) -> TensorDataset:
 
 def _load(ds_cfg, loader: Callable[..., RawData], device: torch.device) -> TensorDataset:
     raw = loader(ds_cfg)
-    train, test = _subset(raw.train, ds_cfg.train_size), _subset(raw.test, ds_cfg.test_size)
-    train_x, test_x = _to_float(train[0]), _to_float(test[0])
-    train_y, test_y = torch.from_numpy(train[1]), torch.from_numpy(test[1])
-    if ds_cfg.normalize:
-        train_x, test_x = _standardize(train_x, test_x, dims=(0, 2, 3) if train_x.dim() == 4 else (0,))
+    # validation first, from all the training files; then the optional subset of what is left
+    rest, val = _split_val(raw.train, ds_cfg.get("val_size", 0))
+    train, test = _subset(rest, ds_cfg.train_size), _subset(raw.test, ds_cfg.test_size)
+    xs = [_to_float(train[0]), _to_float(test[0])] + ([_to_float(val[0])] if val else [])
+    ys = [torch.from_numpy(train[1]), torch.from_numpy(test[1])] + ([torch.from_numpy(val[1])] if val else [])
+    if ds_cfg.normalize:  # statistics of the training images only (not validation, not test)
+        xs = _standardize(xs, dims=(0, 2, 3) if xs[0].dim() == 4 else (0,))
         if raw.task == "regression":  # an MSE of 1.0 then means "no better than the mean"
-            train_y, test_y = _standardize(train_y, test_y, dims=(0,))
+            ys = _standardize(ys, dims=(0,))
+    xs, ys = [x.to(device) for x in xs], [y.to(device) for y in ys]
     return TensorDataset(
         name=ds_cfg.name,
-        train_x=train_x.to(device),
-        train_y=train_y.to(device),
-        test_x=test_x.to(device),
-        test_y=test_y.to(device),
+        train_x=xs[0],
+        train_y=ys[0],
+        test_x=xs[1],
+        test_y=ys[1],
         num_outputs=raw.num_outputs,
         task=raw.task,
+        val_x=xs[2] if val else None,
+        val_y=ys[2] if val else None,
     )
 
 
-def _standardize(train: torch.Tensor, test: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both splits scaled by the training split's mean and std over ``dims``."""
-    mean = train.mean(dim=dims, keepdim=True)
-    std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)
-    return (train - mean) / std, (test - mean) / std
+def _standardize(splits: list[torch.Tensor], dims: tuple[int, ...]) -> list[torch.Tensor]:
+    """Every split scaled by the first (training) split's mean and std over ``dims``."""
+    mean = splits[0].mean(dim=dims, keepdim=True)
+    std = splits[0].std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return [(t - mean) / std for t in splits]
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -255,22 +255,38 @@ def _finish(run_dir: Path, summary: records.RunRecord, history: list[dict], diag
 
 def _outcome(history: list[dict]) -> dict[str, Any]:
     if not history:
-        return {"final": {}, "best": {}, "steps": 0, "epochs": 0.0}
+        return {"final": {}, "best": {}, "at_best_val": {}, "steps": 0, "epochs": 0.0}
     last = history[-1]
-    finite = [row for row in history if np.isfinite(row["test_loss"])] or history
-    if last["test_acc"] is None:  # regression: the best evaluation is the lowest test loss
-        best = min(finite, key=lambda row: row["test_loss"])
-    else:
-        best = max(finite, key=lambda row: row["test_acc"])
+    regression = last["test_acc"] is None
     return {
-        "final": {k: last[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc", "train_loss_running",
-                                       "train_acc_running")},
-        "best": {"test_acc": best["test_acc"], "test_loss": best["test_loss"], "step": best["step"],
-                 "epoch": best["epoch"]},
+        "final": {k: last.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                                           "train_loss_running", "train_acc_running")},
+        "best": {k: v for k, v in _best(history, "test", regression).items() if k in ("test_acc", "test_loss", "step",
+                                                                                       "epoch")},
+        "at_best_val": _at_best_val(history, regression),
         "steps": last["step"],
         "epochs": last["epoch"],
         "train_s": last["wall_s"],  # training time, summed over resumed parts
     }
+
+
+def _best(history: list[dict], split: str, regression: bool) -> dict:
+    """The evaluation with the best ``split`` metric (the lowest loss for regression; the first
+    of equals), among those with a finite loss when there are any."""
+    finite = [row for row in history if row.get(f"{split}_loss") is not None and np.isfinite(row[f"{split}_loss"])]
+    rows = finite or history
+    if regression:
+        return min(rows, key=lambda row: row[f"{split}_loss"])
+    return max(rows, key=lambda row: row[f"{split}_acc"])
+
+
+def _at_best_val(history: list[dict], regression: bool) -> dict:
+    """The test metric at the evaluation with the best validation metric: selection on held-out
+    data, never on the test set (empty without a validation split)."""
+    if history[-1].get("val_loss") is None:
+        return {}
+    row = _best(history, "val", regression)
+    return {k: row[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss", "step", "epoch")}
 
 
 # ----------------------------------------------------------------------------- stacked seeds

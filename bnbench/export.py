@@ -29,9 +29,11 @@ from bnbench.report import collect_runs
 
 # metrics.csv column -> the tag it gets in both trackers
 SCALARS = {"test_acc": "test/acc", "test_loss": "test/loss", "train_acc": "train/acc", "train_loss": "train/loss",
-           "train_acc_running": "train/acc_running", "train_loss_running": "train/loss_running", "lr": "lr"}
+           "train_acc_running": "train/acc_running", "train_loss_running": "train/loss_running",
+           "val_acc": "val/acc", "val_loss": "val/loss", "lr": "lr"}
 FINAL = ("final_test_acc", "final_test_loss", "final_train_acc", "final_train_loss", "final_train_loss_running",
-         "best_test_acc", "best_test_loss")
+         "best_test_acc", "best_test_loss", "final_val_acc", "final_val_loss", "test_acc_at_best_val",
+         "test_loss_at_best_val")
 # a run's status in bnbench -> the end state of its MLflow run
 MLFLOW_STATUS = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "incomplete": "KILLED"}
 

@@ -30,11 +30,12 @@ FINISHED = ("completed", "diverged")  # statuses of results; a rerun of the same
 METRICS = "metrics.csv"
 
 METRIC_COLUMNS = ["step", "epoch", "train_loss_running", "train_acc_running", "train_loss", "train_acc",
-                  "test_loss", "test_acc", "lr", "wall_s"]
+                  "val_loss", "val_acc", "test_loss", "test_acc", "lr", "wall_s"]
 # train_*_running: averages over the steps since the previous evaluation, in train mode (the loss
 # the optimizer saw); train_*: the model at the evaluation, in eval mode, on a fixed training
 # subset (bnbench.train.train_probe). Records before bnbench 0.2 hold only the running averages,
-# under the names train_loss and train_acc.
+# under the names train_loss and train_acc; records before 0.5 have no val_* (no validation split),
+# and neither do runs with dataset.val_size=0 (empty cells).
 # diagnostics.enabled=true: one row per layer every diagnostics.every steps (bnbench/diagnostics.py)
 DIAGNOSTICS = "diagnostics.csv"
 DIAGNOSTICS_COLUMNS = [
@@ -56,6 +57,20 @@ class FinalMetrics(TypedDict, total=False):
     test_acc: Optional[float]
     train_loss_running: float
     train_acc_running: Optional[float]
+    val_loss: Optional[float]  # None without a validation split (dataset.val_size=0)
+    val_acc: Optional[float]
+
+
+class AtBestVal(TypedDict, total=False):
+    """The evaluation with the best validation metric (accuracy; loss for regression): the
+    model a practitioner would keep, selected without looking at the test set."""
+
+    val_acc: Optional[float]
+    val_loss: float
+    test_acc: Optional[float]
+    test_loss: float
+    step: int
+    epoch: float
 
 
 class BestMetrics(TypedDict, total=False):
@@ -108,6 +123,7 @@ class RunRecord(TypedDict, total=False):
     finished_at: str
     final: FinalMetrics
     best: BestMetrics
+    at_best_val: AtBestVal  # empty without a validation split
     steps: int
     epochs: float
     train_s: float  # training time, summed over resumed parts

@@ -32,11 +32,12 @@ _FACTOR_ORDER = ("model", "norm", "activation", "optimizer", "dataset", "trainer
 
 RUN_COLUMNS = [
     "run", "status", "seed", "final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss",
-    "best_test_loss", "final_train_acc", "final_train_loss_running", "final_train_acc_running", "steps", "epochs",
-    "wall_s", "n_params", "stack_size", "device", "run_id", "error",
+    "best_test_loss", "final_train_acc", "final_train_loss_running", "final_train_acc_running", "final_val_acc",
+    "final_val_loss", "test_acc_at_best_val", "test_loss_at_best_val", "steps", "epochs", "wall_s", "n_params", "stack_size", "device", "run_id", "error",
 ]
 METRICS = ("final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss", "best_test_loss",
-           "final_train_acc", "final_train_loss_running", "final_train_acc_running")
+           "final_train_acc", "final_train_loss_running", "final_train_acc_running", "final_val_acc", "final_val_loss",
+           "test_acc_at_best_val", "test_loss_at_best_val")
 FORMATS = ("md", "csv", "latex")
 INCOMPLETE_MARK = "*"  # next to the rank of a cell with failed, unfinished or missing runs
 
@@ -105,6 +106,7 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
     else:
         params = summary.get("params", {})
         final, best = summary.get("final") or {}, summary.get("best") or {}
+        selected = summary.get("at_best_val") or {}  # before 0.5, or dataset.val_size=0: none
         row.update(
             status=summary.get("status", "incomplete"),
             seed=summary.get("seed"),
@@ -113,6 +115,10 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
             final_test_loss=final.get("test_loss"),
             best_test_loss=best.get("test_loss"),
             **_train_metrics(final),
+            final_val_acc=final.get("val_acc"),
+            final_val_loss=final.get("val_loss"),
+            test_acc_at_best_val=selected.get("test_acc"),
+            test_loss_at_best_val=selected.get("test_loss"),
             steps=summary.get("steps"),
             epochs=summary.get("epochs"),
             wall_s=summary.get("wall_s"),
@@ -317,7 +323,11 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
     if metric.startswith("best_test"):
         tables.warnings.append(f"{metric} is selected on the test set (the best of all evaluations, by the data it "
                                "reports): it overstates what a run would score on new data; publish final_test_* "
-                               "or select on a validation split")
+                               f"or {metric.replace('best_test', 'test')}_at_best_val (selected on the validation split)")
+    if (metric.endswith("_at_best_val") or metric.startswith("final_val")) and runs[metric].isna().all() \
+            and runs["status"].isin(stats.RESULTS).any():
+        raise ReportError(f"these runs have no validation metrics (recorded before bnbench 0.5, or with "
+                          f"dataset.val_size=0); use --metric final_test_{'acc' if 'acc' in metric else 'loss'}")
     if metric.endswith("_running"):
         tables.warnings.append(f"{metric} is a running average over the last evaluation interval, in train mode, "
                                "not a metric of the final model")
@@ -391,7 +401,10 @@ def _metric_title(metric: str) -> str:
               "final_train_loss": "final train loss", "final_test_loss": "final test loss",
               "best_test_loss": "best test loss", "final_train_acc": "final train accuracy",
               "final_train_loss_running": "running train loss (last interval)",
-              "final_train_acc_running": "running train accuracy (last interval)"}
+              "final_train_acc_running": "running train accuracy (last interval)",
+              "final_val_acc": "final validation accuracy", "final_val_loss": "final validation loss",
+              "test_acc_at_best_val": "test accuracy at the best validation accuracy",
+              "test_loss_at_best_val": "test loss at the best validation loss"}
     title = titles.get(metric, metric.replace("_", " "))
     return title + (" (%)" if _is_fraction(metric) else "")
 

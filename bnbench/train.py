@@ -416,6 +416,8 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                     train_losses, train_accs = evaluate_copies(net, probe_x, probe_y, trainer.eval_batch_size, task)
                     test_losses, test_accs = evaluate_copies(net, data.test_x, data.test_y, trainer.eval_batch_size,
                                                              task)
+                    val_losses, val_accs = ([None] * s, [None] * s) if data.val_x is None else \
+                        evaluate_copies(net, data.val_x, data.val_y, trainer.eval_batch_size, task)
                     wall = round(elapsed_before + time.perf_counter() - start, 4)
                     for i in range(s):
                         if results[i].status != "completed":
@@ -424,6 +426,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                                "train_loss_running": running_losses[i],
                                "train_acc_running": running_correct[i] / seen if task.hits is not None else None,
                                "train_loss": train_losses[i], "train_acc": train_accs[i],
+                               "val_loss": val_losses[i], "val_acc": val_accs[i],
                                "test_loss": test_losses[i], "test_acc": test_accs[i],
                                "lr": optimizer.param_groups[0]["lr"], "wall_s": wall}
                         results[i].history.append(row)

@@ -137,3 +137,15 @@ def cifar_checksums(monkeypatch):
         monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5s[cls.meta["filename"]]})
 
     return apply, tvd
+
+
+def as_float64(data):
+    """A float64 copy of a loaded dataset's float tensors (the loaded one is shared, and frozen)."""
+    import dataclasses
+
+    floats = {name: getattr(data, name).double() for name in ("train_x", "test_x", "val_x")
+              if getattr(data, name) is not None}
+    if data.train_y.is_floating_point():
+        floats.update({name: getattr(data, name).double() for name in ("train_y", "test_y", "val_y")
+                       if getattr(data, name) is not None})
+    return dataclasses.replace(data, **floats)

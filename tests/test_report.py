@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as st
 
 from bnbench import report
-from conftest import run_cli
+from conftest import make_cfg, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +256,25 @@ def test_report_out_writes_elsewhere_and_never_into_a_run_folder_unasked(sweep, 
     ok = run_cli("report", str(next(runs_dir.iterdir())), "--out", str(tmp_path / "one"), "--no-plots", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "one" / "report.md").is_file()
+
+
+def test_runs_with_a_validation_split_report_the_test_metric_selected_on_it(tmp_path):
+    from bnbench.experiment import run_experiment
+
+    for norm in ("none", "bn_before"):
+        overrides = [f"norm={norm}", "seed=0"]
+        cfg = make_cfg(*overrides, "trainer.epochs=2", "trainer.threads=1", "trainer.log_progress=false")
+        run_experiment(cfg, tmp_path / f"norm={norm},seed=0", overrides=overrides)
+    tables = report.build(tmp_path, report.ReportOptions(metric="test_acc_at_best_val"))
+    assert tables.runs["test_acc_at_best_val"].notna().all() and tables.runs["final_val_acc"].notna().all()
+    assert not any("selected on the test set" in w for w in tables.warnings)
+    assert "test accuracy at the best validation accuracy" in report.to_markdown(tables)
+
+
+def test_an_old_sweep_without_validation_metrics_reports_as_before(tmp_path):
+    folder = tmp_path / "ioffe2015"
+    shutil.copytree(REFERENCE / "ioffe2015", folder)
+    tables = report.build(folder)
+    assert tables.runs["final_val_acc"].isna().all() and tables.runs["final_test_acc"].notna().all()
+    with pytest.raises(report.ReportError, match="no validation metrics.*use --metric final_test_acc"):
+        report.build(folder, report.ReportOptions(metric="test_acc_at_best_val"))

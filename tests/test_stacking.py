@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
@@ -18,7 +17,7 @@ from bnbench.planning import seed_stacks
 from bnbench.stacking import StackedNet
 from bnbench.train import train_copies as train_stacked
 from bnbench.train import train
-from conftest import make_cfg, run_cli
+from conftest import as_float64, make_cfg, run_cli
 
 CPU = torch.device("cpu")
 SEEDS = [0, 1, 2]
@@ -62,14 +61,6 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-def _double(data):
-    """A float64 copy (the loaded dataset itself is shared, and frozen)."""
-    floats = {"train_x": data.train_x.double(), "test_x": data.test_x.double()}
-    if data.train_y.is_floating_point():
-        floats.update(train_y=data.train_y.double(), test_y=data.test_y.double())
-    return dataclasses.replace(data, **floats)
-
-
 @pytest.mark.parametrize("overrides", [
     ("norm=bn_before",),
     ("norm=bn_after", "activation=tanh", "optimizer=adam", "optimizer.lr=0.003"),
@@ -90,7 +81,7 @@ def _double(data):
 ])
 def test_stacked_seeds_are_their_separate_runs(overrides, float64):
     cfg = make_cfg(*overrides, "trainer.epochs=2", "trainer.log_progress=false")
-    data = _double(load_dataset(cfg, CPU))
+    data = as_float64(load_dataset(cfg, CPU))
     stacked = train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU)
     assert all(r.status == "completed" for r in stacked)
     _assert_same_runs(_separate(cfg, data, SEEDS), stacked, rel=1e-9)
@@ -193,7 +184,7 @@ def test_a_stack_records_each_copy_s_diagnostics_as_its_own_run_would(overrides,
     them (a replay of the step on the copy) leaves the stack's training unchanged."""
     cfg = make_cfg(*overrides, "trainer.epochs=1", "diagnostics.enabled=true", "diagnostics.every=5",
                    "trainer.log_progress=false")
-    data = _double(load_dataset(cfg, CPU))
+    data = as_float64(load_dataset(cfg, CPU))
     stacked = train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU)
     separate = []
     for seed, model in zip(SEEDS, _models(cfg, data, SEEDS)):
@@ -326,7 +317,7 @@ def test_stack_size_splits_a_cell(tmp_path):
 def test_dropout_masks_are_the_seeds_own_in_a_stack(float64):
     """Each copy draws its masks from its own stream: a stack with dropout is its separate runs."""
     cfg = make_cfg("norm=bn_before", "trainer.dropout=0.3", "trainer.epochs=2", "trainer.log_progress=false")
-    data = _double(load_dataset(cfg, CPU))
+    data = as_float64(load_dataset(cfg, CPU))
     stacked = train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU)
     _assert_same_runs(_separate(cfg, data, SEEDS), stacked, rel=1e-9)
     # and a seed's masks do not depend on its stack-mates
@@ -364,7 +355,7 @@ def test_a_stack_resumes_each_copy_from_its_own_checkpoint(tmp_path, float64, ov
     """A stack cut off mid-way writes each copy's checkpoint in the plain model's format; the
     stack resumes from them, and so does each seed alone: all equal the uninterrupted runs."""
     cfg = make_cfg(*overrides, "trainer.steps=60", "trainer.eval_every=10", "trainer.log_progress=false")
-    data = _double(load_dataset(cfg, CPU))
+    data = as_float64(load_dataset(cfg, CPU))
     reference = _separate(cfg, data, SEEDS)
     checkpoints = _checkpoints(tmp_path, SEEDS)
     with pytest.raises(_Cut):  # cut at the 3rd evaluation of the stack's first copy ...

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 
@@ -15,7 +14,7 @@ from bnbench.data import load_dataset
 from bnbench.experiment import run_experiment
 from bnbench.models import build_model
 from bnbench.train import evaluate, train
-from conftest import make_cfg
+from conftest import as_float64, make_cfg
 
 QUICK = ("trainer.epochs=2", "trainer.threads=1", "trainer.log_progress=false")
 
@@ -84,9 +83,23 @@ def test_record_contents(tmp_path):
     assert summary["params"] == {"norm": "bn_after", "seed": "1"}
     assert summary["n_params"] > 0 and summary["device"] == "cpu"
     assert set(summary["versions"]) >= {"torch", "torchvision", "bnbench", "python"}
-    assert [int(r["step"]) for r in rows] == [23, 46]  # 1437 digits // 60 = 23 steps per epoch
+    # 1437 digits training images, 144 held out for validation: 1293 // 60 = 21 steps per epoch
+    assert [int(r["step"]) for r in rows] == [21, 42]
     assert summary["final"]["test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
     assert summary["best"]["test_acc"] == max(float(r["test_acc"]) for r in rows)
+    # selection on validation: the test metric of the evaluation with the best validation accuracy
+    assert all(r["val_acc"] != "" and r["val_loss"] != "" for r in rows)
+    chosen = max(rows, key=lambda r: float(r["val_acc"]))
+    assert summary["at_best_val"]["step"] == int(chosen["step"])
+    assert summary["at_best_val"]["test_acc"] == pytest.approx(float(chosen["test_acc"]))
+    assert summary["final"]["val_acc"] == pytest.approx(float(rows[-1]["val_acc"]))
+
+
+def test_without_a_validation_split_the_val_columns_stay_empty(tmp_path):
+    summary, rows = _run(tmp_path, "dataset.val_size=0")
+    assert [int(r["step"]) for r in rows] == [23, 46]  # all 1437 training images: 23 steps per epoch
+    assert all(r["val_acc"] == "" and r["val_loss"] == "" for r in rows)
+    assert summary["at_best_val"] == {} and summary["final"]["val_acc"] is None
     assert 0.5 < summary["final"]["test_acc"] <= 1.0, "two epochs on digits should learn something"
 
 
@@ -206,7 +219,7 @@ def test_channels_last_is_how_a_cnn_computes_not_what(tmp_path):
             cfg = make_cfg("model=alexnet", "norm=bn_before", "trainer.steps=6", "trainer.eval_every=3",
                            "trainer.batch_size=32", f"trainer.channels_last={flag}")
             data = load_dataset(cfg, torch.device("cpu"))
-            data = dataclasses.replace(data, train_x=data.train_x.double(), test_x=data.test_x.double())
+            data = as_float64(data)
             torch.manual_seed(0)
             models[flag] = build_model(cfg, data.in_shape, data.num_outputs)
             histories[flag] = train(models[flag], data, cfg, torch.device("cpu")).history
