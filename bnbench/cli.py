@@ -281,6 +281,9 @@ def report(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the files without printing the tables."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report files here instead of into "
                                        "the sweep folder (a shared or read-only sweep, a single run's folder)."),
+    select: Optional[str] = typer.Option(
+        None, "--select", help="A swept key (e.g. optimizer.lr) chosen per arm on the validation split: each arm "
+        "(a cell without the key) is compared at its own value with the best mean validation metric."),
 ) -> None:
     """Rebuild the tables, statistics and plots of a finished or partial sweep from its run records."""
     from bnbench import records
@@ -298,7 +301,7 @@ def report(
     fmt = tuple(f.strip() for item in formats for f in item.split(",") if f.strip())
     options = report_mod.ReportOptions(metric=metric, baseline=base, confidence=confidence, margin=margin,
                                        min_effect=min_effect, interval=interval, target_acc=target_acc,
-                                       time_unit=time_unit, formats=fmt, plots=plots, out=out)
+                                       time_unit=time_unit, formats=fmt, plots=plots, out=out, select=select)
     try:
         report_mod.output_dir(sweep_dir, out)  # before any work: where it may write
         tables = report_mod.build(sweep_dir, options)

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bnbench import diagnostics_report, records, stats
+from bnbench import selection as selection_mod
 
 STATUSES = stats.STATUSES
 # Known factors first, in the order a reader scans a placement ablation; others follow.
@@ -33,11 +34,12 @@ _FACTOR_ORDER = ("model", "norm", "activation", "optimizer", "dataset", "trainer
 RUN_COLUMNS = [
     "run", "status", "seed", "final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss",
     "best_test_loss", "final_train_acc", "final_train_loss_running", "final_train_acc_running", "final_val_acc",
-    "final_val_loss", "test_acc_at_best_val", "test_loss_at_best_val", "steps", "epochs", "wall_s", "n_params", "stack_size", "device", "run_id", "error",
+    "final_val_loss", "best_val_acc", "best_val_loss", "test_acc_at_best_val", "test_loss_at_best_val", "steps",
+    "epochs", "wall_s", "n_params", "stack_size", "device", "run_id", "error",
 ]
 METRICS = ("final_test_acc", "best_test_acc", "final_train_loss", "final_test_loss", "best_test_loss",
            "final_train_acc", "final_train_loss_running", "final_train_acc_running", "final_val_acc", "final_val_loss",
-           "test_acc_at_best_val", "test_loss_at_best_val")
+           "best_val_acc", "best_val_loss", "test_acc_at_best_val", "test_loss_at_best_val")
 FORMATS = ("md", "csv", "latex")
 INCOMPLETE_MARK = "*"  # next to the rank of a cell with failed, unfinished or missing runs
 
@@ -59,6 +61,7 @@ class ReportOptions:
     formats: tuple[str, ...] = ("md", "csv")
     plots: bool = True
     out: Path | None = None  # where the report files go; None: the sweep folder itself
+    select: str | None = None  # a swept key chosen per arm on the validation split (bnbench.selection)
 
 
 @dataclass
@@ -81,6 +84,8 @@ class SweepTables:
     plots: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     diagnostics: pd.DataFrame | None = None  # per cell and layer: bnbench.diagnostics_report.summarize
+    selection: selection_mod.Selection | None = None  # --select: the value each arm was compared at
+    all_runs: pd.DataFrame | None = None  # with --select, every run (runs holds the chosen ones)
 
     @property
     def failed_runs(self) -> pd.DataFrame:
@@ -117,6 +122,8 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
             **_train_metrics(final),
             final_val_acc=final.get("val_acc"),
             final_val_loss=final.get("val_loss"),
+            best_val_acc=selected.get("val_acc"),
+            best_val_loss=selected.get("val_loss"),
             test_acc_at_best_val=selected.get("test_acc"),
             test_loss_at_best_val=selected.get("test_loss"),
             steps=summary.get("steps"),
@@ -319,7 +326,19 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
             and runs["status"].isin(stats.RESULTS).any():
         raise ReportError(f"these runs were recorded before bnbench 0.2 and have no {metric} of the final model; "
                           f"use --metric {metric}_running (the running average over the last evaluation interval)")
-    tables = SweepTables(sweep_dir, runs, factors, constants, metric, cells=pd.DataFrame())
+    chosen, all_runs = None, runs
+    if options.select:
+        try:
+            runs, factors, chosen = selection_mod.select_per_arm(runs, factors, options.select, metric)
+        except selection_mod.SelectionError as err:
+            raise ReportError(str(err)) from err
+    tables = SweepTables(sweep_dir, runs, factors, constants, metric, cells=pd.DataFrame(), selection=chosen,
+                         all_runs=all_runs)
+    if chosen is not None:
+        tables.warnings.append(
+            f"{chosen.key} was chosen per arm on the validation split ({chosen.criterion}), on the same seeds that "
+            "are reported here: the chosen values are flattered a little (a winner's curse); rerun them on fresh "
+            "seeds for the comparison to publish")
     if metric.startswith("best_test"):
         tables.warnings.append(f"{metric} is selected on the test set (the best of all evaluations, by the data it "
                                "reports): it overstates what a run would score on new data; publish final_test_* "
@@ -403,6 +422,7 @@ def _metric_title(metric: str) -> str:
               "final_train_loss_running": "running train loss (last interval)",
               "final_train_acc_running": "running train accuracy (last interval)",
               "final_val_acc": "final validation accuracy", "final_val_loss": "final validation loss",
+              "best_val_acc": "best validation accuracy", "best_val_loss": "best validation loss",
               "test_acc_at_best_val": "test accuracy at the best validation accuracy",
               "test_loss_at_best_val": "test loss at the best validation loss"}
     title = titles.get(metric, metric.replace("_", " "))
@@ -440,6 +460,19 @@ def cell_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
             rank += INCOMPLETE_MARK
         rows.append([rank, *[str(cell[f]) for f in tables.factors], _status_text(cell),
                      _diverged_text(cell["diverged"], cell["n"]), mean, ci, _fmt(cell["median"], m), spread])
+    return header, rows
+
+
+def selection_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    sel = tables.selection
+    assert sel is not None
+    header = [*sel.arms, f"chosen {sel.key}", f"mean {sel.criterion}", "seeds", "every value", "note"]
+    rows = []
+    for _, arm in sel.table.iterrows():
+        values = "; ".join(f"{v}: {_fmt(mean, sel.criterion)} ({n}{f', {d} diverged' if d else ''})"
+                           for v, mean, n, d in arm["values"])
+        rows.append([*(str(arm[a]) for a in sel.arms), str(arm["chosen"] if arm["chosen"] is not None else "—"),
+                     _fmt(arm["criterion"], sel.criterion), str(arm["n"]), values, arm["note"] or ""])
     return header, rows
 
 
@@ -539,6 +572,14 @@ def to_markdown(tables: SweepTables) -> str:
         lines += ["Fixed: " + ", ".join(f"`{k}={v}`" for k, v in tables.constants.items()), ""]
     lines += [f"Metric: **{_metric_title(m)}**; mean ± std (n−1) over the results (completed and diverged seeds) "
               f"of each cell, {pct} t-interval of the mean; rank 1 is best. {_POLICY}", ""]
+    if tables.selection is not None:
+        sel = tables.selection
+        lines += [f"## `{sel.key}` chosen per arm", "",
+                  f"Each arm's value of `{sel.key}` is the one with the best mean {_metric_title(sel.criterion)} over "
+                  "its seeds (the validation split; the test set plays no part). A diverged seed scores the worst "
+                  "value, so a value under which a seed diverged is chosen only when every value had one. Every "
+                  f"table below compares the arms at their own chosen values. Each value: mean {_metric_title(sel.criterion)} "
+                  "(results, diverged).", "", *_md_table(*selection_rows(tables)), ""]
     lines += ["## Cells", "", *_md_table(*cell_rows(tables)), ""]
     if (~tables.cells["complete"] & tables.cells["rank"].notna()).any():
         lines += [f"{INCOMPLETE_MARK} the cell has failed, unfinished or missing runs: its statistics cover only "
@@ -687,7 +728,8 @@ def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Pat
     d.mkdir(parents=True, exist_ok=True)
     if options.plots:
         _render_plots(tables, options.confidence, d)
-    public_runs = tables.runs[[c for c in tables.runs.columns if not c.startswith("_")]]
+    every_run = tables.all_runs if tables.all_runs is not None else tables.runs  # one row per run, always
+    public_runs = every_run[[c for c in every_run.columns if not c.startswith("_")]]
     written = [d / "results.csv"]
     records.write_text(written[0], public_runs.to_csv(index=False))
     interactions = None
@@ -699,7 +741,9 @@ def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Pat
                                      *[c for c in interactions.columns if c not in
                                        ("factor_a", "level_a", "factor_b", "level_b")]]]
     frames = {"cells": tables.cells, "comparisons": tables.comparisons, "main_effects": tables.effects,
-              "anova": tables.anova, "interactions": interactions, "diagnostics_summary": tables.diagnostics}
+              "anova": tables.anova, "interactions": interactions, "diagnostics_summary": tables.diagnostics,
+              "selection": None if tables.selection is None else tables.selection.table.assign(key=tables.selection.key,
+                                                                                             criterion=tables.selection.criterion)}
     if "md" in options.formats:
         written.append(d / "report.md")
         records.write_text(written[-1], to_markdown(tables))
@@ -739,6 +783,15 @@ def print_tables(tables: SweepTables, console: Console | None = None) -> None:
     for warning in tables.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
     wide = console.width >= 120  # an 80-column terminal gets the columns that matter most, unwrapped
+    if tables.selection is not None:
+        header, rows = selection_rows(tables)
+        keep = [i for i, h in enumerate(header) if wide or h != "every value"]
+        chosen = Table(title=f"{tables.selection.key} chosen per arm on the validation split", title_justify="left")
+        for i in keep:
+            chosen.add_column(header[i], justify="left" if i < len(tables.selection.arms) + 1 else "right")
+        for row in rows:
+            chosen.add_row(*(row[i] for i in keep))
+        console.print(chosen)
     header, rows = cell_rows(tables)
     if not wide:
         keep = [i for i, h in enumerate(header) if h not in ("median", "min – max")]

@@ -119,6 +119,7 @@ def test_time_to_target_accuracy(sweep):
     (("--margin", "-0.5"), "--margin"),
     (("--min-effect", "0"), "--min-effect"),
     (("--interval", "jackknife"), "--interval"),
+    (("--select", "trainer.batch_size"), "trainer.batch_size is not swept"),
 ])
 def test_bad_report_options_are_one_line_errors(sweep, args, fragment):
     cwd, folder = sweep

@@ -1,0 +1,109 @@
+"""Per-arm selection on the validation split: ``bnbench report DIR --select KEY``.
+
+"Does batch norm help?" has no answer at one learning rate: a rate that suits one arm
+handicaps the other. With ``--select optimizer.lr`` each *arm* (a cell of the sweep without the
+selected key: norm=none, norm=bn_before, ...) gets its own value of the key, the one with the
+best mean validation metric over its seeds, and the arms are then compared at their own chosen
+values on the test metric, paired by seed, by the report's usual statistics. Selection reads
+the validation split only (``dataset.val_size``), never the test set.
+
+The validation criterion follows the reported metric: the final model's validation metric for
+``final_*`` metrics, the best validation metric for ``*_at_best_val`` (the evaluation that
+metric comes from). A diverged run scores the worst value (bnbench.stats.scores), so a value
+under which any seed diverged is chosen only when every value had a diverged seed, and then
+the one with the fewest (said in the arm's note). The seeds that chose the values are the ones
+reported, which flatters the chosen values a little (a winner's curse): the report says so,
+and a rerun of the chosen values on fresh seeds is the clean comparison.
+
+No torch here: pandas on the runs table of bnbench.report.collect_runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bnbench import stats
+
+
+class SelectionError(ValueError):
+    """--select cannot be applied to this sweep; the message says why and what to do."""
+
+
+@dataclass
+class Selection:
+    key: str  # the selected config key, e.g. optimizer.lr
+    criterion: str  # the validation column the values were chosen by
+    arms: list[str]  # the factors that define an arm
+    # one row per arm: its factor values, chosen, criterion (mean over seeds at the chosen value),
+    # n (seeds with a result there), values (per value: (value, mean, results, diverged)), note
+    table: pd.DataFrame
+
+
+def criterion_for(metric: str, runs: pd.DataFrame) -> str:
+    """The validation column that selects values for ``metric``."""
+    if metric.endswith("_at_best_val"):
+        return "best_val_acc" if "acc" in metric else "best_val_loss"
+    if "acc" in metric and runs["final_val_acc"].notna().any():
+        return "final_val_acc"
+    return "final_val_loss"
+
+
+def select_per_arm(runs: pd.DataFrame, factors: list[str], key: str,
+                   metric: str) -> tuple[pd.DataFrame, list[str], Selection]:
+    """The runs of each arm at its chosen value of ``key``, the factors left (``key`` removed),
+    and the selection made (for the report)."""
+    if key not in factors:
+        swept = ", ".join(factors) or "none"
+        raise SelectionError(f"--select {key}: {key} is not swept in this sweep (its swept keys: {swept}); "
+                             "select one of those, e.g. --select optimizer.lr on a sweep over optimizer.lr=...")
+    criterion = criterion_for(metric, runs)
+    results = runs["status"].isin(stats.RESULTS)
+    if not runs.loc[results, criterion].notna().any():
+        raise SelectionError(f"--select {key}: these runs have no validation metric ({criterion}); they were "
+                             "recorded before bnbench 0.5 or with dataset.val_size=0. Rerun the sweep with a "
+                             "validation split to select on it (the test set is never used for selection)")
+    arms = [f for f in factors if f != key]
+    higher = stats.higher_is_better(criterion)
+    scored = runs.assign(_score=stats.scores(runs, criterion), _key=runs[key].astype(str))
+    levels = [str(v) for v in (runs[key].cat.categories if hasattr(runs[key], "cat") else pd.unique(runs[key]))]
+    rows, keep = [], pd.Series(False, index=runs.index)
+    groups = scored.groupby(arms, observed=True, sort=False) if arms else [((), scored)]
+    for arm_values, arm in groups:
+        arm_values = arm_values if isinstance(arm_values, tuple) else (arm_values,)
+        per_value = []
+        for value in levels:
+            at = arm[(arm["_key"] == value) & arm["_score"].notna()]
+            if len(at) == 0:
+                continue
+            diverged = int((arm.loc[at.index, "status"] == "diverged").sum())
+            per_value.append((value, float(at["_score"].mean()), len(at), diverged))
+        row = dict(zip(arms, arm_values))
+        chosen, note = _choose(per_value, higher)
+        row.update(chosen=chosen, values=per_value, note=note)
+        chosen_entry = next((v for v in per_value if v[0] == chosen), None)
+        row.update(criterion=chosen_entry[1] if chosen_entry else np.nan, n=chosen_entry[2] if chosen_entry else 0)
+        rows.append(row)
+        if chosen is not None:
+            keep |= runs.index.isin(arm.index[arm["_key"] == chosen])
+    table = pd.DataFrame(rows, columns=[*arms, "chosen", "criterion", "n", "values", "note"])
+    return runs[keep].reset_index(drop=True), arms, Selection(key, criterion, arms, table)
+
+
+def _choose(per_value: list[tuple[str, float, int, int]], higher: bool) -> tuple[str | None, str]:
+    """The chosen value among (value, mean criterion, results, diverged) and a note for the
+    reader: ties, and arms where every value had a diverged seed, are said plainly."""
+    if not per_value:
+        return None, "no results at any value: nothing to compare"
+    finite = [v for v in per_value if np.isfinite(v[1])]
+    if not finite:  # a diverged seed (the worst score) under every value
+        fewest = min(v[3] for v in per_value)
+        chosen = next(v for v in per_value if v[3] == fewest)
+        return chosen[0], (f"every value had a diverged seed; chose {chosen[0]}, the first with the fewest "
+                           f"({fewest} of {chosen[2]})")
+    best = max(v[1] for v in finite) if higher else min(v[1] for v in finite)
+    tied = [v[0] for v in finite if np.isclose(v[1], best, rtol=0, atol=1e-12)]
+    note = f"tie between {', '.join(tied)}: chose the first in the sweep's order" if len(tied) > 1 else ""
+    return tied[0], note

@@ -1,0 +1,89 @@
+"""Per-arm selection on the validation split (bnbench report --select)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnbench.selection import SelectionError, select_per_arm
+
+
+def _runs(cells: dict[tuple[str, str], list], val="final_val_acc", test="final_test_acc") -> pd.DataFrame:
+    """norm x lr cells; each entry per seed: (val, test), or ("diverged", test)."""
+    rows = []
+    for (norm, lr), entries in cells.items():
+        for seed, entry in enumerate(entries):
+            status = "diverged" if entry[0] == "diverged" else "completed"
+            rows.append({"run": f"norm={norm},optimizer.lr={lr},seed={seed}", "status": status, "seed": seed,
+                         "norm": norm, "optimizer.lr": lr, val: np.nan if status == "diverged" else entry[0],
+                         test: entry[1], "final_val_loss": np.nan, "best_val_acc": np.nan, "best_val_loss": np.nan})
+    runs = pd.DataFrame(rows)
+    for f, levels in (("norm", ["none", "bn_before"]), ("optimizer.lr", ["0.01", "0.1", "1.0"])):
+        runs[f] = pd.Categorical(runs[f], categories=[v for v in levels if v in set(runs[f])], ordered=True)
+    return runs
+
+
+def test_each_arm_gets_the_value_with_its_best_mean_validation_metric():
+    runs = _runs({("none", "0.01"): [(0.80, 0.79), (0.82, 0.80)], ("none", "0.1"): [(0.85, 0.84), (0.86, 0.99)],
+                  ("none", "1.0"): [("diverged", 0.1), (0.9, 0.9)],
+                  ("bn_before", "0.01"): [(0.84, 0.83), (0.84, 0.85)], ("bn_before", "0.1"): [(0.87, 0.86), (0.88, 0.5)],
+                  ("bn_before", "1.0"): [(0.89, 0.10), (0.90, 0.11)]})
+    chosen, factors, selection = select_per_arm(runs, ["norm", "optimizer.lr"], "optimizer.lr", "final_test_acc")
+    assert factors == ["norm"] and selection.criterion == "final_val_acc"
+    table = selection.table.set_index("norm")
+    # none: 1.0 had a diverged seed (the worst score), so 0.1 wins; bn_before: 1.0 by validation,
+    # although its test accuracy is poor: the test set plays no part in the choice
+    assert table.loc["none", "chosen"] == "0.1" and table.loc["bn_before", "chosen"] == "1.0"
+    assert table.loc["bn_before", "criterion"] == pytest.approx(0.895) and table.loc["bn_before", "n"] == 2
+    assert sorted(zip(chosen["norm"].astype(str), chosen["optimizer.lr"].astype(str))) == \
+        [("bn_before", "1.0"), ("bn_before", "1.0"), ("none", "0.1"), ("none", "0.1")]
+
+
+def test_ties_and_arms_where_every_value_diverged_are_said():
+    runs = _runs({("none", "0.01"): [("diverged", 0.1), (0.8, 0.8)], ("none", "0.1"): [("diverged", 0.1),
+                                                                                       ("diverged", 0.1)],
+                  ("bn_before", "0.01"): [(0.8, 0.8), (0.9, 0.9)], ("bn_before", "0.1"): [(0.9, 0.9), (0.8, 0.7)]})
+    _, _, selection = select_per_arm(runs, ["norm", "optimizer.lr"], "optimizer.lr", "final_test_acc")
+    table = selection.table.set_index("norm")
+    assert table.loc["none", "chosen"] == "0.01" and "every value had a diverged seed" in table.loc["none", "note"]
+    assert table.loc["bn_before", "chosen"] == "0.01" and "tie between 0.01, 0.1" in table.loc["bn_before", "note"]
+
+
+def test_a_key_that_is_not_swept_or_a_sweep_without_validation_is_refused():
+    runs = _runs({("none", "0.1"): [(0.8, 0.8)], ("bn_before", "0.1"): [(0.9, 0.9)]})
+    with pytest.raises(SelectionError, match="optimizer.lr is not swept"):
+        select_per_arm(runs, ["norm"], "optimizer.lr", "final_test_acc")
+    runs["final_val_acc"] = np.nan
+    with pytest.raises(SelectionError, match="no validation metric"):
+        select_per_arm(runs, ["norm"], "norm", "final_test_acc")
+
+
+def test_report_select_compares_the_arms_at_their_chosen_values(tmp_path):
+    """End to end on real runs (digits, in-process): each arm at the learning rate its validation
+    accuracy chose, compared by seed; results.csv keeps every run; the markdown shows the choice."""
+    from bnbench import report
+    from bnbench.experiment import run_experiment
+    from conftest import make_cfg
+
+    for norm in ("none", "bn_before"):
+        for lr in ("0.01", "0.1"):
+            for seed in (0, 1):
+                overrides = [f"norm={norm}", f"optimizer.lr={lr}", f"seed={seed}"]
+                cfg = make_cfg(*overrides, "trainer.epochs=2", "trainer.threads=1", "trainer.log_progress=false")
+                run_experiment(cfg, tmp_path / ",".join(overrides), overrides=overrides)
+    tables = report.build(tmp_path, report.ReportOptions(select="optimizer.lr"))
+    assert tables.factors == ["norm"] and len(tables.runs) == 4 and len(tables.all_runs) == 8
+    chosen = tables.selection.table.set_index("norm")["chosen"]
+    for norm in ("none", "bn_before"):  # the choice is the best mean validation accuracy, by hand
+        arm = tables.all_runs[tables.all_runs["norm"].astype(str) == norm]
+        means = arm.groupby(arm["optimizer.lr"].astype(str), observed=True)["final_val_acc"].mean()
+        assert chosen[norm] == means.idxmax()
+    comp = tables.comparisons
+    assert len(comp) == 1 and comp["n_pairs"].iloc[0] == 2, "compared at the chosen values, paired by seed"
+    markdown = report.to_markdown(tables)
+    assert "## `optimizer.lr` chosen per arm" in markdown and "winner's curse" in markdown
+    written = report.write(tables, report.ReportOptions(select="optimizer.lr", plots=False))
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 8 and tmp_path / "selection.csv" in written
+    with pytest.raises(report.ReportError, match="seed is not swept"):
+        report.build(tmp_path, report.ReportOptions(select="seed"))
