@@ -284,6 +284,11 @@ def report(
     select: Optional[str] = typer.Option(
         None, "--select", help="A swept key (e.g. optimizer.lr) chosen per arm on the validation split: each arm "
         "(a cell without the key) is compared at its own value with the best mean validation metric."),
+    profile: Optional[str] = typer.Option(
+        None, "--profile", help="A numeric swept key (e.g. optimizer.lr): per arm, the metric at every value with its "
+        "interval and divergence rate (profile.png), and the stable range around the best value."),
+    within: float = typer.Option(1.0, "--within", help="With --profile: how far from the best a stable value may be, "
+                                 "in the report's units (points for accuracies)."),
 ) -> None:
     """Rebuild the tables, statistics and plots of a finished or partial sweep from its run records."""
     from bnbench import records
@@ -301,7 +306,8 @@ def report(
     fmt = tuple(f.strip() for item in formats for f in item.split(",") if f.strip())
     options = report_mod.ReportOptions(metric=metric, baseline=base, confidence=confidence, margin=margin,
                                        min_effect=min_effect, interval=interval, target_acc=target_acc,
-                                       time_unit=time_unit, formats=fmt, plots=plots, out=out, select=select)
+                                       time_unit=time_unit, formats=fmt, plots=plots, out=out, select=select,
+                                       profile=profile, within=within)
     try:
         report_mod.output_dir(sweep_dir, out)  # before any work: where it may write
         tables = report_mod.build(sweep_dir, options)

@@ -248,6 +248,52 @@ def cell_intervals(
     return _save(fig, out_path)
 
 
+def profile(prof, out_path: Path, confidence: float = 0.95) -> Path:
+    """The metric against a numeric key, per arm: mean over seeds with its t-interval band and
+    each arm's stable range shaded on the axis; below, the share of seeds that diverged per
+    value. A log axis when the values span a decade or more (learning rates)."""
+    cells = prof.cells
+    arms = prof.arms
+    labels = cells[arms].astype(str).agg(" / ".join, axis=1) if arms else pd.Series(["all runs"] * len(cells))
+    order = list(dict.fromkeys(labels))
+    palette = dict(zip(order, _colors(len(order))))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True, height_ratios=(3, 1),
+                                      layout="constrained")
+    values = cells["value"].astype(float)
+    log = bool((values > 0).all() and values.max() / values.min() >= 10)
+    for label in order:
+        at = cells[labels == label]
+        x = at["value"].astype(float).to_numpy()
+        mean = at["mean"].to_numpy(float)
+        low, high = at["ci_low"].to_numpy(float), at["ci_high"].to_numpy(float)
+        if _is_accuracy(prof.metric):
+            low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+        finite = np.isfinite(mean)
+        top.plot(x[finite], mean[finite], marker="o", ms=4, color=palette[label], label=label)
+        band = finite & np.isfinite(low) & np.isfinite(high)
+        top.fill_between(x[band], low[band], high[band], color=palette[label], alpha=0.15, lw=0)
+        bottom.plot(x, at["div_rate"].to_numpy(float), marker="o", ms=4, color=palette[label])
+    for _, arm in prof.ranges.iterrows():  # the stable range: a thick bar at the arm's best mean
+        label = " / ".join(str(arm[a]) for a in arms) if arms else "all runs"
+        if np.isfinite(arm["low"]):
+            top.plot([arm["low"], arm["high"]], [arm["best_mean"]] * 2, lw=7, alpha=0.3, solid_capstyle="round",
+                     color=palette.get(label, "0.5"))
+    if log:
+        top.set_xscale("log")
+    _format_axis(top, prof.metric)
+    top.set_ylabel(_label(prof.metric))
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8, title=" / ".join(arms) or None, title_fontsize=8)
+    top.set_title(f"{_label(prof.metric)} against {prof.key}: mean and {confidence:.0%} CI over seeds; "
+                  "thick bars: stable ranges", fontsize=10)
+    bottom.set_ylim(-0.05, 1.05)
+    bottom.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    bottom.set_ylabel("diverged")
+    bottom.set_xlabel(prof.key)
+    bottom.grid(alpha=0.3)
+    return _save(fig, out_path)
+
+
 def _save(fig, out_path: Path) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=120, bbox_inches="tight")  # tight: keep outside legends and notes

@@ -19,12 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bnbench import diagnostics_report, records, stats
+from bnbench import diagnostics_report, profiles, records, stats
 from bnbench import selection as selection_mod
 
 STATUSES = stats.STATUSES
@@ -62,6 +63,8 @@ class ReportOptions:
     plots: bool = True
     out: Path | None = None  # where the report files go; None: the sweep folder itself
     select: str | None = None  # a swept key chosen per arm on the validation split (bnbench.selection)
+    profile: str | None = None  # a numeric swept key to profile the metric over (bnbench.profiles)
+    within: float = 1.0  # --profile: a stable range's distance from the best, in the units shown
 
 
 @dataclass
@@ -86,6 +89,7 @@ class SweepTables:
     diagnostics: pd.DataFrame | None = None  # per cell and layer: bnbench.diagnostics_report.summarize
     selection: selection_mod.Selection | None = None  # --select: the value each arm was compared at
     all_runs: pd.DataFrame | None = None  # with --select, every run (runs holds the chosen ones)
+    profile: profiles.Profile | None = None  # --profile: the metric over a numeric key, per arm
 
     @property
     def failed_runs(self) -> pd.DataFrame:
@@ -326,14 +330,26 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
             and runs["status"].isin(stats.RESULTS).any():
         raise ReportError(f"these runs were recorded before bnbench 0.2 and have no {metric} of the final model; "
                           f"use --metric {metric}_running (the running average over the last evaluation interval)")
-    chosen, all_runs = None, runs
+    chosen, all_runs, prof = None, runs, None
+    if options.profile:
+        if options.select:
+            raise ReportError("--profile and --select are separate reports: --profile shows every value of a key, "
+                              "--select compares the arms at one chosen value each; run one, then the other")
+        baseline = options.baseline if options.baseline is not None else _default_baseline(runs, factors)
+        try:
+            prof = profiles.profile(runs, factors, options.profile, metric, _units(options.within, metric) or 0.0,
+                                    options.confidence, baseline)
+        except profiles.ProfileError as err:
+            raise ReportError(str(err)) from err
     if options.select:
         try:
             runs, factors, chosen = selection_mod.select_per_arm(runs, factors, options.select, metric)
         except selection_mod.SelectionError as err:
             raise ReportError(str(err)) from err
     tables = SweepTables(sweep_dir, runs, factors, constants, metric, cells=pd.DataFrame(), selection=chosen,
-                         all_runs=all_runs)
+                         all_runs=all_runs, profile=prof)
+    if prof is not None:
+        tables.notes += prof.notes
     if chosen is not None:
         tables.warnings.append(
             f"{chosen.key} was chosen per arm on the validation split ({chosen.criterion}), on the same seeds that "
@@ -476,6 +492,42 @@ def selection_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _profile_lines(tables: SweepTables) -> list[str]:
+    prof = tables.profile
+    assert prof is not None
+    m, unit = prof.metric, " points" if _is_fraction(prof.metric) else ""
+    within = 100 * prof.within if _is_fraction(m) else prof.within
+    header = [*prof.arms, f"best {prof.key}", "its mean", "stable range", "width", f"width {_pct(tables)} (seeds resampled)"]
+    has_ratio = "width_ratio" in prof.ranges
+    if has_ratio:
+        header += [f"width / {prof.ranges.attrs['baseline']}", "its interval"]
+    rows = []
+    for _, arm in prof.ranges.iterrows():
+        stable = f"{arm['low']:g} – {arm['high']:g}" if np.isfinite(arm["low"]) else "none"
+        width = f"{arm['width']:.3g}×" if np.isfinite(arm["width"]) else "—"
+        interval = (f"{arm['width_low']:.3g}× – {arm['width_high']:.3g}×" if np.isfinite(arm["width_low"]) else "—")
+        if arm.get("no_range_share", 0) > 0:
+            interval += f" (no range in {100 * arm['no_range_share']:.0f}% of draws)"
+        row = [*(str(arm[a]) for a in prof.arms), f"{arm['best']:g}" if np.isfinite(arm["best"]) else "—",
+               _fmt(arm["best_mean"], m), stable, width, interval]
+        if has_ratio:
+            row += [f"{arm['width_ratio']:.3g}" if np.isfinite(arm["width_ratio"]) else "—",
+                    f"{arm['ratio_low']:.3g} – {arm['ratio_high']:.3g}" if np.isfinite(arm["ratio_low"]) else "—"]
+        rows.append(row)
+    per_value_header = [*prof.arms, prof.key, "results", "diverged", "mean", f"{_pct(tables)} CI"]
+    per_value = [[*(str(c[a]) for a in prof.arms), f"{c['value']:g}", str(int(c["n"])),
+                  f"{int(c['diverged'])}/{int(c['n'])}", _fmt(c["mean"], m),
+                  f"{_fmt(c['ci_low'], m, clip=True)} – {_fmt(c['ci_high'], m, clip=True)}"]
+                 for _, c in prof.cells.iterrows()]
+    return [f"## Profile over `{prof.key}`", "",
+            f"Per arm, the {_metric_title(m)} at every value of `{prof.key}` (mean over seeds, {_pct(tables)} "
+            "t-interval; `profile.png`). Stable range: the unbroken run of values around the best one under "
+            f"which no seed diverged and whose mean is within {within:g}{unit} of the best such mean (`--within`); "
+            "its width is the ratio of its ends. Intervals of the widths and of their ratio to the baseline arm "
+            "come from resampling seeds (2,000 draws, the same seeds for every value and arm).", "",
+            *_md_table(header, rows), "", *_md_table(per_value_header, per_value), ""]
+
+
 def _interval_label(tables: SweepTables) -> str:
     kind = "BCa bootstrap" if tables.comparisons.attrs.get("interval") == "bootstrap" else "t"
     return f"{_pct(tables)} CI ({kind})"
@@ -580,6 +632,8 @@ def to_markdown(tables: SweepTables) -> str:
                   "value, so a value under which a seed diverged is chosen only when every value had one. Every "
                   f"table below compares the arms at their own chosen values. Each value: mean {_metric_title(sel.criterion)} "
                   "(results, diverged).", "", *_md_table(*selection_rows(tables)), ""]
+    if tables.profile is not None:
+        lines += _profile_lines(tables)
     lines += ["## Cells", "", *_md_table(*cell_rows(tables)), ""]
     if (~tables.cells["complete"] & tables.cells["rank"].notna()).any():
         lines += [f"{INCOMPLETE_MARK} the cell has failed, unfinished or missing runs: its statistics cover only "
@@ -702,6 +756,8 @@ def _render_plots(tables: SweepTables, confidence: float, out_dir: Path) -> None
     if (tables.cells["n"] > 0).any():
         out["final metric per cell"] = plots.cell_intervals(tables.cells, tables.factors,
                                                             out_dir / "cells.png", metric=tables.metric)
+    if tables.profile is not None:
+        out["profile"] = plots.profile(tables.profile, out_dir / "profile.png", confidence)
     out.update(diagnostics_report.plot_diagnostics(tables.sweep_dir, tables.runs, tables.factors, out_dir))
     tables.plots = out
 
@@ -742,6 +798,8 @@ def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Pat
                                        ("factor_a", "level_a", "factor_b", "level_b")]]]
     frames = {"cells": tables.cells, "comparisons": tables.comparisons, "main_effects": tables.effects,
               "anova": tables.anova, "interactions": interactions, "diagnostics_summary": tables.diagnostics,
+              "profile": None if tables.profile is None else tables.profile.cells,
+              "stable_ranges": None if tables.profile is None else tables.profile.ranges,
               "selection": None if tables.selection is None else tables.selection.table.assign(key=tables.selection.key,
                                                                                              criterion=tables.selection.criterion)}
     if "md" in options.formats:

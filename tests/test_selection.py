@@ -87,3 +87,76 @@ def test_report_select_compares_the_arms_at_their_chosen_values(tmp_path):
     assert len(pd.read_csv(tmp_path / "results.csv")) == 8 and tmp_path / "selection.csv" in written
     with pytest.raises(report.ReportError, match="seed is not swept"):
         report.build(tmp_path, report.ReportOptions(select="seed"))
+
+
+# ---------------------------------------------------------------------------- --profile
+
+
+def _lr_runs(cells: dict[tuple[str, str], list]) -> pd.DataFrame:
+    """norm x lr cells of final test accuracies per seed; "d" marks a diverged seed (10%)."""
+    rows = []
+    for (norm, lr), entries in cells.items():
+        for seed, entry in enumerate(entries):
+            diverged = entry == "d"
+            rows.append({"run": f"norm={norm},optimizer.lr={lr},seed={seed}", "seed": seed, "norm": norm,
+                         "optimizer.lr": lr, "status": "diverged" if diverged else "completed",
+                         "final_test_acc": 0.1 if diverged else entry})
+    runs = pd.DataFrame(rows)
+    runs["norm"] = pd.Categorical(runs["norm"], categories=["none", "bn_before"], ordered=True)
+    lrs = sorted(set(runs["optimizer.lr"]), key=float)
+    runs["optimizer.lr"] = pd.Categorical(runs["optimizer.lr"], categories=lrs, ordered=True)
+    return runs
+
+
+def test_the_stable_range_is_the_unbroken_run_of_close_values_without_divergence():
+    from bnbench.profiles import profile
+
+    runs = _lr_runs({
+        ("none", "0.01"): [0.80, 0.81, 0.80], ("none", "0.1"): [0.88, 0.88, 0.89], ("none", "1"): [0.875, 0.88, 0.88],
+        ("none", "10"): ["d", 0.88, 0.88],
+        ("bn_before", "0.01"): [0.88, 0.885, 0.88], ("bn_before", "0.1"): [0.89, 0.89, 0.89],
+        ("bn_before", "1"): [0.885, 0.89, 0.885], ("bn_before", "10"): [0.70, 0.72, 0.71]})
+    prof = profile(runs, ["norm", "optimizer.lr"], "optimizer.lr", "final_test_acc", within=0.01,
+                   baseline={"norm": "none"})
+    ranges = prof.ranges.set_index("norm")
+    # none: 0.1 is best; 1 is within a point; 10 had a diverged seed; 0.01 is 8 points down
+    assert (ranges.loc["none", "low"], ranges.loc["none", "high"], ranges.loc["none", "width"]) == (0.1, 1.0, 10.0)
+    # bn_before: 0.01-1 within a point of 0.89, 10 far below
+    assert (ranges.loc["bn_before", "low"], ranges.loc["bn_before", "high"]) == (0.01, 1.0)
+    assert ranges.loc["bn_before", "width"] == pytest.approx(100.0)
+    assert ranges.loc["bn_before", "width_ratio"] == pytest.approx(10.0)
+    assert ranges.loc["bn_before", "width_low"] <= 100.0 <= ranges.loc["bn_before", "width_high"]
+    cells = prof.cells.set_index(["norm", "value"])
+    assert cells.loc[("none", 10.0), "div_rate"] == pytest.approx(1 / 3)
+    assert cells.loc[("bn_before", 0.1), "mean"] == pytest.approx(0.89)
+
+
+def test_profile_of_a_key_that_is_not_numeric_or_not_swept_is_refused():
+    from bnbench.profiles import ProfileError, profile
+
+    runs = _lr_runs({("none", "0.1"): [0.8], ("bn_before", "0.1"): [0.9]})
+    with pytest.raises(ProfileError, match="optimizer.lr is not swept"):
+        profile(runs, ["norm"], "optimizer.lr", "final_test_acc", within=0.01)
+    with pytest.raises(ProfileError, match="not all numbers"):
+        profile(runs, ["norm", "optimizer.lr"], "norm", "final_test_acc", within=0.01)
+
+
+def test_report_profile_writes_its_tables_and_plot(tmp_path):
+    from bnbench import report
+    from bnbench.experiment import run_experiment
+    from conftest import make_cfg
+
+    for norm in ("none", "bn_before"):
+        for lr in ("0.01", "0.1", "1.0"):
+            for seed in (0, 1):
+                overrides = [f"norm={norm}", f"optimizer.lr={lr}", f"seed={seed}"]
+                cfg = make_cfg(*overrides, "trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false")
+                run_experiment(cfg, tmp_path / ",".join(overrides), overrides=overrides)
+    options = report.ReportOptions(profile="optimizer.lr", within=2.0)
+    tables = report.build(tmp_path, options)
+    assert len(tables.profile.ranges) == 2 and len(tables.profile.cells) == 6
+    markdown = report.to_markdown(tables)
+    assert "## Profile over `optimizer.lr`" in markdown and "within 2 points" in markdown
+    written = report.write(tables, options)
+    assert {tmp_path / "profile.png", tmp_path / "stable_ranges.csv", tmp_path / "profile.csv"} <= set(written) | \
+        set(tmp_path.glob("*.png"))

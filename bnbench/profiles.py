@@ -1,0 +1,156 @@
+"""Profiles over a numeric swept key: ``bnbench report DIR --profile optimizer.lr``.
+
+Batch norm's central practical claim (Ioffe & Szegedy 2015, sec. 3.3) is that it tolerates
+much larger learning rates. One rate cannot show that; the profile of the metric over a log grid
+of rates can. For each arm (a cell without the key) the profile has, per value of the key, the
+mean over seeds with its t-interval and the share of seeds that diverged, and the arm's *stable
+range*: the values under which no seed diverged and whose mean is within ``within`` (report
+units: points for accuracies) of the best such mean, taken as the unbroken run of such values
+around the best one. Its width is the ratio of its ends ("0.03-1.0, 33x"; one value: 1x).
+
+How sure is a width? Seeds are resampled with replacement (the same draw for every value and
+every arm: a seed's runs share its data order and initial weights) and the width recomputed;
+the percentile interval over 2,000 draws is shown, and for each arm the ratio of its width to
+the baseline arm's, with its interval from the same draws. With 3-5 seeds these intervals are
+wide, and a percentile bootstrap undercovers at such sizes (bnbench's coverage tests of paired
+intervals): read them as a rough guide, not a test.
+
+No torch here: pandas on the runs table of bnbench.report.collect_runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from bnbench import stats
+
+RESAMPLES = 2000
+
+
+class ProfileError(ValueError):
+    """--profile cannot be drawn for this sweep; the message says why and what to do."""
+
+
+@dataclass
+class Profile:
+    key: str
+    metric: str
+    within: float  # in the metric's own units (a fraction for accuracies)
+    arms: list[str]
+    cells: pd.DataFrame  # per arm and value: value (float), n, mean, ci_low, ci_high, div_rate
+    ranges: pd.DataFrame  # per arm: best, best_mean, low, high, width, width_low, width_high, ratio...
+    notes: list[str] = field(default_factory=list)
+
+
+def numeric_levels(runs: pd.DataFrame, key: str) -> list[float]:
+    levels = runs[key].cat.categories if hasattr(runs[key], "cat") else pd.unique(runs[key])
+    try:
+        return sorted(float(v) for v in levels)
+    except ValueError:
+        raise ProfileError(f"--profile {key}: its values ({', '.join(map(str, levels))}) are not all numbers; "
+                           "profile a numeric key such as optimizer.lr or trainer.batch_size") from None
+
+
+def profile(runs: pd.DataFrame, factors: list[str], key: str, metric: str, within: float,
+            confidence: float = 0.95, baseline: dict[str, str] | None = None, seed: int = 0) -> Profile:
+    if key not in factors:
+        raise ProfileError(f"--profile {key}: {key} is not swept in this sweep (its swept keys: "
+                           f"{', '.join(factors) or 'none'}); profile one of those, over three or more values")
+    if not (math.isfinite(within) and within >= 0):
+        raise ProfileError(f"--within {within}: give 0 or a positive difference in the report's units")
+    numeric_levels(runs, key)
+    arms = [f for f in factors if f != key]
+    runs = runs.assign(_value=pd.to_numeric(runs[key].astype(str)), _score=stats.scores(runs, metric))
+    higher = stats.higher_is_better(metric)
+    cells = stats.cell_stats(runs, [*arms, key], metric, confidence=confidence)
+    cells["value"] = pd.to_numeric(cells[key].astype(str))
+    cells = cells.sort_values([*arms, "value"], kind="stable").reset_index(drop=True)
+    results = runs[runs["_score"].notna()]
+    seeds = np.array(sorted(results["seed"].dropna().unique()))
+    # one array per arm: seeds x values of scores and of divergence (NaN where no result)
+    values = sorted(results["_value"].unique())
+    arm_groups = results.groupby(arms, observed=True, sort=False) if arms else [((), results)]
+    per_arm = {}
+    for arm_values, arm in arm_groups:
+        arm_values = arm_values if isinstance(arm_values, tuple) else (arm_values,)
+        score = arm.pivot_table(index="seed", columns="_value", values="_score", aggfunc="first")
+        diverged = (arm.assign(_d=(arm["status"] == "diverged").astype(float))
+                    .pivot_table(index="seed", columns="_value", values="_d", aggfunc="first"))
+        per_arm[tuple(str(v) for v in arm_values)] = (score.reindex(index=seeds, columns=values),
+                                                      diverged.reindex(index=seeds, columns=values))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(seeds), size=(RESAMPLES, len(seeds))) if len(seeds) else np.zeros((0, 0), int)
+    rows, widths = [], {}
+    for arm_key, (score, diverged) in per_arm.items():
+        found = _stable_range(score.to_numpy(), diverged.to_numpy(), np.array(values), within, higher)
+        boot = np.array([_stable_range(score.to_numpy()[d], diverged.to_numpy()[d], np.array(values), within,
+                                       higher)["width"] for d in draws])
+        widths[arm_key] = boot
+        alpha = 1 - confidence
+        finite = boot[np.isfinite(boot)]
+        low, high = (np.quantile(finite, [alpha / 2, 1 - alpha / 2]) if len(finite) else (np.nan, np.nan))
+        rows.append({**dict(zip(arms, arm_key)), **found, "width_low": low, "width_high": high,
+                     "no_range_share": float(np.mean(~np.isfinite(boot))) if len(boot) else np.nan})
+    ranges = pd.DataFrame(rows)
+    notes = []
+    base = _baseline_arm(arms, per_arm, baseline)
+    if base is not None and len(ranges):
+        ratio_low, ratio_high, ratio = [], [], []
+        for arm_key in per_arm:
+            both = np.isfinite(widths[arm_key]) & np.isfinite(widths[base])
+            r = widths[arm_key][both] / widths[base][both]
+            ratio.append(float(ranges.loc[list(per_arm).index(arm_key), "width"]
+                               / ranges.loc[list(per_arm).index(base), "width"]))
+            q = np.quantile(r, [(1 - confidence) / 2, 1 - (1 - confidence) / 2]) if len(r) else (np.nan, np.nan)
+            ratio_low.append(q[0])
+            ratio_high.append(q[1])
+        ranges["width_ratio"], ranges["ratio_low"], ranges["ratio_high"] = ratio, ratio_low, ratio_high
+        ranges.attrs["baseline"] = ", ".join(f"{a}={v}" for a, v in zip(arms, base))
+    if len(seeds) < 5:
+        notes.append(f"{len(seeds)} seeds: the intervals of the widths come from resampling so few seeds and are "
+                     "rough (a percentile bootstrap covers less than its level at such sizes)")
+    return Profile(key, metric, within, arms, cells, ranges, notes)
+
+
+def _stable_range(score: np.ndarray, diverged: np.ndarray, values: np.ndarray, within: float,
+                  higher: bool) -> dict:
+    """The arm's best value and its stable range from seeds x values arrays (NaN: no result)."""
+    with np.errstate(invalid="ignore"):
+        present = ~np.all(np.isnan(score), axis=0)
+        means = np.where(present, np.nanmean(np.where(np.isnan(score), np.nan, score), axis=0), np.nan)
+        any_diverged = np.nansum(diverged, axis=0) > 0
+    finite = np.isfinite(means)
+    candidates = finite & ~any_diverged
+    if not candidates.any():  # a diverged seed under every value: nothing is stable
+        return {"best": np.nan, "best_mean": np.nan, "low": np.nan, "high": np.nan, "width": np.nan}
+    best_index = int(np.argmax(np.where(candidates, means, -np.inf)) if higher
+                     else np.argmin(np.where(candidates, means, np.inf)))
+    best_mean = means[best_index]
+    close = finite & ((means >= best_mean - within) if higher else (means <= best_mean + within))
+    stable = close & ~any_diverged
+    lo = hi = best_index
+    while lo > 0 and (stable[lo - 1] or not present[lo - 1]):
+        lo -= 1
+    while hi < len(values) - 1 and (stable[hi + 1] or not present[hi + 1]):
+        hi += 1
+    while not present[lo]:
+        lo += 1
+    while not present[hi]:
+        hi -= 1
+    low, high = values[lo], values[hi]
+    width = high / low if low > 0 else np.nan
+    return {"best": values[best_index], "best_mean": best_mean, "low": low, "high": high, "width": width}
+
+
+def _baseline_arm(arms: list[str], per_arm: dict, baseline: dict[str, str] | None) -> tuple[str, ...] | None:
+    """The arm the widths are compared with: the report's baseline (norm=none by default)."""
+    if not baseline or not arms or not set(baseline) <= set(arms):
+        return None
+    for arm_key in per_arm:
+        if all(arm_key[arms.index(k)] == str(v) for k, v in baseline.items()):
+            return arm_key
+    return None
