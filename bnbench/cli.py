@@ -321,6 +321,55 @@ def report(
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def confirm(
+    ctx: typer.Context,
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder whose per-arm choices to confirm."),
+    select: str = typer.Option(..., "--select", help="The swept key chosen per arm on the validation split, as in "
+                               "bnbench report --select (e.g. optimizer.lr)."),
+    seeds: int = typer.Option(5, "--seeds", help="New seeds per arm (the ones after the sweep's largest seed)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="The metric whose validation counterpart chooses "
+                                         "(as in bnbench report)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per finished run."),
+) -> None:
+    """Rerun each arm's chosen configuration on fresh seeds, into DIR_confirm, and report it.
+
+    \b
+    The seeds that chose a value flatter it; seeds that took no part in the choice do not.
+    Extra arguments are Hydra overrides for every rerun, e.g. hydra/launcher=parallel.
+    Rerunning the command resumes an unfinished confirmation and skips what is done.
+    """
+    import subprocess
+
+    from bnbench import confirm as confirm_mod
+    from bnbench import report as report_mod
+
+    extra = list(ctx.args)
+    try:
+        plan = confirm_mod.plan(sweep_dir, select, seeds, metric)
+    except report_mod.ReportError as err:
+        fail(str(err))
+    confirm_mod.write_plan(plan)
+    for arm in plan.arms:
+        described = ", ".join(f"{k}={v}" for k, v in arm["arm"].items()) or "all runs"
+        console.print(f"{described}: {select}={arm['chosen']} on seeds {', '.join(map(str, plan.seeds))}",
+                      highlight=False)
+    for args in confirm_mod.commands(plan, extra + (["--quiet"] if quiet else [])):
+        proc = subprocess.run([sys.executable, "-m", "bnbench.cli", *args])
+        if proc.returncode != 0:
+            raise typer.Exit(proc.returncode)  # the sweep said why, in one line
+    try:
+        # arms that chose different values: one value per arm, so --select compares them as arms
+        varies = len({arm["chosen"] for arm in plan.arms}) > 1
+        options = report_mod.ReportOptions(select=select if varies else None, metric=metric)
+        tables = report_mod.build(plan.folder, options)
+        written = report_mod.write(tables, options)
+    except report_mod.ReportError as err:
+        fail(f"the reruns are recorded in {plan.folder}, but their report failed: {err}")
+    report_mod.print_tables(tables, console)
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+
+
 @app.command()
 def export(
     sweep_dir: Path = typer.Argument(..., help="A sweep folder (the one `bnbench run -m` printed)."),

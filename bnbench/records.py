@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 SUMMARY = "summary.json"
 SWEEP_INFO = "sweep.json"  # written when a multirun starts: command line, git state, date
+CONFIRM_PLAN = "confirm.json"  # a `bnbench confirm` folder: the sweep and choices it reruns (bnbench/confirm.py)
 FINISHED = ("completed", "diverged")  # statuses of results; a rerun of the same sweep skips them
 METRICS = "metrics.csv"
 

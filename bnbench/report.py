@@ -277,6 +277,14 @@ def _provenance(sweep_dir: Path, runs: pd.DataFrame) -> dict[str, Any]:
 # ------------------------------------------------------------------ building
 
 
+def _confirmed_sweep(sweep_dir: Path) -> str | None:
+    """The sweep whose choices this folder reruns on fresh seeds (bnbench confirm), if it is one."""
+    try:
+        return str(json.loads((sweep_dir / records.CONFIRM_PLAN).read_text())["confirms"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _default_baseline(runs: pd.DataFrame, factors: list[str]) -> dict[str, str] | None:
     if "norm" in factors and "none" in set(runs["norm"].astype(str)):
         return {"norm": "none"}
@@ -350,7 +358,11 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
                          all_runs=all_runs, profile=prof)
     if prof is not None:
         tables.notes += prof.notes
-    if chosen is not None:
+    confirms = _confirmed_sweep(sweep_dir)
+    if chosen is not None and confirms:
+        tables.notes.append(f"{chosen.key} per arm as chosen on the validation split of {confirms}; these seeds "
+                            "took no part in the choice (bnbench confirm)")
+    elif chosen is not None:
         tables.warnings.append(
             f"{chosen.key} was chosen per arm on the validation split ({chosen.criterion}), on the same seeds that "
             "are reported here: the chosen values are flattered a little (a winner's curse); rerun them on fresh "

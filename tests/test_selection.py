@@ -160,3 +160,34 @@ def test_report_profile_writes_its_tables_and_plot(tmp_path):
     written = report.write(tables, options)
     assert {tmp_path / "profile.png", tmp_path / "stable_ranges.csv", tmp_path / "profile.csv"} <= set(written) | \
         set(tmp_path.glob("*.png"))
+
+
+@pytest.mark.slow
+def test_confirm_reruns_each_arm_s_choice_on_fresh_seeds_and_reports_it(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    common = ("trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false", "--quiet")
+    sweep = run_cli("run", "-m", "norm=none,bn_before", "optimizer.lr=0.01,0.5", "seed=0,1", "sweep.name=lr",
+                    *common, cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    proc = run_cli("confirm", str(tmp_path / "results" / "lr"), "--select", "optimizer.lr", "--seeds", "2",
+                   "trainer.threads=1", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = tmp_path / "results" / "lr_confirm"
+    plan = json.loads((folder / "confirm.json").read_text())
+    assert plan["seeds"] == [2, 3] and plan["select"] == "optimizer.lr"
+    chosen = {arm["arm"]["norm"]: arm["chosen"] for arm in plan["arms"]}
+    summaries = [json.loads(p.read_text()) for p in folder.glob("*/summary.json")]
+    assert len(summaries) == 4 and {s["seed"] for s in summaries} == {2, 3}
+    for s in summaries:
+        assert s["status"] in ("completed", "diverged") and s["params"]["optimizer.lr"] == chosen[s["params"]["norm"]]
+    report_md = (folder / "report.md").read_text()
+    assert "Against the baseline `norm=none`" in report_md
+    assert ("## `optimizer.lr` chosen per arm" in report_md) == (len(set(chosen.values())) > 1)
+    if len(set(chosen.values())) > 1:  # no winner's curse here: the values were chosen on other seeds
+        assert "took no part in the choice" in report_md and "winner's curse" not in report_md
+    again = run_cli("confirm", str(tmp_path / "results" / "lr"), "--select", "optimizer.lr", "--seeds", "2",
+                    "trainer.threads=1", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0 and "already complete" in again.stdout
