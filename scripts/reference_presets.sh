@@ -20,9 +20,10 @@ declare -A extra=(
   [regression_mlp]=""
   [placement]="${subset[*]} trainer.epochs=2"
   [alexnet_bn_adam]="${subset[*]} trainer.epochs=5"
+  [tuned_placement]=""
 )
 presets=("$@")
-[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam)
+[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam tuned_placement)
 for preset in "${presets[@]}"; do
   if [[ ! -v "extra[$preset]" ]]; then
     echo "reference_presets.sh: unknown preset '$preset'; choose from: ${!extra[*]}" >&2
@@ -32,4 +33,13 @@ done
 for preset in "${presets[@]}"; do
   # shellcheck disable=SC2086  # the extra overrides are words
   bnbench run -m "ablation=$preset" "sweep.name=$preset" ${extra[$preset]} "${common[@]}"
+  dir=results/reference/$preset
+  case $preset in
+    lr_tolerance)  # the profile over the rates is the report; each arm at its own rate beside it
+      bnbench report "$dir" --profile optimizer.lr --margin 0.5 --quiet
+      bnbench report "$dir" --select optimizer.lr --margin 0.5 --out "$dir/selected" --quiet ;;
+    tuned_placement)  # each arm at its own rate, then those rates on 5 fresh seeds
+      bnbench report "$dir" --select optimizer.lr --margin 0.5 --quiet
+      bnbench confirm "$dir" --select optimizer.lr --seeds 5 hydra/launcher=parallel trainer.threads=1 --quiet ;;
+  esac
 done

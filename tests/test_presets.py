@@ -14,7 +14,7 @@ from bnbench.models import Dropout, build_model
 from conftest import write_mnist_family
 
 PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam",
-           "regression_mlp")
+           "regression_mlp", "tuned_placement")
 
 
 def compose_preset(name: str, *overrides: str, hydra: bool = False):
@@ -59,9 +59,19 @@ def test_placement():
 
 def test_lr_tolerance():
     g = grid("lr_tolerance")
-    assert g["norm"] == ["none", "bn_before"]
-    base, *others = (float(v) for v in g["optimizer.lr"])
-    assert [x / base for x in others] == pytest.approx([5, 30])
+    assert g["norm"] == ["none", "bn_before"] and g["seed"] == ["0", "1", "2", "3", "4"]
+    rates = [float(v) for v in g["optimizer.lr"]]
+    assert len(rates) == 13 and (rates[0], rates[-1]) == (0.003, 10.0)
+    steps = [b / a for a, b in zip(rates, rates[1:])]
+    assert all(1.6 <= step <= 2.1 for step in steps), "a log grid, about doubling"
+
+
+def test_tuned_placement():
+    g = grid("tuned_placement")
+    assert g["norm"] == ["none", "bn_before", "bn_after"] and len(g["seed"]) == 5
+    rates = [float(v) for v in g["optimizer.lr"]]
+    assert (rates[0], rates[-1]) == (0.01, 10.0) and len(rates) == 7
+    assert compose_preset("tuned_placement").dataset.val_size > 0, "the rates are chosen on a validation split"
 
 
 def test_deep_sigmoid():
@@ -107,7 +117,7 @@ def test_regression_mlp():
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
     g = grid(name)
-    assert g.pop("seed") == ["0", "1", "2"]
+    assert g.pop("seed") in (["0", "1", "2"], ["0", "1", "2", "3", "4"])
     first = {k: v[0] for k, v in g.items()}
     cells = [first] + [{**first, key: value} for key, values in g.items() for value in values[1:]]
     for cell in cells:  # every value of every key composes (one key at a time)
