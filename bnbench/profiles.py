@@ -15,6 +15,10 @@ the baseline arm's, with its interval from the same draws. With 3-5 seeds these 
 wide, and a percentile bootstrap undercovers at such sizes (bnbench's coverage tests of paired
 intervals): read them as a rough guide, not a test.
 
+The metric is the report's: by default the final validation accuracy (loss for regression),
+since the stable range picks values and picking happens on held-out data; ``--metric
+final_test_acc`` profiles the test metric itself.
+
 No torch here: pandas on the runs table of bnbench.report.collect_runs.
 """
 

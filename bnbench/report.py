@@ -320,6 +320,13 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
     options = options or ReportOptions()
     runs, factors, constants = collect_runs(sweep_dir)
     metric = options.metric or default_metric(runs)
+    if options.profile and options.metric is None:
+        # the stable range picks values: on the validation split by default, never silently on the test set
+        metric = selection_mod.criterion_for(metric, runs)
+        if not runs.loc[runs["status"].isin(stats.RESULTS), metric].notna().any():
+            raise ReportError(f"--profile {options.profile}: these runs have no validation metric ({metric}); they "
+                              "were recorded before bnbench 0.5 or with dataset.val_size=0. Rerun with a validation "
+                              "split, or give --metric final_test_acc to profile the test metric itself")
     if options.target_acc is not None:
         if default_metric(runs) != "final_test_acc":
             raise ReportError("--target-acc needs test accuracies, and this sweep's runs have none (a regression "

@@ -279,3 +279,5 @@ def test_an_old_sweep_without_validation_metrics_reports_as_before(tmp_path):
     assert tables.runs["final_val_acc"].isna().all() and tables.runs["final_test_acc"].notna().all()
     with pytest.raises(report.ReportError, match="no validation metrics.*use --metric final_test_acc"):
         report.build(folder, report.ReportOptions(metric="test_acc_at_best_val"))
+    with pytest.raises(report.ReportError, match="--profile optimizer.lr: these runs have no validation metric"):
+        report.build(folder, report.ReportOptions(profile="optimizer.lr"))
