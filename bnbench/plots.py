@@ -32,6 +32,8 @@ _LABELS = {"test_acc": "test accuracy", "train_acc": "train accuracy", "train_lo
            "best_test_acc": "best test accuracy", "final_train_loss": "final train loss",
            "best_test_loss": "best test loss",
            "final_test_loss": "final test loss", "val_acc": "validation accuracy", "val_loss": "validation loss",
+           "final_val_acc": "final validation accuracy", "final_val_loss": "final validation loss",
+           "best_val_acc": "best validation accuracy", "best_val_loss": "best validation loss",
            "test_acc_at_best_val": "test accuracy at the best validation accuracy",
            "test_loss_at_best_val": "test loss at the best validation loss"}
 _MAX_COLS = 4  # panels per row before wrapping, so many levels grow the figure downwards

@@ -514,8 +514,9 @@ def selection_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
 def _profile_lines(tables: SweepTables) -> list[str]:
     prof = tables.profile
     assert prof is not None
-    m, unit = prof.metric, " points" if _is_fraction(prof.metric) else ""
+    m = prof.metric
     within = 100 * prof.within if _is_fraction(m) else prof.within
+    unit = (" point" if within == 1 else " points") if _is_fraction(m) else ""
     header = [*prof.arms, f"best {prof.key}", "its mean", "stable range", "width", f"width {_pct(tables)} (seeds resampled)"]
     has_ratio = "width_ratio" in prof.ranges
     if has_ratio:
