@@ -197,6 +197,9 @@ class DiagnosticsConfig:
     # Train- vs eval-mode accuracy is measured on the first probe_batches x trainer.batch_size
     # test samples (2 batches keep the cost within a few % of a run; more: less noise).
     probe_batches: int = 2
+    # Internal covariate shift as Santurkar et al. (2018, Definition 2.1) measure it, per layer on
+    # each diagnostics step: ||G - G'|| and cos(G, G') (bnbench/ics.py). k + 1 extra passes each.
+    ics: bool = False
 
 
 @dataclass

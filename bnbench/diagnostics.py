@@ -37,6 +37,9 @@ acc_eval_mode       x trainer.batch_size test samples, in batches of trainer.bat
                     after the step's update; dropout is off in both, so they differ only by BN
                     (equal without BN, and with layer or group norm: no batch statistics).
                     Two batches by default: cheap, but coarse (1/120 at batch 60)
+ics_l2, ics_cos     with diagnostics.ics=true: internal covariate shift as Santurkar et al. (2018,
+                    Definition 2.1) measure it, ||G - G'|| and cos(G, G') of the layer's weight
+                    gradient before and after the layers before it are updated (bnbench/ics.py)
 ==================  ===========================================================================
 
 Columns that do not apply (no BN, another activation, the head) are empty. Layer and group
@@ -287,8 +290,10 @@ class Diagnostics:
         model.train(was_training)
         return train_acc, eval_acc
 
-    def record(self, step: int, epoch: float, loss: torch.Tensor) -> list[dict[str, Any]]:
-        """The rows of this diagnostics step (one per layer); the only host transfer."""
+    def record(self, step: int, epoch: float, loss: torch.Tensor,
+               per_layer_extra: list[dict[str, float]] | None = None) -> list[dict[str, Any]]:
+        """The rows of this diagnostics step (one per layer); the only host transfer.
+        ``per_layer_extra``: more columns per layer, in layer order (bnbench.ics)."""
         self.disarm()
         accs = self.mode_accuracies()
         keys = list(self._values)
@@ -311,6 +316,8 @@ class Diagnostics:
                        acc_eval_mode=acc_eval, **stats)
             if layer.activation is not None:
                 row["unit"] = layer.unit
+            if per_layer_extra is not None:
+                row.update({k: float(f"{v:.7g}") for k, v in per_layer_extra[layer.index].items()})
             rows.append(row)
         self._values = {}
         return rows

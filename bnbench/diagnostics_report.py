@@ -79,6 +79,10 @@ def summarize(sweep_dir: Path, runs, factors: list[str]):
     for column in _SUMMARY_LAST:
         if column in last:
             summary[f"{column}_last"] = last.groupby(keys, **group)[column].mean()
+    for column in ("ics_l2", "ics_cos"):  # diagnostics.ics: over all of training, not just the end
+        if column in data and data[column].notna().any():
+            per_run = data.groupby(["run", *keys], **group)[column].mean()
+            summary[f"{column}_mean"] = per_run.groupby(keys, **group).mean()
     summary = summary.reset_index()
     summary["layer"] = summary["layer"].astype(int)
     return summary
@@ -131,6 +135,9 @@ def markdown_lines(summary, factors: list[str]) -> list[str]:
 
     pivot("grad_norm_first", "Weight-gradient norm at step 1", _num)
     pivot("grad_norm_last", "Weight-gradient norm, last", _num)
+    pivot("ics_l2_mean", "Internal covariate shift ||G − G′|| (Santurkar et al. 2018, Def. 2.1), mean over "
+          "the diagnostics steps", _num)
+    pivot("ics_cos_mean", "cos(G, G′), mean over the diagnostics steps (1: no shift)", _num)
     if {"act_in_p15_last", "act_in_p85_last"} <= set(frame.columns):
         frame["act_in_last"] = [
             "—" if pd.isna(a) else " / ".join(f"{v:.2f}".replace("-0.00", "0.00") for v in (a, b, c))

@@ -32,6 +32,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "selu": nn.SELU,
+    "linear": nn.Identity,  # no nonlinearity: a deep linear network (Santurkar et al. 2018's DLN)
 }
 
 PLACEMENTS = ("before", "after")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnbench.data import TensorDataset, eval_batches
+from bnbench import ics
 from bnbench.diagnostics import Diagnostics
 from bnbench.errors import ConfigError
 from bnbench.interrupts import Interrupted, deferred
@@ -344,6 +345,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
     # single run hooks the model it trains; a stack's copies are replayed (_copy_diagnostics).
     diagnostics = [Diagnostics.for_run(model, cfg, data) for model in models]
     diagnostics = diagnostics if diagnostics[0] is not None else None
+    measure_ics = diagnostics is not None and bool(cfg.diagnostics.get("ics", False))  # bnbench/ics.py
     active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
     every = next((ck.every for ck in checkpoints if ck is not None), 0)  # evaluations between checkpoints
 
@@ -379,10 +381,14 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                 idx = orders[:, pos * batch_size:(pos + 1) * batch_size]  # (S, B): each copy's own batch
                 xb, yb = data.train_batch(idx)
                 probing = diagnostics is not None and diagnostics[0].due(step + 1)
+                shift: list[ics.Before | None] = []  # diagnostics.ics: each copy's state before the update
+                if probing and s > 1:
+                    _copy_diagnostics(net, models, diagnostics, xb, yb, task, active, device)
+                if probing and measure_ics:  # a stack's plain copies hold its state (written back above)
+                    shift = [ics.before_step(models[i], xb[i], yb[i], task.loss, device) if bool(active[i]) else None
+                             for i in range(s)]
                 if probing and s == 1:
                     diagnostics[0].arm()  # hooks for this forward pass only
-                elif probing:
-                    _copy_diagnostics(net, models, diagnostics, xb, yb, task, active, device)
                 outputs = net(xb)
                 losses = copy_losses(task, outputs, yb)
                 # a diverged copy's NaN must not reach the sum (its gradient is cut, the others' unchanged)
@@ -407,8 +413,10 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                     write_back(net, models)  # each copy after the update (a SingleNet is its model)
                     for i in range(s):
                         if bool(active[i]):
+                            per_layer = ics.after_step(models[i], shift[i], xb[i], yb[i], task.loss, device) \
+                                if shift and shift[i] is not None else None
                             results[i].diagnostics += diagnostics[i].record(step, round(step / steps_per_epoch, 4),
-                                                                            losses[i])
+                                                                            losses[i], per_layer)
                 if pos == steps_per_epoch:  # the next epoch starts from the generators' states now
                     pos, epoch_rngs = 0, [g.get_state() for g in order_rngs]
                 if step % eval_every == 0 or step == total_steps:

@@ -14,7 +14,7 @@ from bnbench.models import Dropout, build_model
 from conftest import write_mnist_family
 
 PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam",
-           "regression_mlp", "tuned_placement")
+           "regression_mlp", "tuned_placement", "santurkar2018_ics")
 
 
 def compose_preset(name: str, *overrides: str, hydra: bool = False):
@@ -141,3 +141,10 @@ def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
         assert rows["layer"].nunique() == n_layers
         assert rows["grad_norm"].notna().all()
         assert rows["bn_mean_gap"].notna().any() == (norm != "none")
+
+
+def test_santurkar2018_ics():
+    g = grid("santurkar2018_ics")
+    assert g["activation"] == ["linear", "sigmoid", "relu"] and g["norm"] == ["none", "bn_before"]
+    cfg = compose_preset("santurkar2018_ics")
+    assert cfg.model.depth == 10 and cfg.diagnostics.enabled and cfg.diagnostics.ics

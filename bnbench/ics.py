@@ -1,0 +1,125 @@
+"""Internal covariate shift, measured as Santurkar, Tsipras, Ilyas & Madry (2018, "How does
+batch normalization help optimization?", sec. 2.2, Definition 2.1) define it.
+
+For layer i of k at step t, with the weights W_1..W_k before the step's update and W'_1..W'_k
+after it, on the step's own batch (x, y):
+
+    G_i  = grad_{W_i} L(W_1, ..., W_{i-1}, W_i, ..., W_k; x, y)       the gradient the step used
+    G'_i = grad_{W_i} L(W'_1, ..., W'_{i-1}, W_i, ..., W_k; x, y)     after the layers before i moved
+
+    ics_l2  = || G_i - G'_i ||_2                                      (the paper's l2 difference)
+    ics_cos = < G_i, G'_i > / (|| G_i || || G'_i ||)                   (the paper's cosine angle)
+
+G'_i is what layer i's gradient becomes once the layers feeding it have been updated: the
+change of its input distribution "seen" by the optimization. Zero difference (cosine 1) means
+no shift; the paper found BN does not reduce it. "The layers before i" are every parameter
+registered before layer i's Linear/Conv (its predecessors' weights, biases and norm affine
+parameters); the first layer has none, so its ics_l2 is 0 by definition.
+
+Each measurement costs k + 1 extra forward/backward passes on the batch, so it is opt-in
+(``diagnostics.ics=true``) and runs on diagnostics steps only. The passes leave no trace: the
+model's parameters, norm buffers (running statistics), dropout streams and ``.grad`` are as
+the real step left them, so a run's trajectory is the same with the measurement on or off
+(tested). Dropout masks of every pass are the step's own (its streams are rewound), and the
+norm layers run in train mode, as in the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bnbench.diagnostics import LAYER_TYPES
+from bnbench.models import dropout_states, set_dropout_states
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Before:
+    """What a step's measurement keeps from before the update."""
+
+    weights: list[torch.Tensor]  # every parameter, before the update
+    grads: list[torch.Tensor]  # G_i: the gradient of each layer's weight
+    streams: list[torch.Tensor]  # dropout streams before the step drew its masks
+    buffers: list[torch.Tensor]  # norm buffers before the step updated them
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, LAYER_TYPES)]  # forward (registration) order
+
+
+def _owners(model: nn.Module) -> list[int]:
+    """For each parameter (model.parameters() order), the index of the layer whose block it
+    belongs to: a Linear/Conv's own, or the last Linear/Conv registered before it (a norm)."""
+    owner_of: dict[int, int] = {}
+    current = -1
+    for module in model.modules():
+        if isinstance(module, LAYER_TYPES):
+            current += 1
+        for param in module.parameters(recurse=False):
+            owner_of[id(param)] = current
+    return [owner_of[id(p)] for p in model.parameters()]
+
+
+def _grads(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
+           loss_fn: LossFn) -> list[torch.Tensor]:
+    loss = loss_fn(model(x), y)
+    return [g.detach() for g in torch.autograd.grad(loss, [layer.weight for layer in layers])]
+
+
+def before_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                device: torch.device) -> Before:
+    """G for every layer, and the state to come back to (call before the step's forward pass)."""
+    was_training = model.training
+    model.train()
+    streams = dropout_states(model, device)
+    buffers = [b.detach().clone() for b in model.buffers()]
+    weights = [p.detach().clone() for p in model.parameters()]
+    grads = _grads(model, _layers(model), x, y, loss_fn)
+    _put_back(model, buffers, streams, device)
+    model.train(was_training)
+    return Before(weights, grads, streams, buffers)
+
+
+def after_step(model: nn.Module, before: Before, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+               device: torch.device) -> list[dict[str, float]]:
+    """ics_l2 and ics_cos per layer (call after the optimizer's step); the model is left as the
+    step left it."""
+    was_training = model.training
+    model.train()
+    params = list(model.parameters())
+    after = [p.detach().clone() for p in params]
+    after_streams = dropout_states(model, device)
+    after_buffers = [b.detach().clone() for b in model.buffers()]
+    owners = _owners(model)
+    out = []
+    try:
+        for i, layer in enumerate(_layers(model)):
+            with torch.no_grad():  # the layers before i updated, layer i and later as before
+                for param, owner, old, new in zip(params, owners, before.weights, after):
+                    param.copy_(new if owner < i else old)
+            _put_back(model, before.buffers, before.streams, device)
+            (g_prime,) = _grads(model, [layer], x, y, loss_fn)
+            g = before.grads[i]
+            diff = torch.linalg.vector_norm((g - g_prime).double())
+            cos = torch.nn.functional.cosine_similarity(g.double().flatten(), g_prime.double().flatten(), dim=0)
+            out.append({"ics_l2": float(diff), "ics_cos": float(cos)})
+    finally:
+        with torch.no_grad():
+            for param, new in zip(params, after):
+                param.copy_(new)
+        _put_back(model, after_buffers, after_streams, device)
+        model.train(was_training)
+    return out
+
+
+def _put_back(model: nn.Module, buffers: list[torch.Tensor], streams: list[torch.Tensor],
+              device: torch.device) -> None:
+    with torch.no_grad():
+        for buf, old in zip(model.buffers(), buffers):
+            buf.copy_(old)
+    set_dropout_states(model, device, streams)
