@@ -200,6 +200,11 @@ class DiagnosticsConfig:
     # Internal covariate shift as Santurkar et al. (2018, Definition 2.1) measure it, per layer on
     # each diagnostics step: ||G - G'|| and cos(G, G') (bnbench/ics.py). k + 1 extra passes each.
     ics: bool = False
+    # Smoothness of the loss along the gradient (Santurkar et al. 2018, sec. 3): loss variation,
+    # gradient change and effective beta-smoothness over steps of lr x each smoothness_steps
+    # (bnbench/smoothness.py), on each diagnostics step. One extra pass per step size.
+    smoothness: bool = False
+    smoothness_steps: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
 
 
 @dataclass
@@ -327,6 +332,10 @@ def validate(cfg: DictConfig) -> None:
     _check_ranges(cfg)
     if cfg.trainer.checkpoint_every < 0:
         raise ConfigError(f"trainer.checkpoint_every={cfg.trainer.checkpoint_every} must be 0 (off) or more")
+    if cfg.diagnostics.get("smoothness") and (not cfg.diagnostics.smoothness_steps
+                                              or min(cfg.diagnostics.smoothness_steps) <= 0):
+        raise ConfigError(f"diagnostics.smoothness_steps={list(cfg.diagnostics.smoothness_steps)} must list positive "
+                          "multiples of the learning rate, e.g. [0.5,1,2,4]")
     if cfg.diagnostics.enabled and min(cfg.diagnostics.every, cfg.diagnostics.probe_batches) < 1:
         raise ConfigError(f"diagnostics.every={cfg.diagnostics.every} and diagnostics.probe_batches="
                           f"{cfg.diagnostics.probe_batches} must be at least 1")

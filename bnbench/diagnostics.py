@@ -40,6 +40,10 @@ acc_eval_mode       x trainer.batch_size test samples, in batches of trainer.bat
 ics_l2, ics_cos     with diagnostics.ics=true: internal covariate shift as Santurkar et al. (2018,
                     Definition 2.1) measure it, ||G - G'|| and cos(G, G') of the layer's weight
                     gradient before and after the layers before it are updated (bnbench/ics.py)
+loss_variation,     with diagnostics.smoothness=true: along the gradient from this step's weights,
+grad_change,        the range of the loss, the largest change of the gradient, and that change
+beta_smoothness     per distance moved (Santurkar et al. 2018, sec. 3; bnbench/smoothness.py);
+                    one value per step, repeated on every layer's row
 ==================  ===========================================================================
 
 Columns that do not apply (no BN, another activation, the head) are empty. Layer and group

@@ -13,6 +13,9 @@ from typing import Any
 from bnbench import records
 
 SUMMARY_FILE = "diagnostics_summary.csv"  # sweep level, per cell and layer
+# diagnostics.smoothness (bnbench/smoothness.py): one value per step, repeated on every layer's row
+SMOOTHNESS = {"loss_variation": "loss variation", "grad_change": "gradient change",
+              "beta_smoothness": "effective β-smoothness"}
 
 
 def read_diagnostics(run_dir: Path):
@@ -79,7 +82,7 @@ def summarize(sweep_dir: Path, runs, factors: list[str]):
     for column in _SUMMARY_LAST:
         if column in last:
             summary[f"{column}_last"] = last.groupby(keys, **group)[column].mean()
-    for column in ("ics_l2", "ics_cos"):  # diagnostics.ics: over all of training, not just the end
+    for column in ("ics_l2", "ics_cos", *SMOOTHNESS):  # ics, smoothness: over all of training, not just the end
         if column in data and data[column].notna().any():
             per_run = data.groupby(["run", *keys], **group)[column].mean()
             summary[f"{column}_mean"] = per_run.groupby(keys, **group).mean()
@@ -149,6 +152,14 @@ def markdown_lines(summary, factors: list[str]) -> list[str]:
     pivot("dead_frac_last", "Dead ReLU units, last (% of units zero on the whole batch)", _pct)
     pivot("bn_mean_gap_last", "BN |batch mean − running mean| / running std, last", _num)
     pivot("bn_var_ratio_last", "BN batch var / running var, last", _num)
+    if all(f"{c}_mean" in frame for c in SMOOTHNESS):
+        per_cell = frame.drop_duplicates("cell")
+        lines += ["**Smoothness of the loss along the gradient (Santurkar et al. 2018, sec. 3), mean over the "
+                  "diagnostics steps**", "", f"| {' / '.join(factors) or 'cell'} | "
+                  + " | ".join(SMOOTHNESS.values()) + " |", "|---|---|---|---|"]
+        for _, row in per_cell.iterrows():
+            lines.append(f"| {row['cell']} | " + " | ".join(_num(row[f"{c}_mean"]) for c in SMOOTHNESS) + " |")
+        lines.append("")
     if "acc_eval_mode_last" in frame and frame["acc_eval_mode_last"].notna().any():
         per_cell = frame.drop_duplicates("cell")
         lines += ["**Probe-set accuracy (%), last: BN with batch statistics (train mode) vs running statistics "
@@ -188,6 +199,10 @@ _PANELS = [
            "BN mean gap per layer"),
     _Panel("bn_var_ratio", "BN batch var / running var", "diagnostics_bn_var_ratio.png",
            "BN variance ratio per layer", log=True, reference=1.0),
+    _Panel("ics_l2", "internal covariate shift ||G − G′||", "diagnostics_ics_l2.png",
+           "internal covariate shift per layer (Santurkar et al. 2018)"),
+    _Panel("ics_cos", "cos(G, G′) (1: no shift)", "diagnostics_ics_cos.png", "gradient cosine per layer",
+           reference=1.0),
 ]
 _BAND_FILL_MAX_LINES = 4  # more lines per panel: the band edges are drawn as thin lines instead
 
@@ -213,7 +228,40 @@ def plot_diagnostics(sweep_dir: Path, runs, factors: list[str], out_dir: Path | 
     if "unit_p50" in data and data["unit_p50"].notna().any():
         out["diagnostics: one unit of the last hidden layer"] = _unit_figure(
             data, factors, out_dir / "diagnostics_unit.png", name)
+    if "beta_smoothness" in data and data["beta_smoothness"].notna().any():
+        out["diagnostics: smoothness along the gradient"] = _smoothness_figure(
+            data, factors, out_dir / "diagnostics_smoothness.png", name)
     return out
+
+
+def _smoothness_figure(data, factors: list[str], out_path: Path, sweep_name: str) -> Path:
+    """One panel per smoothness measure over training: per cell, the mean over its runs with a
+    95% t-band over seeds (the measures are per step: the first layer's rows carry them)."""
+    import pandas as pd
+
+    plots, plt = _pyplot()
+    rows = data[data["layer"] == data["layer"].min()]
+    keys = _cell_keys(rows, factors)
+    colors = dict(zip(keys, plots._colors(len(keys))))
+    fig, axes = plt.subplots(1, len(SMOOTHNESS), figsize=(4.2 * len(SMOOTHNESS) + 1.5, 3.2), layout="constrained")
+    for ax, (column, label) in zip(axes, SMOOTHNESS.items()):
+        for key in keys:
+            cell = _select(rows, factors, key)
+            curves = [run.set_index("step")[column].astype(float) for _, run in cell.groupby("run", sort=False)]
+            if not curves:
+                continue
+            mean, low, high = plots._mean_band(curves, 0.95)
+            ax.plot(mean.index, mean.to_numpy(), color=colors[key], lw=1.5)
+            ax.fill_between(mean.index, low.to_numpy(), high.to_numpy(), color=colors[key], alpha=0.15, lw=0)
+        positive = pd.to_numeric(rows[column], errors="coerce")
+        if (positive > 0).all():
+            ax.set_yscale("log")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    _legend(fig, plt, factors, keys, colors)
+    fig.suptitle(f"{sweep_name}: smoothness along the gradient, mean and 95% CI over seeds", fontsize=11)
+    return plots._save(fig, out_path)
 
 
 def _pyplot():

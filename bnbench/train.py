@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnbench.data import TensorDataset, eval_batches
-from bnbench import ics
+from bnbench import ics, smoothness
 from bnbench.diagnostics import Diagnostics
 from bnbench.errors import ConfigError
 from bnbench.interrupts import Interrupted, deferred
@@ -346,6 +346,8 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
     diagnostics = [Diagnostics.for_run(model, cfg, data) for model in models]
     diagnostics = diagnostics if diagnostics[0] is not None else None
     measure_ics = diagnostics is not None and bool(cfg.diagnostics.get("ics", False))  # bnbench/ics.py
+    step_sizes = [cfg.optimizer.lr * m for m in cfg.diagnostics.smoothness_steps] \
+        if diagnostics is not None and cfg.diagnostics.get("smoothness", False) else []
     active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
     every = next((ck.every for ck in checkpoints if ck is not None), 0)  # evaluations between checkpoints
 
@@ -387,6 +389,9 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                 if probing and measure_ics:  # a stack's plain copies hold its state (written back above)
                     shift = [ics.before_step(models[i], xb[i], yb[i], task.loss, device) if bool(active[i]) else None
                              for i in range(s)]
+                # diagnostics.smoothness: the loss along the gradient, before the update (bnbench/smoothness.py)
+                smooth = [smoothness.along_gradient(models[i], xb[i], yb[i], task.loss, device, step_sizes)
+                          if bool(active[i]) else None for i in range(s)] if probing and step_sizes else []
                 if probing and s == 1:
                     diagnostics[0].arm()  # hooks for this forward pass only
                 outputs = net(xb)
@@ -415,6 +420,9 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                         if bool(active[i]):
                             per_layer = ics.after_step(models[i], shift[i], xb[i], yb[i], task.loss, device) \
                                 if shift and shift[i] is not None else None
+                            if smooth and smooth[i] is not None:  # one value per step: on every layer's row
+                                per_layer = [{**(per_layer[j] if per_layer else {}), **smooth[i]}
+                                             for j in range(len(diagnostics[i].layers))]
                             results[i].diagnostics += diagnostics[i].record(step, round(step / steps_per_epoch, 4),
                                                                             losses[i], per_layer)
                 if pos == steps_per_epoch:  # the next epoch starts from the generators' states now

@@ -22,9 +22,10 @@ declare -A extra=(
   [alexnet_bn_adam]="${subset[*]} trainer.epochs=5"
   [tuned_placement]=""
   [santurkar2018_ics]=""
+  [santurkar2018_smoothness]=""
 )
 presets=("$@")
-[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam tuned_placement santurkar2018_ics)
+[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam tuned_placement santurkar2018_ics santurkar2018_smoothness)
 for preset in "${presets[@]}"; do
   if [[ ! -v "extra[$preset]" ]]; then
     echo "reference_presets.sh: unknown preset '$preset'; choose from: ${!extra[*]}" >&2

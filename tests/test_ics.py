@@ -63,9 +63,12 @@ def test_no_update_no_shift_and_the_model_is_left_as_the_step_left_it():
 
 
 def test_measuring_it_leaves_training_unchanged_and_a_stack_measures_each_copy(float64_default):
+    """ICS and smoothness on together: the run's numbers are those without them, and each copy
+    of a stack of three seeds measures what its own run measures."""
     base = ("norm=bn_before", "activation=sigmoid", "trainer.dropout=0.1", "trainer.epochs=1",
             "diagnostics.enabled=true", "diagnostics.every=7", "trainer.log_progress=false")
-    cfg_on, cfg_off = make_cfg(*base, "diagnostics.ics=true"), make_cfg(*base)
+    cfg_on = make_cfg(*base, "diagnostics.ics=true", "diagnostics.smoothness=true")  # both measurements
+    cfg_off = make_cfg(*base)
     data = as_float64(load_dataset(cfg_on, CPU))
     runs = {}
     for name, cfg in (("on", cfg_on), ("off", cfg_off)):
@@ -91,7 +94,7 @@ def test_measuring_it_leaves_training_unchanged_and_a_stack_measures_each_copy(f
         seed_cfg.seed = seed
         alone = train(build_model(cfg_on, data.in_shape, data.num_outputs), data, seed_cfg, CPU)
         for a, b in zip(alone.diagnostics, together.diagnostics):
-            for key in ("ics_l2", "ics_cos"):
+            for key in ("ics_l2", "ics_cos", "loss_variation", "grad_change", "beta_smoothness"):
                 assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (key, a["step"], a["layer"])
 
 

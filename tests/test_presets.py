@@ -14,7 +14,8 @@ from bnbench.models import Dropout, build_model
 from conftest import write_mnist_family
 
 PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam",
-           "regression_mlp", "tuned_placement", "santurkar2018_ics")
+           "regression_mlp", "tuned_placement", "santurkar2018_ics",
+           "santurkar2018_smoothness")
 
 
 def compose_preset(name: str, *overrides: str, hydra: bool = False):
@@ -148,3 +149,10 @@ def test_santurkar2018_ics():
     assert g["activation"] == ["linear", "sigmoid", "relu"] and g["norm"] == ["none", "bn_before"]
     cfg = compose_preset("santurkar2018_ics")
     assert cfg.model.depth == 10 and cfg.diagnostics.enabled and cfg.diagnostics.ics
+
+
+def test_santurkar2018_smoothness():
+    g = grid("santurkar2018_smoothness")
+    assert g["norm"] == ["none", "bn_before"] and set(g["activation"]) == {"relu", "sigmoid"}
+    cfg = compose_preset("santurkar2018_smoothness")
+    assert cfg.diagnostics.smoothness and list(cfg.diagnostics.smoothness_steps) == [0.5, 1.0, 2.0, 4.0]
