@@ -235,8 +235,9 @@ def plot_diagnostics(sweep_dir: Path, runs, factors: list[str], out_dir: Path | 
 
 
 def _smoothness_figure(data, factors: list[str], out_path: Path, sweep_name: str) -> Path:
-    """One panel per smoothness measure over training: per cell, the mean over its runs with a
-    95% t-band over seeds (the measures are per step: the first layer's rows carry them)."""
+    """One panel per smoothness measure over training: per cell, the mean over its runs with the
+    range over seeds as a band (a t-band of 3 seeds reaches below zero, which a log axis cannot
+    show; the measures are per step: the first layer's rows carry them)."""
     import pandas as pd
 
     plots, plt = _pyplot()
@@ -250,7 +251,8 @@ def _smoothness_figure(data, factors: list[str], out_path: Path, sweep_name: str
             curves = [run.set_index("step")[column].astype(float) for _, run in cell.groupby("run", sort=False)]
             if not curves:
                 continue
-            mean, low, high = plots._mean_band(curves, 0.95)
+            table = pd.concat(curves, axis=1)  # steps x runs
+            mean, low, high = table.mean(axis=1), table.min(axis=1), table.max(axis=1)
             ax.plot(mean.index, mean.to_numpy(), color=colors[key], lw=1.5)
             ax.fill_between(mean.index, low.to_numpy(), high.to_numpy(), color=colors[key], alpha=0.15, lw=0)
         positive = pd.to_numeric(rows[column], errors="coerce")
@@ -260,7 +262,7 @@ def _smoothness_figure(data, factors: list[str], out_path: Path, sweep_name: str
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     _legend(fig, plt, factors, keys, colors)
-    fig.suptitle(f"{sweep_name}: smoothness along the gradient, mean and 95% CI over seeds", fontsize=11)
+    fig.suptitle(f"{sweep_name}: smoothness along the gradient, mean and range over seeds", fontsize=11)
     return plots._save(fig, out_path)
 
 
