@@ -150,6 +150,10 @@ class TrainerConfig:
     jobs_per_gpu: int = 1
     dropout: float = 0.0
     lr_schedule: str = "constant"  # constant | cosine
+    # Scale the learning rate linearly with the batch: optimizer.lr is the rate at this batch
+    # size, and a run at batch B trains at optimizer.lr x B / lr_reference_batch (Goyal et al.
+    # 2017; Wu & He 2018's batch-size study). null: optimizer.lr as it is.
+    lr_reference_batch: Optional[int] = None
     # A training loss that is not finite, or above this value, ends the run as "diverged"
     # (cross-entropy starts near ln(classes); a saturated sigmoid net can blow it up to 1e7
     # without ever producing NaN). null: only non-finite losses count.
@@ -309,6 +313,7 @@ def validate(cfg: DictConfig) -> None:
         "trainer.eval_every": (cfg.trainer.eval_every, True),
         "trainer.jobs_per_gpu": (cfg.trainer.jobs_per_gpu, False),
         "trainer.stack_size": (cfg.trainer.stack_size, True),
+        "trainer.lr_reference_batch": (cfg.trainer.get("lr_reference_batch"), True),
         "norm.groups": (cfg.norm.groups, False),
         "dataset.train_size": (cfg.dataset.train_size, True),
         "dataset.test_size": (cfg.dataset.test_size, True),

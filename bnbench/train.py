@@ -86,8 +86,20 @@ def use_channels_last(model: nn.Module, trainer_cfg) -> nn.Module:
     return model
 
 
-def make_optimizer(model: nn.Module, optimizer_cfg) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, optimizer_cfg, lr: float | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer; ``lr`` replaces optimizer.lr (see :func:`learning_rate`)."""
+    if lr is not None and lr != optimizer_cfg.lr:
+        optimizer_cfg = optimizer_cfg.copy()
+        optimizer_cfg.lr = lr
     return OPTIMIZERS[optimizer_cfg.name](model.parameters(), optimizer_cfg)
+
+
+def learning_rate(cfg) -> float:
+    """The rate a run trains with: optimizer.lr, or with trainer.lr_reference_batch set, scaled
+    linearly with the batch (optimizer.lr x batch_size / lr_reference_batch; Goyal et al. 2017),
+    so that a sweep over batch sizes keeps the rate per sample (Wu & He 2018 do so)."""
+    reference = cfg.trainer.get("lr_reference_batch")
+    return cfg.optimizer.lr if reference is None else cfg.optimizer.lr * cfg.trainer.batch_size / reference
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int):
@@ -290,7 +302,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
 
     def build() -> tuple[nn.Module, torch.optim.Optimizer, object]:
         net = use_channels_last(stack(models).to(device), trainer)
-        optimizer = make_optimizer(net, cfg.optimizer)
+        optimizer = make_optimizer(net, cfg.optimizer, learning_rate(cfg))
         return net, optimizer, make_schedule(optimizer, trainer.lr_schedule, total_steps)
 
     try:
@@ -346,7 +358,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
     diagnostics = [Diagnostics.for_run(model, cfg, data) for model in models]
     diagnostics = diagnostics if diagnostics[0] is not None else None
     measure_ics = diagnostics is not None and bool(cfg.diagnostics.get("ics", False))  # bnbench/ics.py
-    step_sizes = [cfg.optimizer.lr * m for m in cfg.diagnostics.smoothness_steps] \
+    step_sizes = [learning_rate(cfg) * m for m in cfg.diagnostics.smoothness_steps] \
         if diagnostics is not None and cfg.diagnostics.get("smoothness", False) else []
     active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
     every = next((ck.every for ck in checkpoints if ck is not None), 0)  # evaluations between checkpoints

@@ -23,9 +23,10 @@ declare -A extra=(
   [tuned_placement]=""
   [santurkar2018_ics]=""
   [santurkar2018_smoothness]=""
+  [wuhe2018_batch]=""
 )
 presets=("$@")
-[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam tuned_placement santurkar2018_ics santurkar2018_smoothness)
+[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam tuned_placement santurkar2018_ics santurkar2018_smoothness wuhe2018_batch)
 for preset in "${presets[@]}"; do
   if [[ ! -v "extra[$preset]" ]]; then
     echo "reference_presets.sh: unknown preset '$preset'; choose from: ${!extra[*]}" >&2
@@ -43,5 +44,7 @@ for preset in "${presets[@]}"; do
     tuned_placement)  # each arm at its own rate, then those rates on 5 fresh seeds
       bnbench report "$dir" --select optimizer.lr --margin 0.5 --quiet
       bnbench confirm "$dir" --select optimizer.lr --seeds 5 hydra/launcher=parallel trainer.threads=1 --quiet ;;
+    wuhe2018_batch)  # accuracy against the batch size, per norm kind
+      bnbench report "$dir" --profile trainer.batch_size --metric final_test_acc --margin 0.5 --quiet ;;
   esac
 done

@@ -15,7 +15,7 @@ from conftest import write_mnist_family
 
 PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam",
            "regression_mlp", "tuned_placement", "santurkar2018_ics",
-           "santurkar2018_smoothness")
+           "santurkar2018_smoothness", "wuhe2018_batch")
 
 
 def compose_preset(name: str, *overrides: str, hydra: bool = False):
@@ -156,3 +156,13 @@ def test_santurkar2018_smoothness():
     assert g["norm"] == ["none", "bn_before"] and set(g["activation"]) == {"relu", "sigmoid"}
     cfg = compose_preset("santurkar2018_smoothness")
     assert cfg.diagnostics.smoothness and list(cfg.diagnostics.smoothness_steps) == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_wuhe2018_batch():
+    g = grid("wuhe2018_batch")
+    assert g["norm"] == ["none", "bn_before", "gn_before", "ln_before"]
+    assert [int(b) for b in g["trainer.batch_size"]] == [2, 4, 8, 16, 32, 64]
+    from bnbench.train import learning_rate
+
+    at = lambda batch: learning_rate(compose_preset("wuhe2018_batch", f"trainer.batch_size={batch}"))  # noqa: E731
+    assert at(64) == pytest.approx(0.1) and at(2) == pytest.approx(0.1 * 2 / 64), "the rate follows the batch"

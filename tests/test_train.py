@@ -243,3 +243,14 @@ def test_a_key_of_another_option_fails_at_composition(overrides, key):
 
     with pytest.raises(ConfigCompositionException, match=key.replace(".", r"\.")):
         make_cfg(*overrides)
+
+
+def test_the_learning_rate_can_follow_the_batch_size(tmp_path):
+    """trainer.lr_reference_batch: the rate per sample stays (linear scaling); records show it."""
+    summary, rows = _run(tmp_path, "trainer.batch_size=30", "trainer.lr_reference_batch=60", "optimizer.lr=0.2")
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1] * len(rows))
+    from bnbench.train import learning_rate
+
+    assert learning_rate(make_cfg("optimizer.lr=0.2")) == 0.2
+    assert learning_rate(make_cfg("trainer.batch_size=2", "trainer.lr_reference_batch=64", "optimizer.lr=0.64")) == \
+        pytest.approx(0.02)
