@@ -337,6 +337,10 @@ def validate(cfg: DictConfig) -> None:
     _check_ranges(cfg)
     if cfg.trainer.checkpoint_every < 0:
         raise ConfigError(f"trainer.checkpoint_every={cfg.trainer.checkpoint_every} must be 0 (off) or more")
+    asked = [k for k in ("ics", "smoothness") if cfg.diagnostics.get(k)]
+    if asked and not cfg.diagnostics.enabled:  # they are recorded on diagnostics steps only
+        raise ConfigError(f"diagnostics.{asked[0]}=true needs diagnostics.enabled=true (it is measured on the "
+                          "diagnostics steps, every diagnostics.every steps)")
     if cfg.diagnostics.get("smoothness") and (not cfg.diagnostics.smoothness_steps
                                               or min(cfg.diagnostics.smoothness_steps) <= 0):
         raise ConfigError(f"diagnostics.smoothness_steps={list(cfg.diagnostics.smoothness_steps)} must list positive "

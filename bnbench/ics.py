@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from bnbench.diagnostics import LAYER_TYPES
-from bnbench.models import dropout_states, set_dropout_states
+from bnbench.models import SideState, set_side_state, side_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -44,8 +44,7 @@ class Before:
 
     weights: list[torch.Tensor]  # every parameter, before the update
     grads: list[torch.Tensor]  # G_i: the gradient of each layer's weight
-    streams: list[torch.Tensor]  # dropout streams before the step drew its masks
-    buffers: list[torch.Tensor]  # norm buffers before the step updated them
+    side: SideState  # norm buffers and dropout streams before the step used them
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
@@ -76,13 +75,12 @@ def before_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Los
     """G for every layer, and the state to come back to (call before the step's forward pass)."""
     was_training = model.training
     model.train()
-    streams = dropout_states(model, device)
-    buffers = [b.detach().clone() for b in model.buffers()]
+    side = side_state(model, device)
     weights = [p.detach().clone() for p in model.parameters()]
     grads = _grads(model, _layers(model), x, y, loss_fn)
-    _put_back(model, buffers, streams, device)
+    set_side_state(model, device, side)
     model.train(was_training)
-    return Before(weights, grads, streams, buffers)
+    return Before(weights, grads, side)
 
 
 def after_step(model: nn.Module, before: Before, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
@@ -93,8 +91,7 @@ def after_step(model: nn.Module, before: Before, x: torch.Tensor, y: torch.Tenso
     model.train()
     params = list(model.parameters())
     after = [p.detach().clone() for p in params]
-    after_streams = dropout_states(model, device)
-    after_buffers = [b.detach().clone() for b in model.buffers()]
+    after_side = side_state(model, device)
     owners = _owners(model)
     out = []
     try:
@@ -102,7 +99,7 @@ def after_step(model: nn.Module, before: Before, x: torch.Tensor, y: torch.Tenso
             with torch.no_grad():  # the layers before i updated, layer i and later as before
                 for param, owner, old, new in zip(params, owners, before.weights, after):
                     param.copy_(new if owner < i else old)
-            _put_back(model, before.buffers, before.streams, device)
+            set_side_state(model, device, before.side)
             (g_prime,) = _grads(model, [layer], x, y, loss_fn)
             g = before.grads[i]
             diff = torch.linalg.vector_norm((g - g_prime).double())
@@ -112,14 +109,7 @@ def after_step(model: nn.Module, before: Before, x: torch.Tensor, y: torch.Tenso
         with torch.no_grad():
             for param, new in zip(params, after):
                 param.copy_(new)
-        _put_back(model, after_buffers, after_streams, device)
+        set_side_state(model, device, after_side)
         model.train(was_training)
     return out
 
-
-def _put_back(model: nn.Module, buffers: list[torch.Tensor], streams: list[torch.Tensor],
-              device: torch.device) -> None:
-    with torch.no_grad():
-        for buf, old in zip(model.buffers(), buffers):
-            buf.copy_(old)
-    set_dropout_states(model, device, streams)

@@ -102,6 +102,24 @@ def set_dropout_states(model: nn.Module, device: torch.device, states) -> None:
         layer.rng(device).set_state(state.cpu())
 
 
+SideState = tuple[list[torch.Tensor], list[torch.Tensor]]  # norm buffers, dropout streams
+
+
+def side_state(model: nn.Module, device: torch.device) -> SideState:
+    """What a train-mode forward pass changes besides its output: the norm layers' running
+    statistics and the dropout streams. Measurements that run extra passes (bnbench.ics,
+    bnbench.smoothness) take it before and put it back after, so training does not see them."""
+    return [b.detach().clone() for b in model.buffers()], dropout_states(model, device)
+
+
+def set_side_state(model: nn.Module, device: torch.device, state: SideState) -> None:
+    buffers, streams = state
+    with torch.no_grad():
+        for buf, old in zip(model.buffers(), buffers):
+            buf.copy_(old)
+    set_dropout_states(model, device, streams)
+
+
 def reset_dropout(model: nn.Module) -> None:
     """Every Dropout stream of ``model`` back to its start."""
     for layer in model.modules():

@@ -504,8 +504,9 @@ def selection_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
     header = [*sel.arms, f"chosen {sel.key}", f"mean {sel.criterion}", "seeds", "every value", "note"]
     rows = []
     for _, arm in sel.table.iterrows():
-        values = "; ".join(f"{v}: {_fmt(mean, sel.criterion)} ({n}{f', {d} diverged' if d else ''})"
-                           for v, mean, n, d in arm["values"])
+        values = "; ".join(f"{v}: {_fmt(mean, sel.criterion)} ({n}{f', {d} diverged' if d else ''}"
+                           f"{f', {lost} failed or unfinished' if lost else ''})"
+                           for v, mean, n, d, lost in arm["values"])
         rows.append([*(str(arm[a]) for a in sel.arms), str(arm["chosen"] if arm["chosen"] is not None else "—"),
                      _fmt(arm["criterion"], sel.criterion), str(arm["n"]), values, arm["note"] or ""])
     return header, rows
@@ -534,9 +535,11 @@ def _profile_lines(tables: SweepTables) -> list[str]:
             row += [f"{arm['width_ratio']:.3g}" if np.isfinite(arm["width_ratio"]) else "—",
                     f"{arm['ratio_low']:.3g} – {arm['ratio_high']:.3g}" if np.isfinite(arm["ratio_low"]) else "—"]
         rows.append(row)
-    per_value_header = [*prof.arms, prof.key, "results", "diverged", "mean", f"{_pct(tables)} CI"]
+    per_value_header = [*prof.arms, prof.key, "results", "diverged", "failed / unfinished", "mean",
+                        f"{_pct(tables)} CI"]
     per_value = [[*(str(c[a]) for a in prof.arms), f"{c['value']:g}", str(int(c["n"])),
-                  f"{int(c['diverged'])}/{int(c['n'])}", _fmt(c["mean"], m),
+                  f"{int(c['diverged'])}/{int(c['n'])}", str(int(c["failed"]) + int(c["incomplete"])),
+                  _fmt(c["mean"], m),
                   f"{_fmt(c['ci_low'], m, clip=True)} – {_fmt(c['ci_high'], m, clip=True)}"]
                  for _, c in prof.cells.iterrows()]
     return [f"## Profile over `{prof.key}`", "",

@@ -38,7 +38,8 @@ class Selection:
     criterion: str  # the validation column the values were chosen by
     arms: list[str]  # the factors that define an arm
     # one row per arm: its factor values, chosen, criterion (mean over seeds at the chosen value),
-    # n (seeds with a result there), values (per value: (value, mean, results, diverged)), note
+    # n (seeds with a result there), values (per value: (value, mean, results, diverged, failed or
+    # unfinished)), note
     table: pd.DataFrame
 
 
@@ -75,11 +76,13 @@ def select_per_arm(runs: pd.DataFrame, factors: list[str], key: str,
         arm_values = arm_values if isinstance(arm_values, tuple) else (arm_values,)
         per_value = []
         for value in levels:
-            at = arm[(arm["_key"] == value) & arm["_score"].notna()]
-            if len(at) == 0:
+            runs_at = arm[arm["_key"] == value]
+            if len(runs_at) == 0:
                 continue
-            diverged = int((arm.loc[at.index, "status"] == "diverged").sum())
-            per_value.append((value, float(at["_score"].mean()), len(at), diverged))
+            at = runs_at[runs_at["_score"].notna()]
+            diverged = int((at["status"] == "diverged").sum())
+            lost = len(runs_at) - len(at)  # failed or unfinished: not results, but said
+            per_value.append((value, float(at["_score"].mean()) if len(at) else np.nan, len(at), diverged, lost))
         row = dict(zip(arms, arm_values))
         chosen, note = _choose(per_value, higher)
         row.update(chosen=chosen, values=per_value, note=note)
@@ -92,9 +95,10 @@ def select_per_arm(runs: pd.DataFrame, factors: list[str], key: str,
     return runs[keep].reset_index(drop=True), arms, Selection(key, criterion, arms, table)
 
 
-def _choose(per_value: list[tuple[str, float, int, int]], higher: bool) -> tuple[str | None, str]:
-    """The chosen value among (value, mean criterion, results, diverged) and a note for the
-    reader: ties, and arms where every value had a diverged seed, are said plainly."""
+def _choose(per_value: list[tuple[str, float, int, int, int]], higher: bool) -> tuple[str | None, str]:
+    """The chosen value among (value, mean criterion, results, diverged, failed or unfinished)
+    and a note for the reader: ties, and arms where every value had a diverged seed, are said."""
+    per_value = [v for v in per_value if v[2] > 0]  # values with no result cannot be chosen
     if not per_value:
         return None, "no results at any value: nothing to compare"
     finite = [v for v in per_value if np.isfinite(v[1])]

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from bnbench.models import dropout_states, set_dropout_states
+from bnbench.models import set_side_state, side_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 COLUMNS = ("loss_variation", "grad_change", "beta_smoothness")
@@ -41,14 +41,10 @@ def along_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     was_training = model.training
     model.train()
     weights = [p.detach().clone() for p in params]
-    buffers = [b.detach().clone() for b in model.buffers()]
-    streams = dropout_states(model, device)
+    side = side_state(model, device)
 
     def at_current() -> tuple[float, list[torch.Tensor]]:
-        with torch.no_grad():
-            for buf, old in zip(model.buffers(), buffers):
-                buf.copy_(old)
-        set_dropout_states(model, device, streams)
+        set_side_state(model, device, side)  # every pass: the step's own masks and statistics
         loss = loss_fn(model(x), y)
         grads = [g.detach() for g in torch.autograd.grad(loss, params)]
         return float(loss.detach()), grads
@@ -70,9 +66,7 @@ def along_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
         with torch.no_grad():
             for param, w in zip(params, weights):
                 param.copy_(w)
-            for buf, old in zip(model.buffers(), buffers):
-                buf.copy_(old)
-        set_dropout_states(model, device, streams)
+        set_side_state(model, device, side)
         model.train(was_training)
     finite = [v for v in losses if v == v and abs(v) != float("inf")]
     return {"loss_variation": max(finite) - min(finite) if len(finite) == len(losses) else float("inf"),

@@ -118,3 +118,11 @@ def test_the_report_tabulates_the_shift_per_cell_and_layer(tmp_path):
     summary = tables.diagnostics.set_index(["norm", "layer"])
     assert summary.loc[("none", 0), "ics_l2_mean"] == 0.0 and summary.loc[("none", 1), "ics_l2_mean"] > 0
     assert "Internal covariate shift" in "\n".join(diagnostics_report.markdown_lines(tables.diagnostics, ["norm"]))
+
+
+@pytest.mark.parametrize("flag", ["diagnostics.ics=true", "diagnostics.smoothness=true"])
+def test_a_measurement_without_diagnostics_is_refused_not_ignored(tmp_path, flag):
+    from bnbench.experiment import run_experiment
+
+    summary = run_experiment(make_cfg(flag), tmp_path)
+    assert summary["status"] == "failed" and "needs diagnostics.enabled=true" in summary["error"]

@@ -191,3 +191,13 @@ def test_confirm_reruns_each_arm_s_choice_on_fresh_seeds_and_reports_it(tmp_path
     again = run_cli("confirm", str(tmp_path / "results" / "lr"), "--select", "optimizer.lr", "--seeds", "2",
                     "trainer.threads=1", "--quiet", cwd=tmp_path)
     assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_a_failed_run_is_not_a_result_but_is_counted_where_it_was():
+    runs = _runs({("none", "0.01"): [(0.80, 0.8), (0.82, 0.8)], ("none", "0.1"): [(0.9, 0.9), (0.9, 0.9)],
+                  ("bn_before", "0.01"): [(0.8, 0.8), (0.8, 0.8)], ("bn_before", "0.1"): [(0.9, 0.9), (0.9, 0.9)]})
+    runs.loc[(runs["norm"] == "none") & (runs["optimizer.lr"] == "0.1"), "status"] = "failed"
+    _, _, selection = select_per_arm(runs, ["norm", "optimizer.lr"], "optimizer.lr", "final_test_acc")
+    none = selection.table.set_index("norm").loc["none"]
+    assert none["chosen"] == "0.01", "a value whose runs all failed has no result to choose"
+    assert ("0.1", pytest.approx(np.nan, nan_ok=True), 0, 0, 2) in [tuple(v) for v in none["values"]]
