@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from bnbench.diagnostics import LAYER_TYPES
-from bnbench.models import SideState, set_side_state, side_state
+from bnbench.models import SideState, left_as_found, set_side_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -73,28 +73,18 @@ def _grads(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, y: torch.
 def before_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
                 device: torch.device) -> Before:
     """G for every layer, and the state to come back to (call before the step's forward pass)."""
-    was_training = model.training
-    model.train()
-    side = side_state(model, device)
-    weights = [p.detach().clone() for p in model.parameters()]
-    grads = _grads(model, _layers(model), x, y, loss_fn)
-    set_side_state(model, device, side)
-    model.train(was_training)
-    return Before(weights, grads, side)
+    with left_as_found(model, device) as (weights, side):
+        return Before(weights, _grads(model, _layers(model), x, y, loss_fn), side)
 
 
 def after_step(model: nn.Module, before: Before, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
                device: torch.device) -> list[dict[str, float]]:
     """ics_l2 and ics_cos per layer (call after the optimizer's step); the model is left as the
     step left it."""
-    was_training = model.training
-    model.train()
     params = list(model.parameters())
-    after = [p.detach().clone() for p in params]
-    after_side = side_state(model, device)
     owners = _owners(model)
     out = []
-    try:
+    with left_as_found(model, device) as (after, _):
         for i, layer in enumerate(_layers(model)):
             with torch.no_grad():  # the layers before i updated, layer i and later as before
                 for param, owner, old, new in zip(params, owners, before.weights, after):
@@ -105,11 +95,4 @@ def after_step(model: nn.Module, before: Before, x: torch.Tensor, y: torch.Tenso
             diff = torch.linalg.vector_norm((g - g_prime).double())
             cos = torch.nn.functional.cosine_similarity(g.double().flatten(), g_prime.double().flatten(), dim=0)
             out.append({"ics_l2": float(diff), "ics_cos": float(cos)})
-    finally:
-        with torch.no_grad():
-            for param, new in zip(params, after):
-                param.copy_(new)
-        set_side_state(model, device, after_side)
-        model.train(was_training)
     return out
-

@@ -15,7 +15,8 @@ norm and the activation are constructor arguments chosen by name from one table 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -107,8 +108,7 @@ SideState = tuple[list[torch.Tensor], list[torch.Tensor]]  # norm buffers, dropo
 
 def side_state(model: nn.Module, device: torch.device) -> SideState:
     """What a train-mode forward pass changes besides its output: the norm layers' running
-    statistics and the dropout streams. Measurements that run extra passes (bnbench.ics,
-    bnbench.smoothness) take it before and put it back after, so training does not see them."""
+    statistics and the dropout streams."""
     return [b.detach().clone() for b in model.buffers()], dropout_states(model, device)
 
 
@@ -118,6 +118,27 @@ def set_side_state(model: nn.Module, device: torch.device, state: SideState) -> 
         for buf, old in zip(model.buffers(), buffers):
             buf.copy_(old)
     set_dropout_states(model, device, streams)
+
+
+@contextmanager
+def left_as_found(model: nn.Module, device: torch.device) -> Iterator[tuple[list[torch.Tensor], SideState]]:
+    """For measurements that run extra passes on a model being trained (bnbench.ics,
+    bnbench.smoothness): the passes run in train mode, and on exit the parameters, norm
+    buffers, dropout streams and train/eval flag are as on entry, so training does not see them.
+    Yields the parameters' values and the side state at entry (to return to between passes)."""
+    params = list(model.parameters())
+    weights = [p.detach().clone() for p in params]
+    side = side_state(model, device)
+    was_training = model.training
+    model.train()
+    try:
+        yield weights, side
+    finally:
+        with torch.no_grad():
+            for param, old in zip(params, weights):
+                param.copy_(old)
+        set_side_state(model, device, side)
+        model.train(was_training)
 
 
 def reset_dropout(model: nn.Module) -> None:

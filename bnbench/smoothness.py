@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from bnbench.models import set_side_state, side_state
+from bnbench.models import left_as_found, set_side_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 COLUMNS = ("loss_variation", "grad_change", "beta_smoothness")
@@ -37,19 +37,15 @@ COLUMNS = ("loss_variation", "grad_change", "beta_smoothness")
 def along_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, device: torch.device,
                    step_sizes: Sequence[float]) -> dict[str, float]:
     """The three measures at the model's current weights (call before the step's update)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    was_training = model.training
-    model.train()
-    weights = [p.detach().clone() for p in params]
-    side = side_state(model, device)
+    params = list(model.parameters())
+    with left_as_found(model, device) as (weights, side):
 
-    def at_current() -> tuple[float, list[torch.Tensor]]:
-        set_side_state(model, device, side)  # every pass: the step's own masks and statistics
-        loss = loss_fn(model(x), y)
-        grads = [g.detach() for g in torch.autograd.grad(loss, params)]
-        return float(loss.detach()), grads
+        def at_current() -> tuple[float, list[torch.Tensor]]:
+            set_side_state(model, device, side)  # every pass: the step's own masks and statistics
+            loss = loss_fn(model(x), y)
+            grads = [g.detach() for g in torch.autograd.grad(loss, params)]
+            return float(loss.detach()), grads
 
-    try:
         loss0, grad = at_current()
         norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grad)))
         losses, changes, betas = [loss0], [], []
@@ -62,12 +58,6 @@ def along_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
             losses.append(loss)
             changes.append(change)
             betas.append(change / (eta * norm) if norm > 0 else float("nan"))
-    finally:
-        with torch.no_grad():
-            for param, w in zip(params, weights):
-                param.copy_(w)
-        set_side_state(model, device, side)
-        model.train(was_training)
     finite = [v for v in losses if v == v and abs(v) != float("inf")]
     return {"loss_variation": max(finite) - min(finite) if len(finite) == len(losses) else float("inf"),
             "grad_change": max(changes), "beta_smoothness": max(betas)}
