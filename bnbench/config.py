@@ -71,6 +71,11 @@ class NormConfig:
     # Group norm: channel groups per layer (every layer's width must be a multiple). Wu & He
     # use 32 on ImageNet models; 4 divides every default width here (100; 32-96; 256).
     groups: int = 4
+    # Noisy BN (Santurkar et al. 2018, sec. 2.1; bnbench/models.py CovariateNoise): after each norm
+    # layer, in training, noise N(mu_j, sigma_j^2) per entry with mu_j ~ U(-noise_mean, noise_mean)
+    # and sigma_j ~ U(0, noise_std) per unit, redrawn every step. 0 and 0: no noise.
+    noise_mean: float = 0.0
+    noise_std: float = 0.0
 
 
 @dataclass
@@ -304,6 +309,13 @@ def validate(cfg: DictConfig) -> None:
     if cfg.norm.drop_bias and cfg.norm.kind in ("ln", "gn"):
         raise ConfigError(f"norm.drop_bias=true applies to batch norm only: {cfg.norm.kind} subtracts a mean "
                           "over channels, which does not cancel a per-channel bias")
+    noise = (cfg.norm.get("noise_mean", 0.0), cfg.norm.get("noise_std", 0.0))
+    if min(noise) < 0:
+        raise ConfigError(f"norm.noise_mean={noise[0]} and norm.noise_std={noise[1]} must be 0 or more "
+                          "(they bound the ranges the noise's mean and std are drawn from)")
+    if max(noise) > 0 and cfg.norm.kind == "none":
+        raise ConfigError("norm.noise_mean/noise_std add noise after each norm layer, and norm=none has none: "
+                          "use norm=noisy_bn_before (or set norm.kind)")
     # key -> (value, whether null is allowed): counts that must be at least 1
     at_least_one = {
         "trainer.batch_size": (cfg.trainer.batch_size, False),

@@ -37,6 +37,13 @@ acc_eval_mode       x trainer.batch_size test samples, in batches of trainer.bat
                     after the step's update; dropout is off in both, so they differ only by BN
                     (equal without BN, and with layer or group norm: no batch statistics).
                     Two batches by default: cheap, but coarse (1/120 at batch 60)
+input_shift         how far the distribution of the layer's input moved since the previous
+                    diagnostics step: the mean over its input units (features; channels, over
+                    samples and positions) of the 2-Wasserstein distance between Gaussians fitted
+                    to the unit on the two steps' batches, sqrt((m - m')^2 + (s - s')^2). It
+                    includes the batch-to-batch sampling spread (the same for every arm at one
+                    batch size); empty on the first diagnostics step. What noisy BN (norm.noise_*,
+                    Santurkar et al. 2018, sec. 2.1) raises on purpose
 ics_l2, ics_cos     with diagnostics.ics=true: internal covariate shift as Santurkar et al. (2018,
                     Definition 2.1) measure it, ||G - G'|| and cos(G, G') of the layer's weight
                     gradient before and after the layers before it are updated (bnbench/ics.py)
@@ -161,6 +168,16 @@ class Diagnostics:
         self._q: torch.Tensor | None = None
         self._handles: list = []
         self._values: dict[tuple[int, str], torch.Tensor] = {}
+        # per layer index: (mean, std) per unit of its input on the last diagnostics step
+        self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def input_moments(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """What input_shift compares the next step with (for a checkpoint, so a resumed run
+        records what the uninterrupted one does)."""
+        return dict(self._inputs)
+
+    def set_input_moments(self, moments: dict) -> None:
+        self._inputs = {int(k): (v[0], v[1]) for k, v in moments.items()}
 
     @classmethod
     def for_run(cls, model: nn.Module, cfg, data) -> "Diagnostics | None":
@@ -186,6 +203,7 @@ class Diagnostics:
         self.disarm()
         self._values = {}
         for layer in self.layers:
+            self._handles.append(layer.layer.register_forward_pre_hook(self._input_hook(layer)))
             self._handles.append(layer.layer.register_forward_hook(self._layer_hook(layer)))
             if layer.activation is not None:
                 self._handles.append(layer.activation.register_forward_pre_hook(self._act_input_hook(layer)))
@@ -207,6 +225,19 @@ class Diagnostics:
         if self._q is None or self._q.device != device:
             self._q = torch.tensor(PERCENTILES, device=device)
         return self._q
+
+    def _input_hook(self, layer: Layer):
+        def hook(module, args):
+            with torch.no_grad():
+                x = args[0].detach().float()
+                dims = _channel_dims(x)
+                moments = (x.mean(dim=dims), x.std(dim=dims, correction=0))
+                before = self._inputs.get(layer.index)
+                if before is not None:
+                    w2 = torch.sqrt((moments[0] - before[0]) ** 2 + (moments[1] - before[1]) ** 2)
+                    self._put(layer, input_shift=w2.mean())
+                self._inputs[layer.index] = moments
+        return hook
 
     def _layer_hook(self, layer: Layer):
         def hook(module, args, output):

@@ -82,7 +82,8 @@ def summarize(sweep_dir: Path, runs, factors: list[str]):
     for column in _SUMMARY_LAST:
         if column in last:
             summary[f"{column}_last"] = last.groupby(keys, **group)[column].mean()
-    for column in ("ics_l2", "ics_cos", *SMOOTHNESS):  # ics, smoothness: over all of training, not just the end
+    # input shift, ics, smoothness: over all of training, not just the end
+    for column in ("input_shift", "ics_l2", "ics_cos", *SMOOTHNESS):
         if column in data and data[column].notna().any():
             per_run = data.groupby(["run", *keys], **group)[column].mean()
             summary[f"{column}_mean"] = per_run.groupby(keys, **group).mean()
@@ -138,6 +139,8 @@ def markdown_lines(summary, factors: list[str]) -> list[str]:
 
     pivot("grad_norm_first", "Weight-gradient norm at step 1", _num)
     pivot("grad_norm_last", "Weight-gradient norm, last", _num)
+    pivot("input_shift_mean", "Shift of each layer's input distribution between diagnostics steps (mean over "
+          "units of the W2 distance of Gaussian fits; mean over the steps)", _num)
     pivot("ics_l2_mean", "Internal covariate shift ||G − G′|| (Santurkar et al. 2018, Def. 2.1), mean over "
           "the diagnostics steps", _num)
     pivot("ics_cos_mean", "cos(G, G′), mean over the diagnostics steps (1: no shift)", _num)
@@ -199,6 +202,8 @@ _PANELS = [
            "BN mean gap per layer"),
     _Panel("bn_var_ratio", "BN batch var / running var", "diagnostics_bn_var_ratio.png",
            "BN variance ratio per layer", log=True, reference=1.0),
+    _Panel("input_shift", "shift of the layer's input distribution (W2 per unit)", "diagnostics_input_shift.png",
+           "input distribution shift per layer", log=True),
     _Panel("ics_l2", "internal covariate shift ||G − G′||", "diagnostics_ics_l2.png",
            "internal covariate shift per layer (Santurkar et al. 2018)"),
     _Panel("ics_cos", "cos(G, G′) (1: no shift)", "diagnostics_ics_cos.png", "gradient cosine per layer",

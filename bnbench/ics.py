@@ -18,7 +18,7 @@ parameters); the first layer has none, so its ics_l2 is 0 by definition.
 
 Each measurement costs k + 1 extra forward/backward passes on the batch, so it is opt-in
 (``diagnostics.ics=true``) and runs on diagnostics steps only. The passes leave no trace: the
-model's parameters, norm buffers (running statistics), dropout streams and ``.grad`` are as
+model's parameters, norm buffers (running statistics), random streams (dropout, noisy BN) and ``.grad`` are as
 the real step left them, so a run's trajectory is the same with the measurement on or off
 (tested). Dropout masks of every pass are the step's own (its streams are rewound), and the
 norm layers run in train mode, as in the step.
@@ -44,7 +44,7 @@ class Before:
 
     weights: list[torch.Tensor]  # every parameter, before the update
     grads: list[torch.Tensor]  # G_i: the gradient of each layer's weight
-    side: SideState  # norm buffers and dropout streams before the step used them
+    side: SideState  # norm buffers and random streams before the step used them
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:

@@ -65,21 +65,28 @@ def create_norm(norm_cfg, channels: int, conv: bool) -> nn.Module | None:
     return None if make is None else make(channels, norm_cfg, conv)
 
 
-class Dropout(nn.Dropout):
-    """nn.Dropout whose masks come from its own stream (seed, place), not the global RNG: a
-    run's masks then depend only on its seed, whether it trains alone or stacked with other
-    seeds (bnbench/stacking.py draws each copy's mask from that copy's stream). The stream's
-    state is part of a run's checkpoint (:func:`dropout_states`)."""
+class _Stream:
+    """A layer that draws random numbers from its own stream (seed, place), not the global RNG:
+    a run's draws then depend only on its seed, whether it trains alone or stacked with other
+    seeds (bnbench/stacking.py draws each copy's numbers from that copy's stream). The streams'
+    states are part of a run's checkpoint (:func:`stream_states`)."""
 
-    def __init__(self, p: float, stream_seed: int):
-        super().__init__(p)
-        self.stream_seed = stream_seed
-        self.generator: torch.Generator | None = None
+    stream_seed: int
+    generator: torch.Generator | None
 
     def rng(self, device: torch.device) -> torch.Generator:
         if self.generator is None or self.generator.device.type != device.type:
             self.generator = torch.Generator(device=device).manual_seed(self.stream_seed)
         return self.generator
+
+
+class Dropout(_Stream, nn.Dropout):
+    """nn.Dropout whose masks come from its own stream (:class:`_Stream`)."""
+
+    def __init__(self, p: float, stream_seed: int):
+        super().__init__(p)
+        self.stream_seed = stream_seed
+        self.generator = None
 
     def masked(self, x: torch.Tensor) -> torch.Tensor:
         """Dropout in training mode: zero each entry with probability p, scale the rest by 1/(1-p)."""
@@ -90,26 +97,66 @@ class Dropout(nn.Dropout):
         return self.masked(x) if self.training and self.p > 0 else x
 
 
-def dropout_states(model: nn.Module, device: torch.device) -> list[torch.Tensor]:
-    """The state of each Dropout stream of ``model`` (for a checkpoint)."""
-    return [m.rng(device).get_state() for m in model.modules() if isinstance(m, Dropout)]
+class CovariateNoise(_Stream, nn.Module):
+    """Noisy BN (Santurkar, Tsipras, Ilyas & Madry 2018, sec. 2.1): noise with a random non-zero
+    mean and non-unit variance, redrawn at every step, added to the output of a norm layer, to
+    create internal covariate shift on purpose. At every training forward pass (one per step),
+    each unit j (a feature, or a conv channel) draws its distribution
+
+        mu_j ~ U(-norm.noise_mean, norm.noise_mean),   sigma_j ~ U(0, norm.noise_std)
+
+    and every entry of the unit (each sample, each position) gets i.i.d. noise N(mu_j, sigma_j^2):
+
+        y = x + mu_j + sigma_j * e,   e ~ N(0, 1).
+
+    The form follows the paper's description (i.i.d. per sample and activation, non-zero mean,
+    non-unit variance, a new distribution every step); the uniform ranges of mu and sigma are
+    bnbench's choice, set per config (the paper's own constants could not be checked here).
+    Eval mode adds nothing: the noise perturbs training only."""
+
+    def __init__(self, mean: float, std: float, stream_seed: int):
+        super().__init__()
+        self.mean, self.std = float(mean), float(std)
+        self.stream_seed = stream_seed
+        self.generator = None
+
+    def noised(self, x: torch.Tensor) -> torch.Tensor:
+        """x plus this step's noise; x is (batch, units, ...). Draws mu, then sigma, then e."""
+        g = self.rng(x.device)
+        units = x.shape[1]
+        mu = (torch.rand(units, generator=g, device=x.device, dtype=x.dtype) * 2 - 1) * self.mean
+        sigma = torch.rand(units, generator=g, device=x.device, dtype=x.dtype) * self.std
+        e = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        per_unit = (1, units) + (1,) * (x.dim() - 2)
+        return x + mu.view(per_unit) + sigma.view(per_unit) * e
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.noised(x) if self.training else x
+
+    def extra_repr(self) -> str:
+        return f"mean=U(-{self.mean}, {self.mean}), std=U(0, {self.std})"
 
 
-def set_dropout_states(model: nn.Module, device: torch.device, states) -> None:
-    layers = [m for m in model.modules() if isinstance(m, Dropout)]
+def stream_states(model: nn.Module, device: torch.device) -> list[torch.Tensor]:
+    """The state of each random stream of ``model`` (dropout, noisy BN), for a checkpoint."""
+    return [m.rng(device).get_state() for m in model.modules() if isinstance(m, _Stream)]
+
+
+def set_stream_states(model: nn.Module, device: torch.device, states) -> None:
+    layers = [m for m in model.modules() if isinstance(m, _Stream)]
     if len(layers) != len(states):
-        raise ValueError(f"{len(states)} dropout streams saved, the model has {len(layers)}")
+        raise ValueError(f"{len(states)} random streams saved, the model has {len(layers)}")
     for layer, state in zip(layers, states):
         layer.rng(device).set_state(state.cpu())
 
 
-SideState = tuple[list[torch.Tensor], list[torch.Tensor]]  # norm buffers, dropout streams
+SideState = tuple[list[torch.Tensor], list[torch.Tensor]]  # norm buffers, random streams
 
 
 def side_state(model: nn.Module, device: torch.device) -> SideState:
     """What a train-mode forward pass changes besides its output: the norm layers' running
-    statistics and the dropout streams."""
-    return [b.detach().clone() for b in model.buffers()], dropout_states(model, device)
+    statistics and the random streams (dropout, noisy BN)."""
+    return [b.detach().clone() for b in model.buffers()], stream_states(model, device)
 
 
 def set_side_state(model: nn.Module, device: torch.device, state: SideState) -> None:
@@ -117,14 +164,14 @@ def set_side_state(model: nn.Module, device: torch.device, state: SideState) -> 
     with torch.no_grad():
         for buf, old in zip(model.buffers(), buffers):
             buf.copy_(old)
-    set_dropout_states(model, device, streams)
+    set_stream_states(model, device, streams)
 
 
 @contextmanager
 def left_as_found(model: nn.Module, device: torch.device) -> Iterator[tuple[list[torch.Tensor], SideState]]:
     """For measurements that run extra passes on a model being trained (bnbench.ics,
     bnbench.smoothness): the passes run in train mode, and on exit the parameters, norm
-    buffers, dropout streams and train/eval flag are as on entry, so training does not see them.
+    buffers, random streams and train/eval flag are as on entry, so training does not see them.
     Yields the parameters' values and the side state at entry (to return to between passes)."""
     params = list(model.parameters())
     weights = [p.detach().clone() for p in params]
@@ -141,10 +188,10 @@ def left_as_found(model: nn.Module, device: torch.device) -> Iterator[tuple[list
         model.train(was_training)
 
 
-def reset_dropout(model: nn.Module) -> None:
-    """Every Dropout stream of ``model`` back to its start."""
+def reset_streams(model: nn.Module) -> None:
+    """Every random stream of ``model`` back to its start."""
     for layer in model.modules():
-        if isinstance(layer, Dropout):
+        if isinstance(layer, _Stream):
             layer.generator = None
 
 
@@ -155,18 +202,21 @@ def _hidden_block(
     norm_cfg,
     make_act: Callable[[], nn.Module],
     dropout: nn.Module | None,
+    make_noise: Callable[[], nn.Module | None],
     **layer_kwargs,
 ) -> nn.Sequential:
     norm = create_norm(norm_cfg, out_dim, conv=layer_cls is not nn.Linear)
+    # noisy BN: the noise follows the norm layer, wherever the placement puts it
+    noisy = [] if norm is None else [n for n in [make_noise()] if n is not None]
     # A bias right before BN is cancelled by the mean subtraction; BN's beta replaces it.
     bias = not (norm is not None and norm_cfg.placement == "before" and norm_cfg.drop_bias)
     layer = layer_cls(in_dim, out_dim, bias=bias, **layer_kwargs)
     if norm is None:
         modules = [layer, make_act()]
     elif norm_cfg.placement == "before":
-        modules = [layer, norm, make_act()]
+        modules = [layer, norm, *noisy, make_act()]
     else:
-        modules = [layer, make_act(), norm]
+        modules = [layer, make_act(), norm, *noisy]
     if dropout is not None:
         modules.append(dropout)
     return nn.Sequential(*modules)
@@ -176,7 +226,8 @@ class MLP(nn.Module):
     """Fully connected net: `depth` hidden blocks of `width` units (or one block per entry of
     `widths`), then a linear output layer (classifier logits or regression outputs)."""
 
-    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, make_dropout):
+    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, make_dropout,
+                 make_noise):
         super().__init__()
         in_features = math.prod(in_shape)
         hidden = list(model_cfg.widths) if getattr(model_cfg, "widths", None) else [model_cfg.width] * model_cfg.depth
@@ -185,7 +236,7 @@ class MLP(nn.Module):
         self.hidden = nn.Sequential(
             *[
                 _hidden_block(
-                    nn.Linear, widths[i], widths[i + 1], norm_cfg, make_act, make_dropout())
+                    nn.Linear, widths[i], widths[i + 1], norm_cfg, make_act, make_dropout(), make_noise)
                 for i in range(len(hidden))
             ]
         )
@@ -204,7 +255,8 @@ class AlexNetStyle(nn.Module):
     classifier's input at no more than 3x3 per channel.
     """
 
-    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, make_dropout):
+    def __init__(self, in_shape: Sequence[int], num_outputs: int, model_cfg, norm_cfg, make_act, make_dropout,
+                 make_noise):
         super().__init__()
         if len(in_shape) != 3:
             raise ConfigError(f"model=alexnet needs images (channels, height, width); this dataset has rows of "
@@ -217,7 +269,7 @@ class AlexNetStyle(nn.Module):
         for i in range(5):
             kernel = first_kernel if i == 0 else 3
             blocks.append(
-                _hidden_block(nn.Conv2d, channels[i], channels[i + 1], norm_cfg, make_act, None,
+                _hidden_block(nn.Conv2d, channels[i], channels[i + 1], norm_cfg, make_act, None, make_noise,
                               kernel_size=kernel, padding=kernel // 2)
             )
             if i in (0, 1, 4) and size >= 4:
@@ -229,9 +281,9 @@ class AlexNetStyle(nn.Module):
         self.flatten = nn.Flatten()
         fc_in = channels[-1] * pooled * pooled
         self.hidden = nn.Sequential(
-            _hidden_block(nn.Linear, fc_in, model_cfg.fc_width, norm_cfg, make_act, make_dropout()),
+            _hidden_block(nn.Linear, fc_in, model_cfg.fc_width, norm_cfg, make_act, make_dropout(), make_noise),
             _hidden_block(nn.Linear, model_cfg.fc_width, model_cfg.fc_width, norm_cfg, make_act,
-                          make_dropout()),
+                          make_dropout(), make_noise),
         )
         self.head = nn.Linear(model_cfg.fc_width, num_outputs)
 
@@ -243,8 +295,8 @@ MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "alexnet": AlexNetStyle}
 
 
 # The parts of a weight layer that draw random numbers, each from its own stream; dropout
-# layers draw their masks from streams of their own.
-_PARTS = ("weight", "bias", "dropout")
+# and noisy-BN layers draw theirs from streams of their own.
+_PARTS = ("weight", "bias", "dropout", "noise")
 
 
 def _stream_seed(seed: int, place: int, part: str) -> int:
@@ -286,8 +338,8 @@ def _init_weights(model: nn.Module, seed: int, init: str, std: float) -> None:
 
 
 def build_model(cfg, in_shape: Sequence[int], num_outputs: int) -> nn.Module:
-    """Build the model a run config describes; its initial weights and its dropout masks
-    depend on ``cfg.seed`` and each layer's place only (:func:`_layer_generator`), not on the
+    """Build the model a run config describes; its initial weights, dropout masks and noisy-BN
+    noise depend on ``cfg.seed`` and each layer's place only (:func:`_layer_generator`), not on the
     global RNG."""
     act_cls = ACTIVATIONS[cfg.activation.name]
     act_kwargs = dict(cfg.activation.kwargs or {})
@@ -304,7 +356,17 @@ def build_model(cfg, in_shape: Sequence[int], num_outputs: int) -> nn.Module:
         dropouts += 1  # the place of this dropout layer among the model's dropout layers
         return Dropout(cfg.trainer.dropout, _stream_seed(cfg.seed, dropouts - 1, "dropout"))
 
-    model = MODELS[cfg.model.name](in_shape, num_outputs, cfg.model, cfg.norm, make_act, make_dropout)
+    noises = 0
+    noise_mean, noise_std = float(cfg.norm.get("noise_mean", 0.0)), float(cfg.norm.get("noise_std", 0.0))
+
+    def make_noise() -> CovariateNoise | None:
+        nonlocal noises
+        if noise_mean <= 0 and noise_std <= 0:
+            return None
+        noises += 1  # the place of this noise layer among the model's noise layers
+        return CovariateNoise(noise_mean, noise_std, _stream_seed(cfg.seed, noises - 1, "noise"))
+
+    model = MODELS[cfg.model.name](in_shape, num_outputs, cfg.model, cfg.norm, make_act, make_dropout, make_noise)
     _init_weights(model, cfg.seed, cfg.model.init, cfg.model.init_std)
     return model
 

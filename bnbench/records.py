@@ -42,7 +42,8 @@ DIAGNOSTICS = "diagnostics.csv"
 DIAGNOSTICS_COLUMNS = [
     "step", "epoch", "layer", "name", "module", "nonlinearity", "grad_norm", "weight_norm", "pre_mean", "pre_std",
     "act_in_p15", "act_in_p50", "act_in_p85", "unit", "unit_p15", "unit_p50", "unit_p85", "saturated_frac",
-    "dead_frac", "bn_mean_gap", "bn_var_ratio", "loss", "acc_train_mode", "acc_eval_mode", "ics_l2", "ics_cos",
+    "dead_frac", "bn_mean_gap", "bn_var_ratio", "loss", "acc_train_mode", "acc_eval_mode", "input_shift", "ics_l2",
+    "ics_cos",
     "loss_variation", "grad_change", "beta_smoothness",
 ]
 

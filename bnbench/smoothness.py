@@ -17,7 +17,7 @@ and its gradient are evaluated at W - eta_j g, on the same batch:
 The paper's claim: with BN all three are smaller (a smoother, more predictive landscape). The
 measurement costs m + 1 forward/backward passes per diagnostics step (opt-in:
 ``diagnostics.smoothness=true``) and leaves no trace, as bnbench.ics's does: parameters, norm
-buffers and dropout streams are restored (every pass draws the step's own masks), and ``.grad``
+buffers and random streams are restored (every pass draws the step's own masks and noise), and ``.grad``
 is not touched. Norm layers run in train mode (batch statistics), as in the step.
 """
 

@@ -13,6 +13,7 @@ copies side by side:
                  the groups never straddle two copies, so each is normalized as its own was
     Dropout      each copy's mask from that copy's own stream (bnbench.models.Dropout), so a
                  seed's masks do not depend on which stack it is in
+    noisy BN     likewise: each copy's noise from its own stream (bnbench.models.CovariateNoise)
     activation, pooling   per element / per channel: shared as they are
 
 Each copy sees its own batches (the data order of its seed), its own loss, and so its own
@@ -34,7 +35,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bnbench.models import ACTIVATIONS, Dropout
+from bnbench.models import ACTIVATIONS, CovariateNoise, Dropout
 
 
 class NotStackable(Exception):
@@ -126,6 +127,25 @@ class StackedDropout(nn.Module):
         return torch.stack([d.masked(x[i]) for i, d in enumerate(self.copies)])
 
 
+class StackedNoise(nn.Module):
+    """The noisy-BN layers of S copies: copy i's noise drawn from copy i's stream, in the shape
+    its own run draws it: on (S, B, C) rows, or on (B, S*C, H, W) conv features, where copy i
+    holds channels i*C..(i+1)*C."""
+
+    def __init__(self, noises: Sequence[CovariateNoise], conv_layout: bool):
+        super().__init__()
+        self.copies = list(noises)  # a plain list: their generators are the copies' own
+        self.conv_layout = conv_layout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        if self.conv_layout:
+            parts = x.chunk(len(self.copies), dim=1)
+            return torch.cat([n.noised(part) for n, part in zip(self.copies, parts)], dim=1)
+        return torch.stack([n.noised(x[i]) for i, n in enumerate(self.copies)])
+
+
 def _shared(module: nn.Module) -> nn.Module:
     if isinstance(module, (*ACTIVATIONS.values(), nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
         return module
@@ -153,6 +173,8 @@ def _grouped_sequential(blocks: Sequence[nn.Module], conv_layout: bool) -> nn.Se
             if conv_layout:
                 raise NotStackable("dropout between convolutions has no stacked form")
             out.append(StackedDropout(parts))
+        elif isinstance(first, CovariateNoise):
+            out.append(StackedNoise(parts, conv_layout))
         else:
             out.append(_shared(first))
     return nn.Sequential(*out)

@@ -27,7 +27,7 @@ from bnbench import ics, smoothness
 from bnbench.diagnostics import Diagnostics
 from bnbench.errors import ConfigError
 from bnbench.interrupts import Interrupted, deferred
-from bnbench.models import dropout_states, reset_dropout, set_dropout_states
+from bnbench.models import reset_streams, set_stream_states, stream_states
 from bnbench.stacking import (NotStackable, SingleNet, optimizer_state_of_copy, optimizer_state_of_stack, stack,
                               write_back)
 
@@ -121,7 +121,7 @@ class TrainResult:
 
 # What every checkpoint holds (snapshot() in train()); one without them cannot resume a run.
 CHECKPOINT_KEYS = {"model", "optimizer", "schedule", "torch_rng", "epoch_rng", "pos", "step", "loss_sum", "correct",
-                   "seen", "elapsed", "history", "dropout_rng"}
+                   "seen", "elapsed", "history", "dropout_rng"}  # dropout_rng: every random stream (0.2's name)
 
 
 class Checkpoint:
@@ -129,7 +129,7 @@ class Checkpoint:
 
     It holds everything the loop's future depends on: weights and buffers (BN running
     statistics), optimizer and schedule state, the data-order generator as it was at the start
-    of the current epoch plus the position in it, the dropout streams, the metric
+    of the current epoch plus the position in it, the random streams (dropout, noisy BN), the metric
     accumulators and the history so far. Resuming therefore replays the same batches in the
     same order and reaches the same final metrics as an uninterrupted run.
     """
@@ -241,14 +241,14 @@ def _copy_diagnostics(net: nn.Module, models: Sequence[nn.Module], diagnostics: 
     """The first half of a diagnostics step of a stack: each live copy's plain model, holding
     the copy's state from the stack, runs the step's forward and backward pass on the copy's
     own batch with the diagnostics hooks on (what its own run records, to float rounding). Its
-    dropout streams are the stack's own (StackedDropout holds the copies' Dropout layers), so
+    random streams are the stack's own (StackedDropout and StackedNoise hold the copies' layers), so
     they are put back afterwards: the stack then draws the masks the replay drew. The stack
     itself is not touched; :meth:`Diagnostics.record` reads each copy after the update."""
     write_back(net, models)
     for i, (model, diag) in enumerate(zip(models, diagnostics)):
         if not bool(active[i]):
             continue
-        streams = dropout_states(model, device)
+        streams = stream_states(model, device)
         model.train()
         diag.arm()
         loss = task.loss(model(xb[i]), yb[i])
@@ -256,7 +256,7 @@ def _copy_diagnostics(net: nn.Module, models: Sequence[nn.Module], diagnostics: 
         loss.backward()
         diag.read_gradients()  # removes the hooks
         model.zero_grad(set_to_none=True)
-        set_dropout_states(model, device, streams)
+        set_stream_states(model, device, streams)
 
 
 def _position(state: dict | None) -> tuple[int, int] | None:
@@ -309,7 +309,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
         if resumed:
             for model, state in zip(models, states):
                 model.load_state_dict(state["model"])
-                set_dropout_states(model, device, state["dropout_rng"])
+                set_stream_states(model, device, state["dropout_rng"])
         net, optimizer, schedule = build()
         if resumed:
             optimizer.load_state_dict(optimizer_state_of_stack(net, optimizer, models, [st["optimizer"] for st in states]))
@@ -326,7 +326,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
         # loadable but not this run's state (shapes, optimizer groups, fields): back to the
         # fresh start, and the file goes aside so a rerun does not fail on it again
         models[0].load_state_dict(fresh)
-        reset_dropout(models[0])
+        reset_streams(models[0])
         checkpoints[0].set_aside(why)
         states, resumed = [None], False
         net, optimizer, schedule = build()
@@ -357,6 +357,9 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
     # single run hooks the model it trains; a stack's copies are replayed (_copy_diagnostics).
     diagnostics = [Diagnostics.for_run(model, cfg, data) for model in models]
     diagnostics = diagnostics if diagnostics[0] is not None else None
+    if diagnostics is not None and resumed:
+        for diag, st in zip(diagnostics, states):
+            diag.set_input_moments(st.get("input_moments", {}))
     measure_ics = diagnostics is not None and bool(cfg.diagnostics.get("ics", False))  # bnbench/ics.py
     step_sizes = [learning_rate(cfg) * m for m in cfg.diagnostics.smoothness_steps] \
         if diagnostics is not None and cfg.diagnostics.get("smoothness", False) else []
@@ -378,7 +381,8 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                                  "epoch_rng": epoch_rngs[i], "loss_sum": loss_sum[i].item(),
                                  "correct": int(correct[i].item()), "history": results[i].history,
                                  "diagnostics": results[i].diagnostics,
-                                 "dropout_rng": dropout_states(models[i], device)})
+                                 "input_moments": diagnostics[i].input_moments() if diagnostics else {},
+                                 "dropout_rng": stream_states(models[i], device)})
         return True
 
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-create results/reference/<preset>/: every reproduction preset of conf/ablation/ on real
 # Fashion-MNIST (the files of Debian's dataset-fashion-mnist in $BNBENCH_DATA/FashionMNIST/raw),
-# two joblib workers with one torch thread each. The two AlexNet presets use the first 6,000
+# two joblib workers with one torch thread each. The AlexNet presets use the first 6,000
 # training and 2,000 test images and fewer epochs, to fit a 2-core CPU (about 20 minutes in
 # all); drop those overrides on a GPU.
 #
@@ -24,9 +24,10 @@ declare -A extra=(
   [santurkar2018_ics]=""
   [santurkar2018_smoothness]=""
   [wuhe2018_batch]=""
+  [santurkar2018_noise]="${subset[*]}"
 )
 presets=("$@")
-[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam tuned_placement santurkar2018_ics santurkar2018_smoothness wuhe2018_batch)
+[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam tuned_placement santurkar2018_ics santurkar2018_smoothness wuhe2018_batch santurkar2018_noise)
 for preset in "${presets[@]}"; do
   if [[ ! -v "extra[$preset]" ]]; then
     echo "reference_presets.sh: unknown preset '$preset'; choose from: ${!extra[*]}" >&2

@@ -230,6 +230,8 @@ def test_run_record_and_report_side(tmp_path):
     assert on_disk.loc[on_disk["name"] == "head", "bn_mean_gap"].isna().all()
     assert on_disk.loc[on_disk["name"] != "head", "bn_mean_gap"].notna().all()
     assert on_disk["acc_eval_mode"].between(0, 1).all()
+    assert on_disk.loc[on_disk["step"] == 1, "input_shift"].isna().all(), "no step before the first to compare"
+    assert (on_disk.loc[on_disk["step"] > 1, "input_shift"] > 0).all()
 
     runs, factors, _ = report.collect_runs(sweep)
     assert factors == ["norm", "activation"]  # "activation" is a factor and a diagnostics subject
@@ -248,6 +250,7 @@ def test_run_record_and_report_side(tmp_path):
     lines = diagnostics_report.markdown_lines(summary, factors)
     text = "\n".join(lines)
     assert "## Diagnostics" in text and "| bn_before / sigmoid |" in text
+    assert "**Shift of each layer's input distribution" in text
     start = lines.index("**Dead ReLU units, last (% of units zero on the whole batch)**")
     dead = list(itertools.takewhile(bool, lines[start + 2:]))  # header, rule, one row per cell
     assert sorted(row.split(" | ")[0] for row in dead[2:]) == ["| bn_before / relu", "| none / relu"]  # ReLU only
@@ -256,7 +259,7 @@ def test_run_record_and_report_side(tmp_path):
     assert {p.name for p in figures.values()} == {
         "diagnostics_grad_norm.png", "diagnostics_act_input.png", "diagnostics_saturation.png",
         "diagnostics_dead_units.png", "diagnostics_bn_mean_gap.png", "diagnostics_bn_var_ratio.png",
-        "diagnostics_bn_modes.png", "diagnostics_unit.png"}
+        "diagnostics_bn_modes.png", "diagnostics_unit.png", "diagnostics_input_shift.png"}
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in figures.values())
 
 

@@ -15,7 +15,7 @@ from conftest import write_mnist_family
 
 PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam",
            "regression_mlp", "tuned_placement", "santurkar2018_ics",
-           "santurkar2018_smoothness", "wuhe2018_batch")
+           "santurkar2018_smoothness", "wuhe2018_batch", "santurkar2018_noise")
 
 
 def compose_preset(name: str, *overrides: str, hydra: bool = False):
@@ -141,7 +141,7 @@ def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
             n_layers = 8
         assert rows["layer"].nunique() == n_layers
         assert rows["grad_norm"].notna().all()
-        assert rows["bn_mean_gap"].notna().any() == norm.startswith("bn"), "batch statistics: BN only"
+        assert rows["bn_mean_gap"].notna().any() == ("bn_" in norm), "batch statistics: BN only"
 
 
 def test_santurkar2018_ics():
@@ -156,6 +156,20 @@ def test_santurkar2018_smoothness():
     assert g["norm"] == ["none", "bn_before"] and set(g["activation"]) == {"relu", "sigmoid"}
     cfg = compose_preset("santurkar2018_smoothness")
     assert cfg.diagnostics.smoothness and list(cfg.diagnostics.smoothness_steps) == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_santurkar2018_noise():
+    from bnbench.models import CovariateNoise
+
+    g = grid("santurkar2018_noise")
+    assert g["model"] == ["mlp", "alexnet"] and g["norm"] == ["none", "bn_before", "noisy_bn_before"]
+    assert g["seed"] == ["0", "1", "2", "3", "4"]
+    for model_name in g["model"]:
+        cfg = compose_preset("santurkar2018_noise", f"model={model_name}", "norm=noisy_bn_before")
+        assert cfg.diagnostics.enabled and (cfg.norm.noise_mean, cfg.norm.noise_std) == (1.0, 1.0)
+        blocks = _blocks(build_model(cfg, (1, 28, 28), 10))
+        assert blocks and all(b[2:4] == [CovariateNoise, nn.ReLU] for b in blocks), "BN, noise, ReLU"
+        assert all(b[1] in (nn.BatchNorm1d, nn.BatchNorm2d) for b in blocks)
 
 
 def test_wuhe2018_batch():

@@ -78,6 +78,9 @@ def float64():
      "trainer.steps=30", "trainer.eval_every=10"),
     ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=ln_after", "optimizer=adam",
      "optimizer.lr=0.003", "trainer.steps=30", "trainer.eval_every=10"),
+    ("norm=noisy_bn_before", "activation=sigmoid", "trainer.dropout=0.2"),  # noise and dropout streams per copy
+    ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=noisy_bn_before", "trainer.steps=30",
+     "trainer.eval_every=10"),
 ])
 def test_stacked_seeds_are_their_separate_runs(overrides, float64):
     cfg = make_cfg(*overrides, "trainer.epochs=2", "trainer.log_progress=false")
@@ -178,6 +181,8 @@ def test_a_sweep_with_diagnostics_stacks_and_writes_each_seed_s_diagnostics(tmp_
     ("norm=gn_before", "activation=tanh", "optimizer=adam", "optimizer.lr=0.003"),
     ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=bn_after", "trainer.steps=12",
      "trainer.eval_every=6"),
+    ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=noisy_bn_before",
+     "trainer.steps=12", "trainer.eval_every=6"),
 ])
 def test_a_stack_records_each_copy_s_diagnostics_as_its_own_run_would(overrides, float64):
     """Per-copy diagnostics: each copy's rows equal those of its separate run, and recording
@@ -350,6 +355,7 @@ def _cut_after(evals):
     ("norm=bn_before", "optimizer=adam", "optimizer.lr=0.003", "trainer.dropout=0.2", "trainer.lr_schedule=cosine"),
     ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=gn_before", "norm.groups=2",
      "optimizer=momentum", "optimizer.lr=0.05", "trainer.dropout=0.2"),
+    ("norm=noisy_bn_before", "trainer.dropout=0.2"),
 ])
 def test_a_stack_resumes_each_copy_from_its_own_checkpoint(tmp_path, float64, overrides):
     """A stack cut off mid-way writes each copy's checkpoint in the plain model's format; the
