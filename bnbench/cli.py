@@ -403,6 +403,52 @@ def export(
         fail(f"cannot write the export ({err.strerror or err})")
 
 
+@app.command()
+def evalmodes(
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder whose runs kept their final weights "
+                                     "(trainer.save_final=true)."),
+    batch_sizes: str = typer.Option(",".join(map(str, (2, 8, 32, 128))), "--batch-sizes",
+                                    help="Test batch sizes for BN with batch statistics, comma-separated."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+) -> None:
+    """Re-evaluate each run's final weights with BN's running averages, with batch statistics at
+    several test batch sizes, and with "precise" averages recomputed over the training set.
+
+    \b
+    Writes eval_modes.csv and eval_modes.md into the sweep folder (bnbench/evalmodes.py).
+    """
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        fail(f"--batch-sizes {batch_sizes!r} must be whole numbers separated by commas, e.g. 2,8,32,128")
+    if not sizes or min(sizes) < 2:
+        fail(f"--batch-sizes {batch_sizes!r}: each must be at least 2 (batch statistics of one sample are not "
+             "defined)")
+    if not sweep_dir.is_dir():
+        fail(f"{sweep_dir} is not a folder; give the sweep folder that `bnbench run -m` printed")
+    from bnbench import evalmodes as evalmodes_mod
+    from bnbench.data import DataError
+    from bnbench.devices import resolve_device, set_threads
+    from bnbench.report import ReportError
+
+    try:
+        dev = resolve_device(device)
+    except (ConfigError, RuntimeError) as err:
+        fail(f"--device {device}: {str(err).splitlines()[0]}")
+    try:
+        if dev.type == "cpu":
+            set_threads(None)
+        frame, factors, missing = evalmodes_mod.evaluate_sweep(sweep_dir, sizes, dev)
+        written = evalmodes_mod.write(sweep_dir, frame, factors, missing)
+    except (ReportError, DataError, ConfigError) as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"cannot write into {sweep_dir} ({err.strerror or err})")
+    console.print("\n".join(evalmodes_mod.markdown(frame, factors, missing, sweep_dir.name)[2:]), highlight=False,
+                  soft_wrap=True, markup=False)
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+
+
 def _describe(path: Path) -> str:
     for line in path.read_text().splitlines():
         if line.startswith("#") and "@package" not in line:

@@ -166,6 +166,10 @@ class TrainerConfig:
     # Save a resumable checkpoint every N evaluations (0 = never). A rerun of a run that was
     # cut off continues from it and reaches the same final metrics.
     checkpoint_every: int = 1
+    # Keep the model's weights and buffers at the end of the run (at its last evaluation; a
+    # diverged run's at the evaluation that saw it) in final.pt, for `bnbench evalmodes`
+    # (bnbench/evalmodes.py: BN with batch statistics, recomputed "precise" statistics).
+    save_final: bool = False
     # Print one line per evaluation.
     log_progress: bool = True
     # In a sweep over seeds, train the seeds of each cell together as one stacked model

@@ -92,6 +92,15 @@ def summarize(sweep_dir: Path, runs, factors: list[str]):
     return summary
 
 
+def layer_names(frame) -> dict[int, str]:
+    """Layer position -> its name; positions whose name differs between cells (a sweep over
+    model=mlp,alexnet: fc1 of one, conv1 of the other) get every name, "fc1/conv1"."""
+    out: dict[int, str] = {}
+    for layer, names in frame.groupby("layer", sort=True)["name"]:
+        out[int(layer)] = "/".join(dict.fromkeys(str(n) for n in names))
+    return out
+
+
 def _num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
@@ -116,8 +125,7 @@ def markdown_lines(summary, factors: list[str]) -> list[str]:
     frame = summary.copy()
     frame["cell"] = frame.apply(cell_label, axis=1)
     cells = list(dict.fromkeys(frame["cell"]))
-    layers = frame.drop_duplicates("layer").sort_values("layer")
-    names = dict(zip(layers["layer"], layers["name"]))
+    names = layer_names(frame)
     lines = ["## Diagnostics", "",
              "From each run's `diagnostics.csv` (mean over the runs of a cell that recorded them; \"last\" is each "
              "run's last diagnostics step). Plots over training, per layer, are under Plots.", ""]
@@ -355,7 +363,7 @@ def _layer_figure(data, factors: list[str], panel: _Panel, out_path: Path, sweep
     columns = [panel.column, *(panel.band or ())]
     has = data.groupby("layer")[panel.column].apply(lambda s: s.notna().any())
     layers = [int(layer) for layer, ok in has.items() if ok]
-    names = data.drop_duplicates("layer").set_index("layer")["name"].to_dict()
+    names = layer_names(data)
     kinds = data.groupby("layer")["nonlinearity"].apply(lambda s: set(s.fillna("")))
     acts = {layer: next(iter(k)) for layer, k in kinds.items() if len(k) == 1}  # named when all cells agree
 

@@ -185,7 +185,8 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
             if threads is not None:
                 summary["threads"] = threads
         total_steps = steps_plan(len(data.train_y), cfg.trainer)[1]
-        results = train_copies(models, seeds, data, cfg, device, on_eval=on_eval, checkpoints=checkpoints)
+        results = train_copies(models, seeds, data, cfg, device, on_eval=on_eval, checkpoints=checkpoints,
+                               keep_final=bool(cfg.trainer.save_final))
         for summary, result, checkpoint in zip(summaries, results, checkpoints):
             if result.resumed_from_step:
                 summary["resumed_from_step"] = result.resumed_from_step
@@ -209,8 +210,23 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
             summary.update(status="failed", error=f"{type(err).__name__}: {err}")
             records.write_text(m.folder / "error.txt", traceback.format_exc())
     for m, summary, result in zip(members, summaries, results):
+        _save_final(m.folder, summary, result)
         _finish(m.folder, summary, result.history if result else [], result.diagnostics if result else [], started)
     return summaries
+
+
+def _save_final(run_dir: Path, summary: records.RunRecord, result: TrainResult | None) -> None:
+    """trainer.save_final: the run's final weights and buffers into final.pt (atomically, with
+    the run's identity, read back with weights_only=True); otherwise a stale file of an earlier
+    run is removed, so a final.pt always belongs to the record beside it."""
+    path = run_dir / records.FINAL_WEIGHTS
+    if result is None or result.final_state is None or summary["status"] not in records.FINISHED:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"run_id": summary["run_id"], "step": result.history[-1]["step"] if result.history else 0,
+                "model": result.final_state}, tmp)
+    os.replace(tmp, path)
 
 
 def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str],

@@ -29,6 +29,8 @@ SWEEP_INFO = "sweep.json"  # written when a multirun starts: command line, git s
 CONFIRM_PLAN = "confirm.json"  # a `bnbench confirm` folder: the sweep and choices it reruns (bnbench/confirm.py)
 FINISHED = ("completed", "diverged")  # statuses of results; a rerun of the same sweep skips them
 METRICS = "metrics.csv"
+FINAL_WEIGHTS = "final.pt"  # trainer.save_final=true: {"run_id", "step", "model": state_dict} (torch.save)
+EVAL_MODES = "eval_modes.csv"  # sweep level, from `bnbench evalmodes` (bnbench/evalmodes.py)
 
 METRIC_COLUMNS = ["step", "epoch", "train_loss_running", "train_acc_running", "train_loss", "train_acc",
                   "val_loss", "val_acc", "test_loss", "test_acc", "lr", "wall_s"]

@@ -117,6 +117,9 @@ class TrainResult:
     # kernel selection, allocator warm-up); scripts/bench.py reports them apart from training
     first_step_s: float | None = None
     diagnostics: list[dict] = field(default_factory=list)  # rows of diagnostics.csv (bnbench/diagnostics.py)
+    # with keep_final: the copy's weights and buffers where its run ended (its last evaluation;
+    # a diverged copy's at the evaluation that saw it), a plain model's state_dict on the CPU
+    final_state: dict | None = None
 
 
 # What every checkpoint holds (snapshot() in train()); one without them cannot resume a run.
@@ -272,7 +275,7 @@ def train(model: nn.Module, data: TensorDataset, cfg, device: torch.device,
 
 def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: TensorDataset, cfg, device: torch.device,
                  on_eval: Callable[[int, dict], None] | None = None,
-                 checkpoints: Sequence[Checkpoint | None] | None = None) -> list[TrainResult]:
+                 checkpoints: Sequence[Checkpoint | None] | None = None, keep_final: bool = False) -> list[TrainResult]:
     """Train S >= 1 copies of a model, built from the same config for ``seeds``, together: the
     one training loop of bnbench. Each copy has its own data order (its seed's generator), its
     own loss, evaluation rows, divergence and checkpoint (``checkpoints[i]``, in the plain
@@ -282,7 +285,8 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
 
     Metrics are accumulated on the device and read once per evaluation, so the step loop never
     waits on the host. A copy whose running training loss is not finite (or above
-    ``trainer.diverge_above``) ends as ``diverged`` at that evaluation; the others go on."""
+    ``trainer.diverge_above``) ends as ``diverged`` at that evaluation; the others go on.
+    ``keep_final``: each result's ``final_state`` holds the copy's state where its run ended."""
     trainer = cfg.trainer
     s = len(models)
     checkpoints = list(checkpoints or [None] * s)
@@ -365,6 +369,13 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
         if diagnostics is not None and cfg.diagnostics.get("smoothness", False) else []
     active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
     every = next((ck.every for ck in checkpoints if ck is not None), 0)  # evaluations between checkpoints
+
+    def keep(indices: Sequence[int]) -> None:
+        """Copies ``indices`` ended here: keep their state (keep_final)."""
+        if keep_final and indices:
+            write_back(net, models)
+            for i in indices:
+                results[i].final_state = {k: v.detach().cpu().clone() for k, v in models[i].state_dict().items()}
 
     def save_checkpoints() -> bool:
         """Each running copy's state into its own checkpoint; whether any was written."""
@@ -451,6 +462,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                     val_losses, val_accs = ([None] * s, [None] * s) if data.val_x is None else \
                         evaluate_copies(net, data.val_x, data.val_y, trainer.eval_batch_size, task)
                     wall = round(elapsed_before + time.perf_counter() - start, 4)
+                    ended: list[int] = []  # copies whose run ends at this evaluation
                     for i in range(s):
                         if results[i].status != "completed":
                             continue  # diverged earlier: its record ended there
@@ -468,6 +480,10 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                         if not math.isfinite(running_losses[i]) or (limit is not None and running_losses[i] > limit):
                             results[i].status = "diverged"
                             active[i] = False
+                            ended.append(i)
+                        elif step == total_steps:
+                            ended.append(i)
+                    keep(ended)
                     if not bool(active.any()):
                         return results
                     loss_sum.zero_()

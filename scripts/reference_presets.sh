@@ -25,9 +25,10 @@ declare -A extra=(
   [santurkar2018_smoothness]=""
   [wuhe2018_batch]=""
   [santurkar2018_noise]="${subset[*]}"
+  [bn_momentum]=""
 )
 presets=("$@")
-[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam tuned_placement santurkar2018_ics santurkar2018_smoothness wuhe2018_batch santurkar2018_noise)
+[ ${#presets[@]} -gt 0 ] || presets=(ioffe2015 deep_sigmoid lr_tolerance keras_mlp mlp64_adam regression_mlp placement alexnet_bn_adam tuned_placement santurkar2018_ics santurkar2018_smoothness wuhe2018_batch santurkar2018_noise bn_momentum)
 for preset in "${presets[@]}"; do
   if [[ ! -v "extra[$preset]" ]]; then
     echo "reference_presets.sh: unknown preset '$preset'; choose from: ${!extra[*]}" >&2
@@ -47,5 +48,9 @@ for preset in "${presets[@]}"; do
       bnbench confirm "$dir" --select optimizer.lr --seeds 5 hydra/launcher=parallel trainer.threads=1 --quiet ;;
     wuhe2018_batch)  # accuracy against the batch size, per norm kind
       bnbench report "$dir" --profile trainer.batch_size --metric final_test_acc --margin 0.5 --quiet ;;
+    santurkar2018_noise)  # noisy BN against plain BN, beside the report against no BN
+      bnbench report "$dir" --baseline norm=bn_before --out "$dir/vs_bn" --quiet ;;
+    bn_momentum)  # the final weights with running, batch and precise BN statistics
+      bnbench evalmodes "$dir" --batch-sizes 2,8,32,128 ;;
   esac
 done

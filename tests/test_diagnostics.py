@@ -269,3 +269,8 @@ def test_off_writes_nothing_and_a_stale_file_goes(tmp_path):
     assert not (tmp_path / records.DIAGNOSTICS).exists()
     assert (tmp_path / records.METRICS).is_file()
     assert diagnostics_report.summarize(tmp_path, *report.collect_runs(tmp_path)[:2]) is None
+
+
+def test_layers_of_different_models_at_one_position_are_named_by_all_their_names():
+    frame = pd.DataFrame({"layer": [0, 1, 0, 1, 2], "name": ["fc1", "head", "conv1", "conv2", "head"]})
+    assert diagnostics_report.layer_names(frame) == {0: "fc1/conv1", 1: "head/conv2", 2: "head"}

@@ -15,7 +15,7 @@ from conftest import write_mnist_family
 
 PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam",
            "regression_mlp", "tuned_placement", "santurkar2018_ics",
-           "santurkar2018_smoothness", "wuhe2018_batch", "santurkar2018_noise")
+           "santurkar2018_smoothness", "wuhe2018_batch", "santurkar2018_noise", "bn_momentum")
 
 
 def compose_preset(name: str, *overrides: str, hydra: bool = False):
@@ -125,8 +125,8 @@ def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
         validate(compose_preset(name, *(f"{k}={v}" for k, v in cell.items())))
     quick = ("trainer.steps=3", "trainer.batch_size=20", "diagnostics.every=2", "trainer.threads=1",
              "trainer.log_progress=false", f"dataset.root={data_root}", "dataset.download=false")
-    for norm in g["norm"]:  # each norm setting, other keys at their first value, a few steps
-        cell = {**first, "norm": norm}
+    for norm in g.get("norm", ["preset"]):  # each norm setting, other keys at their first value, a few steps
+        cell = {**first, "norm": norm} if norm != "preset" else first
         overrides = [f"{k}={v}" for k, v in cell.items()]
         cfg = compose_preset(name, *overrides, *quick)
         assert cfg.diagnostics.enabled, "presets record diagnostics"
@@ -141,7 +141,7 @@ def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
             n_layers = 8
         assert rows["layer"].nunique() == n_layers
         assert rows["grad_norm"].notna().all()
-        assert rows["bn_mean_gap"].notna().any() == ("bn_" in norm), "batch statistics: BN only"
+        assert rows["bn_mean_gap"].notna().any() == (cfg.norm.kind == "bn"), "batch statistics: BN only"
 
 
 def test_santurkar2018_ics():
@@ -170,6 +170,15 @@ def test_santurkar2018_noise():
         blocks = _blocks(build_model(cfg, (1, 28, 28), 10))
         assert blocks and all(b[2:4] == [CovariateNoise, nn.ReLU] for b in blocks), "BN, noise, ReLU"
         assert all(b[1] in (nn.BatchNorm1d, nn.BatchNorm2d) for b in blocks)
+
+
+def test_bn_momentum():
+    g = grid("bn_momentum")
+    assert [float(m) for m in g["norm.momentum"]] == [0.1, 0.01, 0.001]
+    assert [int(n) for n in g["trainer.steps"]] == [300, 3000]
+    cfg = compose_preset("bn_momentum")
+    assert cfg.trainer.save_final and cfg.norm.kind == "bn" and cfg.activation.name == "sigmoid"
+    assert (cfg.model.depth, cfg.model.width) == (3, 100)
 
 
 def test_wuhe2018_batch():
