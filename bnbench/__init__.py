@@ -1,3 +1,3 @@
 """bnbench: ablation studies of batch normalization, driven by Hydra configs."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
