@@ -174,6 +174,7 @@ def test_santurkar2018_noise():
 
 def test_bn_momentum():
     g = grid("bn_momentum")
+    assert g["norm"] == ["bn_before"], "not the default grid's none,bn_before,bn_after"
     assert [float(m) for m in g["norm.momentum"]] == [0.1, 0.01, 0.001]
     assert [int(n) for n in g["trainer.steps"]] == [300, 3000]
     cfg = compose_preset("bn_momentum")
