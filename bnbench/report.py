@@ -346,21 +346,25 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
         raise ReportError(f"these runs were recorded before bnbench 0.2 and have no {metric} of the final model; "
                           f"use --metric {metric}_running (the running average over the last evaluation interval)")
     chosen, all_runs, prof = None, runs, None
-    if options.profile:
-        if options.select:
-            raise ReportError("--profile and --select are separate reports: --profile shows every value of a key, "
-                              "--select compares the arms at one chosen value each; run one, then the other")
+    if options.select:
+        if options.profile == options.select:
+            raise ReportError(f"--profile and --select both name {options.select}: --profile shows every value of a "
+                              "key, --select keeps one per arm; profile another key over the selected runs (e.g. "
+                              "--select optimizer.lr --profile trainer.batch_size)")
+        try:
+            runs, factors, chosen = selection_mod.select_per_arm(runs, factors, options.select, metric)
+        except selection_mod.SelectionError as err:
+            raise ReportError(str(err)) from err
+    if options.profile:  # with --select: over the runs each arm chose (every point at its own selected value)
         baseline = options.baseline if options.baseline is not None else _default_baseline(runs, factors)
         try:
             prof = profiles.profile(runs, factors, options.profile, metric, _units(options.within, metric) or 0.0,
                                     options.confidence, baseline)
         except profiles.ProfileError as err:
             raise ReportError(str(err)) from err
-    if options.select:
-        try:
-            runs, factors, chosen = selection_mod.select_per_arm(runs, factors, options.select, metric)
-        except selection_mod.SelectionError as err:
-            raise ReportError(str(err)) from err
+        if chosen is not None:
+            prof.notes.append(f"each point of the {options.profile} profile is at its own {options.select}, chosen "
+                              "on the validation split (see the selection table)")
     tables = SweepTables(sweep_dir, runs, factors, constants, metric, cells=pd.DataFrame(), selection=chosen,
                          all_runs=all_runs, profile=prof)
     if prof is not None:

@@ -46,8 +46,9 @@ for preset in "${presets[@]}"; do
     tuned_placement)  # each arm at its own rate, then those rates on 5 fresh seeds
       bnbench report "$dir" --select optimizer.lr --margin 0.5 --quiet
       bnbench confirm "$dir" --select optimizer.lr --seeds 5 hydra/launcher=parallel trainer.threads=1 --quiet ;;
-    wuhe2018_batch)  # accuracy against the batch size, per norm kind
-      bnbench report "$dir" --profile trainer.batch_size --metric final_test_acc --margin 0.5 --quiet ;;
+    wuhe2018_batch)  # accuracy against the batch size, per norm kind, each norm x batch at its own rate
+      bnbench report "$dir" --select optimizer.lr --profile trainer.batch_size --metric final_test_acc --margin 0.5 \
+        --quiet ;;
     santurkar2018_noise)  # noisy BN against plain BN, beside the report against no BN
       bnbench report "$dir" --baseline norm=bn_before --out "$dir/vs_bn" --quiet ;;
     bn_momentum)  # the final weights with running, batch and precise BN statistics

@@ -147,6 +147,7 @@ def test_every_cell_composes_and_each_norm_trains(name, data_root, tmp_path):
 def test_santurkar2018_ics():
     g = grid("santurkar2018_ics")
     assert g["activation"] == ["linear", "sigmoid", "relu"] and g["norm"] == ["none", "bn_before"]
+    assert [float(r) for r in g["optimizer.lr"]] == [0.05, 0.2, 0.5], "arms compared at each of three rates"
     cfg = compose_preset("santurkar2018_ics")
     assert cfg.model.depth == 10 and cfg.diagnostics.enabled and cfg.diagnostics.ics
 
@@ -186,6 +187,7 @@ def test_wuhe2018_batch():
     g = grid("wuhe2018_batch")
     assert g["norm"] == ["none", "bn_before", "gn_before", "ln_before"]
     assert [int(b) for b in g["trainer.batch_size"]] == [2, 4, 8, 16, 32, 64]
+    assert [float(r) for r in g["optimizer.lr"]] == [0.03, 0.1, 0.3], "rates to choose from per arm"
     from bnbench.train import learning_rate
 
     at = lambda batch: learning_rate(compose_preset("wuhe2018_batch", f"trainer.batch_size={batch}"))  # noqa: E731

@@ -162,6 +162,35 @@ def test_report_profile_writes_its_tables_and_plot(tmp_path):
         set(tmp_path.glob("*.png"))
 
 
+def test_a_profile_over_the_runs_each_arm_selected(tmp_path):
+    """--select optimizer.lr --profile trainer.batch_size: each (norm, batch) arm at the rate its
+    validation accuracy chose, then the profile over the batch of those runs."""
+    from bnbench import report
+    from bnbench.experiment import run_experiment
+    from conftest import make_cfg
+
+    for norm in ("none", "bn_before"):
+        for batch in ("20", "60"):
+            for lr in ("0.01", "0.1"):
+                for seed in (0, 1):
+                    overrides = [f"norm={norm}", f"trainer.batch_size={batch}", f"optimizer.lr={lr}", f"seed={seed}"]
+                    cfg = make_cfg(*overrides, "trainer.steps=20", "trainer.threads=1", "trainer.log_progress=false")
+                    run_experiment(cfg, tmp_path / ",".join(overrides), overrides=overrides)
+    options = report.ReportOptions(select="optimizer.lr", profile="trainer.batch_size", metric="final_test_acc")
+    tables = report.build(tmp_path, options)
+    assert len(tables.runs) == 8 and len(tables.all_runs) == 16, "one rate per (norm, batch) arm"
+    chosen = tables.selection.table.set_index(["norm", "trainer.batch_size"])["chosen"]
+    cells = tables.profile.cells.set_index(["norm", "trainer.batch_size"])
+    for (norm, batch), lr in chosen.items():  # the profile's point is the mean test accuracy at the chosen rate
+        at = tables.all_runs[(tables.all_runs["norm"].astype(str) == norm)
+                             & (tables.all_runs["trainer.batch_size"].astype(str) == batch)
+                             & (tables.all_runs["optimizer.lr"].astype(str) == lr)]
+        assert cells.loc[(norm, batch), "mean"] == pytest.approx(at["final_test_acc"].mean())
+    assert any("chosen on the validation split" in note for note in tables.notes)
+    with pytest.raises(report.ReportError, match="both name optimizer.lr"):
+        report.build(tmp_path, report.ReportOptions(select="optimizer.lr", profile="optimizer.lr"))
+
+
 @pytest.mark.slow
 def test_confirm_reruns_each_arm_s_choice_on_fresh_seeds_and_reports_it(tmp_path):
     import json
