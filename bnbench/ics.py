@@ -8,7 +8,8 @@ after it, on the step's own batch (x, y):
     G'_i = grad_{W_i} L(W'_1, ..., W'_{i-1}, W_i, ..., W_k; x, y)     after the layers before i moved
 
     ics_l2  = || G_i - G'_i ||_2                                      (the paper's l2 difference)
-    ics_cos = < G_i, G'_i > / (|| G_i || || G'_i ||)                   (the paper's cosine angle)
+    ics_cos = < G_i, G'_i > / (|| G_i || || G'_i ||)                   (the paper's cosine angle;
+                                                                      undefined, empty, if G or G' is 0)
 
 G'_i is what layer i's gradient becomes once the layers feeding it have been updated: the
 change of its input distribution "seen" by the optimization. Zero difference (cosine 1) means
@@ -92,7 +93,11 @@ def after_step(model: nn.Module, before: Before, x: torch.Tensor, y: torch.Tenso
             set_side_state(model, device, before.side)
             (g_prime,) = _grads(model, [layer], x, y, loss_fn)
             g = before.grads[i]
-            diff = torch.linalg.vector_norm((g - g_prime).double())
-            cos = torch.nn.functional.cosine_similarity(g.double().flatten(), g_prime.double().flatten(), dim=0)
-            out.append({"ics_l2": float(diff), "ics_cos": float(cos)})
+            g, g_prime = g.double().flatten(), g_prime.double().flatten()
+            diff = torch.linalg.vector_norm(g - g_prime)
+            norms = torch.linalg.vector_norm(g) * torch.linalg.vector_norm(g_prime)
+            # a gradient that vanished to exactly 0 (deep sigmoid nets in float32) has no direction:
+            # its cosine is undefined (empty in the record), not 0 (cosine_similarity's answer)
+            cos = float(torch.dot(g, g_prime) / norms) if norms > 0 else float("nan")
+            out.append({"ics_l2": float(diff), "ics_cos": cos})
     return out

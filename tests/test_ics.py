@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -60,6 +62,12 @@ def test_no_update_no_shift_and_the_model_is_left_as_the_step_left_it():
     assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers())), "BN statistics restored"
     shift = ics.after_step(model, before, x, y, loss, CPU)  # no step in between
     assert len(shift) == 4 and all(s["ics_l2"] == 0.0 and s["ics_cos"] == pytest.approx(1.0) for s in shift)
+    with torch.no_grad():  # a layer whose gradient vanished to exactly 0: no direction, no cosine
+        model.head.weight.zero_()
+    before = ics.before_step(model, x, y, loss, CPU)
+    shift = ics.after_step(model, before, x, y, loss, CPU)
+    assert [math.isnan(s["ics_cos"]) for s in shift] == [True, True, True, False], "zero gradient: undefined"
+    assert [s["ics_l2"] for s in shift[:3]] == [0.0, 0.0, 0.0]
 
 
 def test_measuring_it_leaves_training_unchanged_and_a_stack_measures_each_copy(float64_default):
