@@ -12,7 +12,7 @@ test set in three ways:
     batch B    BN with the statistics of each test batch of B samples (BN in train mode;
                dropout and noisy BN off); the last test samples that do not fill a batch of
                B are left out, so every batch has B samples
-    precise    "precise BN" (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", sec. 3):
+    precise    "precise BN" (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"):
                the running averages recomputed from the final weights, one pass over the
                training set in the run's batch size with each batch's statistics weighted
                equally (torch.optim.swa_utils.update_bn: momentum None, a cumulative average),

@@ -192,7 +192,7 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
             runs[col] = None
     factors = [k for k in keys if runs[k].nunique(dropna=False) > 1]
     constants = {k: str(runs[k].iloc[0]) for k in keys if k not in factors}
-    order = records.value_order(sweep_dir)
+    order = {**records.value_order(sweep_dir), **_confirmed_order(sweep_dir)}
     for k in factors:
         present = set(runs[k].astype(str))
         seen = list(dict.fromkeys([*order.get(k, []), *sorted(present)]))
@@ -283,6 +283,21 @@ def _confirmed_sweep(sweep_dir: Path) -> str | None:
         return str(json.loads((sweep_dir / records.CONFIRM_PLAN).read_text())["confirms"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _confirmed_order(sweep_dir: Path) -> dict[str, list[str]]:
+    """A bnbench confirm folder runs one sweep per arm (its multirun.yaml is the last arm's):
+    the arms' values in the order of the sweep it confirms, from its confirm.json."""
+    try:
+        plan = json.loads((sweep_dir / records.CONFIRM_PLAN).read_text())
+        order: dict[str, list[str]] = {}
+        for arm in plan["arms"]:
+            for key, value in {**arm["arm"], plan["select"]: arm["chosen"]}.items():
+                if str(value) not in order.setdefault(key, []):
+                    order[key].append(str(value))
+        return order
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _default_baseline(runs: pd.DataFrame, factors: list[str]) -> dict[str, str] | None:

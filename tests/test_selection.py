@@ -214,6 +214,10 @@ def test_confirm_reruns_each_arm_s_choice_on_fresh_seeds_and_reports_it(tmp_path
         assert s["status"] in ("completed", "diverged") and s["params"]["optimizer.lr"] == chosen[s["params"]["norm"]]
     report_md = (folder / "report.md").read_text()
     assert "Against the baseline `norm=none`" in report_md
+    from bnbench import report
+
+    runs, _, _ = report.collect_runs(folder)  # one sweep per arm: the order is the confirmed sweep's
+    assert list(runs["norm"].cat.categories) == ["none", "bn_before"], "not alphabetical"
     assert ("## `optimizer.lr` chosen per arm" in report_md) == (len(set(chosen.values())) > 1)
     if len(set(chosen.values())) > 1:  # no winner's curse here: the values were chosen on other seeds
         assert "took no part in the choice" in report_md and "winner's curse" not in report_md
