@@ -433,8 +433,10 @@ def evalmodes(
 
     try:
         dev = resolve_device(device)
-    except (ConfigError, RuntimeError) as err:
-        fail(f"--device {device}: {str(err).splitlines()[0]}")
+    except ConfigError as err:
+        fail(f"--device {device}: {err}")
+    except RuntimeError:  # torch's list of every device type it knows
+        fail(f"--device {device} is not a device: choose auto, cpu, cuda or cuda:N")
     try:
         if dev.type == "cpu":
             set_threads(None)

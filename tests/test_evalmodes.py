@@ -157,6 +157,8 @@ def test_the_command_writes_its_tables_and_refuses_bad_input(tmp_path):
     assert len(frame) == 4 * 4 and (sweep / "eval_modes.md").is_file()
     bad = run_cli("evalmodes", str(sweep), "--batch-sizes", "1,8", cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "at least 2" in bad.stderr
+    bad = run_cli("evalmodes", str(sweep), "--device", "tpu", cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "choose auto, cpu, cuda" in bad.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     none = run_cli("evalmodes", str(empty), cwd=tmp_path)
