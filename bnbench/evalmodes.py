@@ -22,7 +22,7 @@ Norms without batch statistics (none, layer and group norm) give the same value 
 A diverged run is evaluated like the others (a sample with a non-finite output counts as
 wrong), never left out. The sweep gets ``eval_modes.csv`` (one row per run and mode) and
 ``eval_modes.md`` (per cell and mode: mean over seeds, and the difference from running paired
-by seed, with its 95% t-interval).
+by seed, on the same test samples, with its 95% t-interval).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from bnbench.train import TASKS
 
 log = logging.getLogger("bnbench")
 DEFAULT_BATCH_SIZES = (2, 8, 32, 128)
-COLUMNS = ["run", "seed", "status", "mode", "batch_size", "test_loss", "test_acc", "samples"]
+COLUMNS = ["run", "seed", "status", "mode", "batch_size", "test_loss", "test_acc", "samples", "running_test_loss",
+           "running_test_acc"]
 
 
 @dataclass
@@ -95,17 +96,22 @@ def _precise(model: nn.Module, train_x: torch.Tensor, batch_size: int) -> nn.Mod
 
 
 def evaluate_run(model: nn.Module, data, train_batch_size: int, batch_sizes, eval_batch_size: int) -> list[dict]:
-    """One run's rows: running, batch B for each B, precise."""
+    """One run's rows: running, batch B for each B, precise. Each row also holds the running
+    averages' score on the same samples (``running_*``), which its difference is taken from."""
     task = TASKS[data.task]
     x, y = data.test_x, data.test_y
     model.eval()
-    rows = [("running", None, _score(model, x, y, eval_batch_size, task, full_only=False))]
+    running = _score(model, x, y, eval_batch_size, task, full_only=False)
+    rows = [("running", None, running, running)]
     with_batch = _with_batch_statistics(model)
-    rows += [("batch", b, _score(with_batch, x, y, b, task, full_only=True)) for b in batch_sizes if b <= len(y)]
+    for b in (b for b in batch_sizes if b <= len(y)):
+        n = len(y) - len(y) % b  # full batches only: the same samples for both scores
+        rows.append(("batch", b, _score(with_batch, x[:n], y[:n], b, task, full_only=True),
+                     running if n == len(y) else _score(model, x[:n], y[:n], eval_batch_size, task, full_only=False)))
     rows.append(("precise", None, _score(_precise(model, data.train_x, train_batch_size), x, y, eval_batch_size,
-                                         task, full_only=False)))
-    return [{"mode": mode, "batch_size": b, "test_loss": s.loss, "test_acc": s.acc, "samples": s.samples}
-            for mode, b, s in rows]
+                                         task, full_only=False), running))
+    return [{"mode": mode, "batch_size": b, "test_loss": s.loss, "test_acc": s.acc, "samples": s.samples,
+             "running_test_loss": r.loss, "running_test_acc": r.acc} for mode, b, s, r in rows]
 
 
 def _load_final(run_dir: Path, run_id: str | None) -> dict | None:
@@ -180,15 +186,14 @@ def markdown(frame: pd.DataFrame, factors: list[str], missing: int, sweep_name: 
     groups = frame.groupby(factors, observed=True, sort=True) if factors else [((), frame)]
     for key, cell in groups:
         key = key if isinstance(key, tuple) else (key,)
-        running = cell[cell["label"] == "running"].set_index("seed")[metric]
         cells = []
         for label in labels:
-            values = cell[cell["label"] == label].set_index("seed")[metric]
-            mean = values.mean() * scale
+            rows = cell[cell["label"] == label]
+            mean = rows[metric].mean() * scale
             if label == "running":
                 cells.append(f"{mean:.2f}")
                 continue
-            diff = (values - running.reindex(values.index)).dropna() * scale
+            diff = (rows[metric] - rows[f"running_{metric}"]).dropna() * scale  # on the same samples, per seed
             cells.append(f"{mean:.2f} (Δ {_interval(diff)})")
         diverged = int((cell.drop_duplicates("seed")["status"] == "diverged").sum())
         lines.append("| " + " | ".join([" / ".join(map(str, key)) or "all runs", str(cell["seed"].nunique()),

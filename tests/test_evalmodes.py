@@ -100,6 +100,8 @@ def test_final_weights_are_the_run_s_and_every_mode_is_checked(tmp_path):
     assert evalmodes.evaluate_sweep(sweep, batch_sizes=(16,))[2] == 1
     cut = evalmodes.evaluate_sweep(sweep, batch_sizes=(50,))[0]
     assert set(cut.loc[cut["mode"] == "batch", "samples"]) == {350}, "batch statistics over full batches only"
+    none = cut[cut["run"].str.startswith("norm=none")]  # the same network in every mode: on the same 350 samples
+    assert (none["test_acc"] == none["running_test_acc"]).all()
 
 
 def test_precise_statistics_are_the_training_set_averages_of_the_final_weights():
