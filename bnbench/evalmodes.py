@@ -176,8 +176,8 @@ def markdown(frame: pd.DataFrame, factors: list[str], missing: int, sweep_name: 
              f"Final weights of each run (final.pt) on the test set, {metric.replace('_', ' ')} ({unit or 'loss'}): "
              "**running** = eval mode with BN's running averages (what the report's metrics are); **batch B** = BN "
              "normalizing each test batch of B with its own statistics; **precise** = running averages recomputed "
-             "over the training set from the final weights (Wu & Johnson 2021). Δ = mode − running, paired by seed, "
-             "with its 95% t-interval. Diverged runs are included (a non-finite output counts as wrong).", ""]
+             "over the training set from the final weights (Wu & Johnson 2021). Δ = mode − running on the same test "
+             "samples (batch B: the full batches), paired by seed, with its 95% t-interval. Diverged runs are included (a non-finite output counts as wrong).", ""]
     if missing:
         lines += [f"{missing} run(s) without final weights (trainer.save_final was off, or they failed) are not "
                   "here.", ""]
