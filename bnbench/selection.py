@@ -85,6 +85,8 @@ def select_per_arm(runs: pd.DataFrame, factors: list[str], key: str,
             per_value.append((value, float(at["_score"].mean()) if len(at) else np.nan, len(at), diverged, lost))
         row = dict(zip(arms, arm_values))
         chosen, note = _choose(per_value, higher)
+        edge = _at_edge(chosen, levels)
+        note = "; ".join(n for n in (note, edge) if n)
         row.update(chosen=chosen, values=per_value, note=note)
         chosen_entry = next((v for v in per_value if v[0] == chosen), None)
         row.update(criterion=chosen_entry[1] if chosen_entry else np.nan, n=chosen_entry[2] if chosen_entry else 0)
@@ -93,6 +95,20 @@ def select_per_arm(runs: pd.DataFrame, factors: list[str], key: str,
             keep |= runs.index.isin(arm.index[arm["_key"] == chosen])
     table = pd.DataFrame(rows, columns=[*arms, "chosen", "criterion", "n", "values", "note"])
     return runs[keep].reset_index(drop=True), arms, Selection(key, criterion, arms, table)
+
+
+def _at_edge(chosen: str | None, levels: list[str]) -> str:
+    """A note when the chosen value is the smallest or largest of 3 or more numeric values: the
+    best may lie beyond the grid, so the arm may be compared below its best."""
+    try:
+        numbers = sorted(float(v) for v in levels)
+        value = float(chosen) if chosen is not None else None
+    except ValueError:  # not a numeric key (optimizer=sgd,adam): no order, no edge
+        return ""
+    if value is None or len(numbers) < 3 or numbers[0] < value < numbers[-1]:
+        return ""
+    side = "smallest" if value == numbers[0] else "largest"
+    return f"the {side} value swept: the best may lie beyond the grid"
 
 
 def _choose(per_value: list[tuple[str, float, int, int, int]], higher: bool) -> tuple[str | None, str]:

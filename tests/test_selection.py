@@ -38,6 +38,8 @@ def test_each_arm_gets_the_value_with_its_best_mean_validation_metric():
     assert table.loc["bn_before", "criterion"] == pytest.approx(0.895) and table.loc["bn_before", "n"] == 2
     assert sorted(zip(chosen["norm"].astype(str), chosen["optimizer.lr"].astype(str))) == \
         [("bn_before", "1.0"), ("bn_before", "1.0"), ("none", "0.1"), ("none", "0.1")]
+    # bn_before's 1.0 is the largest rate swept: its best may lie beyond the grid, and that is said
+    assert "largest value swept" in table.loc["bn_before", "note"] and table.loc["none", "note"] == ""
 
 
 def test_ties_and_arms_where_every_value_diverged_are_said():
