@@ -36,11 +36,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
-from scipy import stats as sps
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnbench import records
+from bnbench import records, stats
 from bnbench.data import load_dataset
 from bnbench.models import build_model
 from bnbench.report import ReportError, collect_runs
@@ -61,16 +60,17 @@ class Scores:
 
 @torch.no_grad()
 def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, task, full_only: bool) -> Scores:
-    loss_sum, correct, n = 0.0, 0, 0
-    stop = len(y) - len(y) % batch_size if full_only else len(y)
-    for start in range(0, stop, batch_size):
+    # sums stay on the device (in float64, as the host would add them) and are read once
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    n = len(y) - len(y) % batch_size if full_only else len(y)
+    for start in range(0, n, batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         out = model(xb)
-        loss_sum += float(task.loss(out, yb, reduction="sum"))
+        loss_sum += task.loss(out, yb, reduction="sum").double()
         if task.hits is not None:
-            correct += int(task.hits(out, yb).sum())
-        n += len(yb)
-    return Scores(loss_sum / n, correct / n if task.hits is not None else None, n)
+            correct += task.hits(out, yb).sum()
+    return Scores(float(loss_sum) / n, int(correct) / n if task.hits is not None else None, n)
 
 
 def _with_batch_statistics(model: nn.Module) -> nn.Module:
@@ -202,14 +202,13 @@ def markdown(frame: pd.DataFrame, factors: list[str], missing: int, sweep_name: 
 
 
 def _interval(diff: pd.Series) -> str:
-    n = len(diff)
-    if n == 0:
+    """'mean, low to high' (the 95% t-interval of bnbench.stats), or the mean alone without one."""
+    if len(diff) == 0:
         return "—"
-    mean = diff.mean()
-    if n < 2 or not math.isfinite(mean):
-        return f"{mean:+.2f}"
-    half = sps.t.ppf(0.975, n - 1) * diff.std(ddof=1) / math.sqrt(n)
-    return f"{mean:+.2f}, {mean - half:+.2f} to {mean + half:+.2f}"
+    out = stats.mean_interval(diff.to_numpy(), 0.95)
+    if not math.isfinite(out["ci_low"]):
+        return f"{out['mean']:+.2f}"
+    return f"{out['mean']:+.2f}, {out['ci_low']:+.2f} to {out['ci_high']:+.2f}"
 
 
 def write(sweep_dir: Path, frame: pd.DataFrame, factors: list[str], missing: int) -> list[Path]:

@@ -139,7 +139,7 @@ def _cell_status(counts: Mapping[str, int]) -> str:
     return max(STATUSES[1:], key=lambda s: counts[s])  # what happened to most of its runs
 
 
-def _interval(x: np.ndarray, confidence: float) -> dict[str, float]:
+def mean_interval(x: np.ndarray, confidence: float) -> dict[str, float]:
     """Mean, sample std, the t-interval of the mean (scipy), median, min and max. With an
     infinite score (a diverged run's loss) the mean is infinite and std and interval undefined."""
     n = len(x)
@@ -186,7 +186,7 @@ def cell_stats(
         counts = {"runs": len(group), **{s: int((group["status"] == s).sum()) for s in STATUSES}}
         counts["missing"] = max(0, n_seeds - len(group))
         values = group["_score"].dropna().to_numpy()
-        stats = _interval(values, confidence)
+        stats = mean_interval(values, confidence)
         stats["div_rate"] = counts["diverged"] / len(values) if len(values) else np.nan
         unscored = int((group["status"].isin(RESULTS) & group["_score"].isna()).sum())  # a record without the value
         complete = counts["failed"] + counts["incomplete"] + counts["missing"] + unscored == 0 and counts["runs"] > 0
