@@ -118,7 +118,14 @@ def _load_final(run_dir: Path, run_id: str | None) -> dict | None:
     path = run_dir / records.FINAL_WEIGHTS
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torn, or not a bnbench final.pt: like a missing one, and said
+        log.warning("%s: final.pt cannot be read (%s); left out", run_dir.name, type(err).__name__)
+        return None
+    if not isinstance(state, dict) or "model" not in state:
+        log.warning("%s: final.pt holds no model state; left out", run_dir.name)
+        return None
     if state.get("run_id") != run_id:
         log.warning("%s: final.pt belongs to another run (id %s, the record says %s); left out", run_dir.name,
                     state.get("run_id"), run_id)

@@ -98,6 +98,8 @@ def test_final_weights_are_the_run_s_and_every_mode_is_checked(tmp_path):
     other["run_id"] = "someone-else"
     torch.save(other, run_dir / records.FINAL_WEIGHTS)
     assert evalmodes.evaluate_sweep(sweep, batch_sizes=(16,))[2] == 1
+    (sweep / "norm=none,seed=1" / records.FINAL_WEIGHTS).write_bytes(b"torn")  # a torn file: left out, counted
+    assert evalmodes.evaluate_sweep(sweep, batch_sizes=(16,))[2] == 2
     cut = evalmodes.evaluate_sweep(sweep, batch_sizes=(50,))[0]
     assert set(cut.loc[cut["mode"] == "batch", "samples"]) == {350}, "batch statistics over full batches only"
     none = cut[cut["run"].str.startswith("norm=none")]  # the same network in every mode: on the same 350 samples
