@@ -11,13 +11,16 @@ batch 60, each copy its own init and its own batch order, as separate runs would
             with baddbmm; BN as one BatchNorm1d over S*C features, which normalizes each
             copy's features over that copy's batch only, exactly as S separate
             BatchNorm1d(C) would
+  compiled  (--compile) the grouped step under torch.compile: its forward and backward as one
+            compiled function, the SGD step as another; the first steps (compilation) are
+            timed apart and left out of the per-round figure
 
 Prints milliseconds per round (one step of every copy) and the speed-up over `separate`, at
 each thread count, plus the largest parameter difference of the stacked copies from the
 separate runs after the timed steps (float rounding only: same math, other kernels). Data are
 random tensors of Fashion-MNIST's shape: the cost of a step does not depend on the values.
 
-    python scripts/bench_stacking.py [--seeds 5] [--steps 200] [--threads 1,2]
+    python scripts/bench_stacking.py [--seeds 5] [--steps 200] [--threads 1,2] [--compile]
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def rounds(n_seeds: int, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return x, y, orders
 
 
-def bench(n_seeds: int, steps: int, threads: int) -> dict[str, float]:
+def bench(n_seeds: int, steps: int, threads: int, compiled: bool = False) -> dict[str, float]:
     torch.set_num_threads(threads)
     x, y, orders = rounds(n_seeds, steps)
     models = []
@@ -98,8 +101,32 @@ def bench(n_seeds: int, steps: int, threads: int) -> dict[str, float]:
         loss.backward()
         g_opt.step()
 
+    variants = [("separate", sep_round), ("vmap", vmap_round), ("grouped", grouped_round)]
     times = {}
-    for name, fn in (("separate", sep_round), ("vmap", vmap_round), ("grouped", grouped_round)):
+    if compiled:
+        c_model = StackedNet(copy.deepcopy(models))
+        c_opt = torch.optim.SGD(c_model.parameters(), lr=0.1)
+
+        @torch.compile
+        def c_forward_backward(xb, yb):
+            stacked_loss(c_model(xb), yb).backward()
+
+        @torch.compile
+        def c_update():
+            c_opt.step()
+
+        def compiled_round(i):
+            idx = orders[:, i]
+            c_opt.zero_grad(set_to_none=True)
+            c_forward_backward(x[idx], y[idx])
+            c_update()
+
+        started = time.perf_counter()
+        for i in range(3):  # compilation: the forward-backward graph, then the update's
+            compiled_round(i)
+        times["compile_s"] = time.perf_counter() - started
+        variants.append(("compiled", compiled_round))
+    for name, fn in variants:
         fn(0)  # warm-up (not timed; every variant takes the same first step)
         started = time.perf_counter()
         for i in range(1, steps):
@@ -120,14 +147,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--compile", action="store_true", help="also the grouped step under torch.compile (slow to start)")
     args = parser.parse_args()
     print(f"{args.seeds} copies of the 3x100 BN MLP, batch {BATCH}, {args.steps} rounds; ms per round (one step of "
           "every copy), speed-up over separate")
     for threads in (int(t) for t in args.threads.split(",")):
-        t = bench(args.seeds, args.steps, threads)
+        t = bench(args.seeds, args.steps, threads, args.compile)
+        compiled = (f"   compiled {t['compiled']:6.2f} ms ({t['separate'] / t['compiled']:.2f}x; compiling took "
+                    f"{t['compile_s']:.1f} s)") if args.compile else ""
         print(f"  {threads} thread(s): separate {t['separate']:6.2f} ms   vmap {t['vmap']:6.2f} ms "
               f"({t['separate'] / t['vmap']:.2f}x)   grouped {t['grouped']:6.2f} ms ({t['separate'] / t['grouped']:.2f}x)"
-              f"   max |param diff| vmap {t['vmap_max_diff']:.1e}, grouped {t['grouped_max_diff']:.1e}", flush=True)
+              f"{compiled}   max |param diff| vmap {t['vmap_max_diff']:.1e}, grouped {t['grouped_max_diff']:.1e}",
+              flush=True)
 
 
 if __name__ == "__main__":
