@@ -1,8 +1,8 @@
 """Sweep planning, before any job starts: which runs train together as one stack.
 
 The sweeper (hydra_plugins/bnbench_sweeper) expands the grid into runs exactly as Hydra's basic
-sweeper does, composes each run's config once (as Hydra's own validation of a batch does), and
-hands the runs to :func:`plan`. The runs of a cell (runs that differ only by ``seed``) become
+sweeper does, works out each run's config (composed once per cell, copied for the cell's other
+seeds), and hands the runs to :func:`plan`. The runs of a cell (runs that differ only by ``seed``) become
 stacks (:func:`seed_stacks`); each stack is one launched job, which trains its seeds as one
 grouped model (bnbench/stacking.py) and writes each seed's record into that seed's own folder.
 The plan is saved in the sweep folder (``.plans/ID.json``) and each job is told its entry

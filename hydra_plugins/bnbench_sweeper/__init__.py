@@ -69,7 +69,7 @@ class PlannedSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        templates: Dict[tuple, DictConfig] = {}  # each cell's first composed config (see _compose)
+        templates: Dict[tuple, DictConfig] = {}  # each cell's first composed config (see compose)
         runs = [self._run(run_overrides, number, sweep_dir, templates)
                 for number, run_overrides in enumerate(runs_overrides)]
         jobs = planning.plan(runs, parallel_jobs(self.config.hydra.get("launcher")))
@@ -91,7 +91,7 @@ class PlannedSweeper(Sweeper):
         return returns
 
     def _run(self, overrides: List[str], number: int, sweep_dir: Path, templates: Dict[tuple, DictConfig]) -> planning.Run:
-        """A run as its own job would see it: its config (see :meth:`_compose`), its folder
+        """A run as its own job would see it: its config (see :meth:`compose`), its folder
         resolved as the launcher resolves it."""
         cfg = self.compose(overrides, templates)
         folders = set()
