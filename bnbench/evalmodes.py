@@ -190,9 +190,7 @@ def markdown(frame: pd.DataFrame, factors: list[str], missing: int, sweep_name: 
                   "here.", ""]
     header = [" / ".join(factors) or "cell", "runs", "diverged", *labels]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    groups = frame.groupby(factors, observed=True, sort=True) if factors else [((), frame)]
-    for key, cell in groups:
-        key = key if isinstance(key, tuple) else (key,)
+    for key, cell in stats.split_cells(frame, factors).items():
         cells = []
         for label in labels:
             rows = cell[cell["label"] == label]

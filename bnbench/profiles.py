@@ -77,10 +77,8 @@ def profile(runs: pd.DataFrame, factors: list[str], key: str, metric: str, withi
     seeds = np.array(sorted(results["seed"].dropna().unique()))
     # one array per arm: seeds x values of scores and of divergence (NaN where no result)
     values = sorted(results["_value"].unique())
-    arm_groups = results.groupby(arms, observed=True, sort=False) if arms else [((), results)]
     per_arm = {}
-    for arm_values, arm in arm_groups:
-        arm_values = arm_values if isinstance(arm_values, tuple) else (arm_values,)
+    for arm_values, arm in stats.split_cells(results, arms, sort=False).items():
         score = arm.pivot_table(index="seed", columns="_value", values="_score", aggfunc="first")
         diverged = (arm.assign(_d=(arm["status"] == "diverged").astype(float))
                     .pivot_table(index="seed", columns="_value", values="_d", aggfunc="first"))

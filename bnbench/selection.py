@@ -71,9 +71,7 @@ def select_per_arm(runs: pd.DataFrame, factors: list[str], key: str,
     scored = runs.assign(_score=stats.scores(runs, criterion), _key=runs[key].astype(str))
     levels = [str(v) for v in (runs[key].cat.categories if hasattr(runs[key], "cat") else pd.unique(runs[key]))]
     rows, keep = [], pd.Series(False, index=runs.index)
-    groups = scored.groupby(arms, observed=True, sort=False) if arms else [((), scored)]
-    for arm_values, arm in groups:
-        arm_values = arm_values if isinstance(arm_values, tuple) else (arm_values,)
+    for arm_values, arm in stats.split_cells(scored, arms, sort=False).items():
         per_value = []
         for value in levels:
             runs_at = arm[arm["_key"] == value]

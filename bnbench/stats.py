@@ -123,10 +123,13 @@ def _results(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return out
 
 
-def split_cells(runs: pd.DataFrame, factors: list[str]) -> dict[tuple, pd.DataFrame]:
+def split_cells(runs: pd.DataFrame, factors: list[str], sort: bool = True) -> dict[tuple, pd.DataFrame]:
+    """The runs of each combination of ``factors``' values, keyed by the tuple of values (one
+    group, keyed (), without factors); in the factors' level order, or with ``sort=False`` in
+    order of first appearance."""
     if not factors:
         return {(): runs}
-    return {key: g for key, g in runs.groupby(factors, observed=True, sort=True)}
+    return {key if isinstance(key, tuple) else (key,): g for key, g in runs.groupby(factors, observed=True, sort=sort)}
 
 
 def _cell_status(counts: Mapping[str, int]) -> str:
