@@ -63,7 +63,7 @@ def main(cfg: DictConfig) -> records.RunRecord:
         overrides=list(hydra_cfg.overrides.task),
         choices=OmegaConf.to_container(hydra_cfg.runtime.choices),
         cpu_threads=cpu_share(hydra_cfg.launcher),
-        gpu_slots_dir=Path(hydra_cfg.sweep.dir) / ".gpu-slots" if multirun and uses_gpu_slots(hydra_cfg.launcher) else None,
+        gpu_slots=multirun and uses_gpu_slots(hydra_cfg.launcher),
     )
     # The sweeper planned which runs this job trains (bnbench/planning.py): one, or a stack of seeds.
     members = planning.members(Path(hydra_cfg.sweep.dir), cfg.sweep.plan, cfg.sweep.stack) \

@@ -166,6 +166,15 @@ class TrainerConfig:
     # Save a resumable checkpoint every N evaluations (0 = never). A rerun of a run that was
     # cut off continues from it and reaches the same final metrics.
     checkpoint_every: int = 1
+    # ... but at most one per this many seconds of training (0 = at every N-th evaluation):
+    # on a GPU a small model's evaluation interval can take less time than writing its
+    # checkpoint. Ctrl-C, SIGTERM and the end of a run do not wait for it.
+    checkpoint_every_s: float = 60.0
+    # GPU numerics (README "GPUs"): deterministic kernels (cuBLAS workspace, cuDNN,
+    # torch.use_deterministic_algorithms), and TensorFloat-32 matmuls and convolutions (faster,
+    # about 3 decimal digits). Neither changes a CPU run, nor a run's identity.
+    deterministic: bool = False
+    tf32: bool = False
     # Keep the model's weights and buffers at the end of the run (at its last evaluation; a
     # diverged run's at the evaluation that saw it) in final.pt, for `bnbench evalmodes`
     # (bnbench/evalmodes.py: BN with batch statistics, recomputed "precise" statistics).
@@ -257,6 +266,16 @@ def register_configs() -> None:
     for group, name, node in SCHEMAS:
         store.store(group=f"schema/{group}", name=name, node=node)
     Plugins.instance().register(PlannedSweeper)
+    # conf/hydra/launcher/ray_local.yaml: each Ray job's GPU share where the machine has GPUs
+    OmegaConf.register_new_resolver("bnbench_gpu_share", gpu_share, replace=True)
+
+
+def gpu_share(jobs_per_gpu: Any = 1) -> float:
+    """The GPUs one job asks of Ray: 1 / trainer.jobs_per_gpu when this machine shows GPUs, else
+    0 (torch-free: devices.visible_gpu_count)."""
+    from bnbench.devices import visible_gpu_count
+
+    return 1.0 / max(1, int(jobs_per_gpu)) if visible_gpu_count() else 0.0
 
 
 def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
@@ -351,6 +370,12 @@ def validate(cfg: DictConfig) -> None:
     if "channels" in cfg.model and len(cfg.model.channels) != 5:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
     _check_ranges(cfg)
+    from bnbench.devices import check_device_name
+
+    check_device_name(cfg.trainer.device)
+    if cfg.trainer.checkpoint_every_s < 0:
+        raise ConfigError(f"trainer.checkpoint_every_s={cfg.trainer.checkpoint_every_s} must be 0 (every "
+                          "trainer.checkpoint_every evaluations) or more")
     if cfg.trainer.checkpoint_every < 0:
         raise ConfigError(f"trainer.checkpoint_every={cfg.trainer.checkpoint_every} must be 0 (off) or more")
     asked = [k for k in ("ics", "smoothness") if cfg.diagnostics.get(k)]

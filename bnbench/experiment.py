@@ -27,7 +27,8 @@ from bnbench import interrupts, records
 from bnbench.config import validate
 from bnbench.errors import ConfigError
 from bnbench.data import DataError, load_dataset
-from bnbench.devices import job_device, release_gpu_slot, set_threads
+from bnbench import devices
+from bnbench.devices import apply_numerics, job_device, release_gpu_slot, set_threads
 from bnbench.models import build_model, count_parameters
 from bnbench.stacking import NotStackable
 from bnbench.planning import why_not_stackable
@@ -89,13 +90,13 @@ def _run(
     choices: Mapping[str, Any] | None = None,
     console_progress: bool = True,
     cpu_threads: int | None = None,
-    gpu_slots_dir: Path | None = None,
+    gpu_slots: bool = False,
 ) -> records.RunRecord:
     """Train the run ``cfg`` describes and write its record into ``run_dir``; return the summary.
 
     ``console_progress=False`` (sweeps) sends the per-evaluation lines to run.log only;
-    ``cpu_threads`` is this job's share of the cores under its launcher; ``gpu_slots_dir`` makes
-    a sweep's job claim a GPU slot (see devices.py).
+    ``cpu_threads`` is this job's share of the cores under its launcher; ``gpu_slots`` makes a
+    sweep's job under a local launcher claim a GPU slot of this machine (see devices.py).
 
     A run folder that already holds a finished record of the same run (same identity hash) is
     skipped; one cut off mid-way resumes from its checkpoint; one whose config changed since is
@@ -106,8 +107,7 @@ def _run(
     finished = _finished(cfg, run_dir)
     if finished is not None:
         return finished
-    return _train_group([Member(cfg, run_dir, overrides)], choices, console_progress, cpu_threads,
-                        gpu_slots_dir)[0]
+    return _train_group([Member(cfg, run_dir, overrides)], choices, console_progress, cpu_threads, gpu_slots)[0]
 
 
 def _finished(cfg: DictConfig, run_dir: Path) -> records.RunRecord | None:
@@ -140,7 +140,7 @@ class Member:
 
 
 def _train_group(members: list[Member], choices: Mapping[str, Any] | None, console_progress: bool,
-                 cpu_threads: int | None, gpu_slots_dir: Path | None) -> list[records.RunRecord]:
+                 cpu_threads: int | None, gpu_slots: bool) -> list[records.RunRecord]:
     """The one run lifecycle, for S >= 1 runs that differ only by seed, trained together
     (bnbench.train.train_copies): each gets its own record, checkpoint and outcome in its own
     folder. Whatever happens inside (a typo caught by validation, missing data files, a NaN
@@ -155,8 +155,8 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
     if s > 1:
         for summary in summaries:
             summary["stacked_seeds"] = seeds
-    checkpoints = [Checkpoint(m.folder / "checkpoint.pt", summary["run_id"], m.cfg.trainer.checkpoint_every)
-                   for m, summary in zip(members, summaries)]
+    checkpoints = [Checkpoint(m.folder / "checkpoint.pt", summary["run_id"], m.cfg.trainer.checkpoint_every,
+                              m.cfg.trainer.checkpoint_every_s) for m, summary in zip(members, summaries)]
     results: list[TrainResult | None] = [None] * s
     total_steps = 0
 
@@ -174,16 +174,24 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
         reason = why_not_stackable(cfg) if s > 1 else None
         if reason is not None:
             raise NotStackable(reason)
-        device = job_device(cfg.trainer.device, gpu_slots_dir, cfg.trainer.jobs_per_gpu)
-        device_name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+        apply_numerics(cfg.trainer.deterministic, cfg.trainer.tf32)  # before CUDA starts (cuBLAS reads its setting)
+        device = job_device(cfg.trainer.device, gpu_slots, cfg.trainer.jobs_per_gpu)
+        environment = devices.environment(device, slot=gpu_slots)
+        device_name = f"{device} ({environment['name']})" if device.type == "cuda" else "cpu"
+        if device.type == "cuda":  # which GPU this job got, in its log (run.log in a sweep) and its record
+            log.info("on %s, %s%s", device_name, environment["uuid"], " (a GPU slot of this machine)" if gpu_slots else "")
         threads = set_threads(cfg.trainer.threads, cpu_threads) if device.type == "cpu" else None
+        for summary in summaries:  # recorded before the first CUDA kernel, so a failed run says where it was
+            summary.update(device=device_name, environment=environment)
+            if threads is not None:
+                summary["threads"] = threads
         seed_everything(seeds[0])
         data = load_dataset(cfg, device)
         models = [build_model(m.cfg, data.in_shape, data.num_outputs).to(device) for m in members]
+        if cfg.trainer.deterministic and device.type == "cuda":
+            _check_deterministic(models[0])
         for summary in summaries:
-            summary.update(device=device_name, n_params=count_parameters(models[0]))
-            if threads is not None:
-                summary["threads"] = threads
+            summary["n_params"] = count_parameters(models[0])
         total_steps = steps_plan(len(data.train_y), cfg.trainer)[1]
         results = train_copies(models, seeds, data, cfg, device, on_eval=on_eval, checkpoints=checkpoints,
                                keep_final=bool(cfg.trainer.save_final))
@@ -196,7 +204,7 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
             log.info("resumed from the checkpoint%s at step %d", "s" if s > 1 else "", results[0].resumed_from_step)
     except NotStackable as err:
         log.info("seeds %s not stacked: %s; training them one by one", ",".join(map(str, seeds)), err)
-        return [_train_group([m], choices, console_progress, cpu_threads, gpu_slots_dir)[0] for m in members]
+        return [_train_group([m], choices, console_progress, cpu_threads, gpu_slots)[0] for m in members]
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM, in training (Interrupted) or before it
         for m, summary in zip(members, summaries):
             summary.update(status="interrupted", error=interrupts.describe(err))
@@ -213,6 +221,20 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
         _save_final(m.folder, summary, result)
         _finish(m.folder, summary, result.history if result else [], result.diagnostics if result else [], started)
     return summaries
+
+
+# Layers with no deterministic CUDA kernel in their backward pass (torch's list); the model
+# builder uses a fixed AvgPool2d (or nothing) instead of an adaptive pool wherever it can.
+NONDETERMINISTIC_ON_CUDA = (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d, torch.nn.FractionalMaxPool2d)
+
+
+def _check_deterministic(model: torch.nn.Module) -> None:
+    found = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+             if isinstance(m, NONDETERMINISTIC_ON_CUDA)]
+    if found:
+        raise ConfigError(f"trainer.deterministic=true, but {', '.join(found)} has no deterministic CUDA kernel "
+                          "for its backward pass; use trainer.deterministic=false, or an input size whose pooling "
+                          "windows are even")
 
 
 def _save_final(run_dir: Path, summary: records.RunRecord, result: TrainResult | None) -> None:
@@ -309,7 +331,7 @@ def _at_best_val(history: list[dict], regression: bool) -> dict:
 
 def run_stacked(cfg: DictConfig, sweep_dir: Path, planned: list[dict[str, Any]], overrides: list[str],
                 choices: Mapping[str, Any] | None = None, cpu_threads: int | None = None,
-                gpu_slots_dir: Path | None = None) -> list[tuple[Path, records.RunRecord]]:
+                gpu_slots: bool = False) -> list[tuple[Path, records.RunRecord]]:
     """A sweep job that trains the runs the sweep planned for it (bnbench/planning.py: seeds of
     one cell, this job's own first) as one stack, writing each seed's record, and the Hydra files
     its own job would have written, into that seed's folder. Runs finished since the plan, or
@@ -341,7 +363,7 @@ def run_stacked(cfg: DictConfig, sweep_dir: Path, planned: list[dict[str, Any]],
                 OmegaConf.save(OmegaConf.create(list(entry["overrides"])), folder / ".hydra" / "overrides.yaml")
             todo.append(Member(seed_cfg, folder, list(entry["overrides"])))
         if todo:
-            for member, summary in zip(todo, _train_group(todo, choices, False, cpu_threads, gpu_slots_dir)):
+            for member, summary in zip(todo, _train_group(todo, choices, False, cpu_threads, gpu_slots)):
                 outcomes[member.folder] = summary
         return list(outcomes.items())
     finally:

@@ -276,7 +276,7 @@ class AlexNetStyle(nn.Module):
                 blocks.append(nn.MaxPool2d(2))
                 size //= 2
         pooled = min(size, 3)
-        blocks.append(nn.AdaptiveAvgPool2d(pooled))
+        blocks.append(fixed_pool(size, pooled))
         self.features = nn.Sequential(*blocks)
         self.flatten = nn.Flatten()
         fc_in = channels[-1] * pooled * pooled
@@ -289,6 +289,22 @@ class AlexNetStyle(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden(self.flatten(self.features(x))))
+
+
+def fixed_pool(size: int, pooled: int) -> nn.Module:
+    """Average pooling of a ``size`` x ``size`` map to ``pooled`` x ``pooled``, as
+    nn.AdaptiveAvgPool2d computes it, with a fixed kernel and stride wherever its windows are all
+    alike (4 -> 3 is kernel 2, stride 1; 3 -> 3 is nothing): the adaptive pool's CUDA backward has
+    no deterministic kernel (trainer.deterministic), a fixed one does. Same windows, same sums."""
+    starts = [(i * size) // pooled for i in range(pooled)]
+    ends = [-((-(i + 1) * size) // pooled) for i in range(pooled)]
+    kernels = {e - b for b, e in zip(starts, ends)}
+    strides = {b - a for a, b in zip(starts, starts[1:])}
+    if size == pooled:
+        return nn.Identity()
+    if len(kernels) == 1 and len(strides) <= 1:
+        return nn.AvgPool2d(kernels.pop(), stride=strides.pop() if strides else 1)
+    return nn.AdaptiveAvgPool2d(pooled)
 
 
 MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "alexnet": AlexNetStyle}

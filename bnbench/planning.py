@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from bnbench import records
+from bnbench.devices import gpu_jobs, parallel_jobs, sweep_gpus
 from bnbench.errors import ConfigError
 
 PLANS = ".plans"
@@ -32,6 +33,19 @@ PLANS = ".plans"
 # One that is not (LARS, LAMB: per-tensor norms; L-BFGS: one step for all parameters) is left
 # out of this set, and its runs train one by one.
 PER_ELEMENT_OPTIMIZERS = frozenset({"sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"})
+
+
+def workers(launcher, devices: dict[str, int]) -> tuple[int, int]:
+    """(jobs that train at once, GPUs they share) for a sweep whose runs ask for ``devices``
+    (trainer.device -> trainer.jobs_per_gpu) under ``launcher``: on CPU, the launcher's parallel
+    workers; on GPUs, GPUs x jobs_per_gpu at most, so that each cell trains whole, as one
+    stack per GPU slot, instead of being cut into stacks for workers that would only wait for
+    a GPU. The GPUs are counted without torch (devices.visible_gpu_count)."""
+    gpus = max((sweep_gpus(device, launcher) for device in devices), default=0)
+    if not gpus:
+        return parallel_jobs(launcher), 0
+    per_gpu = max(per for device, per in devices.items() if sweep_gpus(device, launcher))
+    return gpu_jobs(launcher, gpus, per_gpu), gpus
 
 
 def why_not_stackable(cfg: DictConfig) -> str | None:
@@ -72,10 +86,14 @@ def cell_key(overrides: Sequence[str]) -> tuple[str, ...]:
     return tuple(o for o in overrides if records.parse_overrides([o]).keys() != {"seed"})
 
 
-def plan(runs: Sequence[Run], workers: int) -> list[Job]:
+def plan(runs: Sequence[Run], workers: int, whole_cells: bool = False) -> list[Job]:
     """The jobs that train ``runs``: unfinished runs of one cell that can stack become stacks
     (:func:`seed_stacks`, sized to keep ``workers`` parallel workers busy), every other
-    unfinished run a job of its own, in the order of the runs. Finished runs get no job."""
+    unfinished run a job of its own, in the order of the runs. Finished runs get no job.
+
+    ``whole_cells`` (a sweep on GPUs): a cell is never cut to fill idle workers. A small model's
+    step on a GPU costs about the same for 2 seeds as for 20 (it is bound by kernel launches,
+    not arithmetic), so splitting a cell only adds steps; ``trainer.stack_size`` still caps."""
     cells: dict[tuple[str, ...], list[Run]] = {}
     alone: list[Run] = []
     for run in runs:
@@ -88,7 +106,8 @@ def plan(runs: Sequence[Run], workers: int) -> list[Job]:
     jobs: list[tuple[int, Job]] = [(runs.index(run), Job([run])) for run in alone]
     for number, members in enumerate(cells.values()):
         by_seed = {run.seed: run for run in members}
-        for seeds in seed_stacks(list(by_seed), number, len(cells), workers, members[0].stack_size):
+        for seeds in seed_stacks(list(by_seed), number, len(cells), 1 if whole_cells else workers,
+                                 members[0].stack_size):
             job = Job([by_seed[seed] for seed in seeds])
             jobs.append((runs.index(job.members[0]), job))
     return [job for _, job in sorted(jobs, key=lambda pair: pair[0])]

@@ -118,7 +118,8 @@ class RunRecord(TypedDict, total=False):
     stack_size: int  # seeds trained together as one stacked model (1: on its own)
     stacked_seeds: list[int]
     job: str  # "PLAN/STACK": the planned sweep job that trained it (bnbench/planning.py)
-    device: str
+    device: str  # "cpu", or "cuda:N (GPU name)"
+    environment: dict[str, Any]  # device, GPU name/UUID, driver, CUDA, cuDNN, numerics flags (devices.environment)
     n_params: int
     threads: int
     resumed_from_step: int
@@ -140,7 +141,8 @@ class RunRecord(TypedDict, total=False):
 # folder names too (hydra.job.config.override_dirname.exclude_keys).
 RUNTIME_KEYS = ("results_dir", "sweep", "dataset.root", "dataset.download", "trainer.threads",
                 "trainer.log_progress", "trainer.device", "trainer.jobs_per_gpu", "trainer.stack_seeds",
-                "trainer.stack_size", "trainer.channels_last")
+                "trainer.stack_size", "trainer.channels_last", "trainer.checkpoint_every_s", "trainer.deterministic",
+                "trainer.tf32")
 
 
 def is_runtime_key(key: str) -> bool:

@@ -319,16 +319,26 @@ def _units(value: float | None, metric: str) -> float | None:
 
 
 def _stacking_warnings(runs: pd.DataFrame, factors: list[str]) -> list[str]:
-    """Cells whose results mix stacked and unstacked training (float32 rounding differs)."""
+    """Cells whose results mix stacked and unstacked training, or devices (CPU and GPU, or GPU
+    models): float32 rounding differs."""
     done = runs[runs["status"].isin(stats.RESULTS)].copy()
     done["_stacked"] = pd.to_numeric(done["stack_size"], errors="coerce").fillna(1) > 1
-    mixed = [key for key, g in stats.split_cells(done, factors).items() if g["_stacked"].nunique() > 1]
-    if not mixed:
-        return []
-    names = "; ".join(", ".join(f"{f}={v}" for f, v in zip(factors, key)) or "the only cell" for key in mixed[:5])
-    more = f" and {len(mixed) - 5} more" if len(mixed) > 5 else ""
-    return [f"{len(mixed)} cell(s) mix stacked and unstacked runs ({names}{more}); in float32 the two differ by "
-            "rounding, which can reach seed-noise size: rerun the cell one way (trainer.stack_seeds)"]
+    # the kind of device, not its index: "cpu", or the GPU's model ("cuda:1 (NVIDIA H100)" -> "NVIDIA H100")
+    done["_device"] = done["device"].astype(str).str.replace(r"^cuda:\d+ \((.*)\)$", r"\1", regex=True) \
+        if "device" in done else "cpu"
+    cells = stats.split_cells(done, factors)
+    warnings = []
+    for column, what, advice in (
+            ("_stacked", "stacked and unstacked runs", "rerun the cell one way (trainer.stack_seeds)"),
+            ("_device", "devices", "a run's identity leaves its device out (docs/gpu.md): rerun the cell on one")):
+        mixed = [key for key, g in cells.items() if g[column].nunique() > 1]
+        if not mixed:
+            continue
+        names = "; ".join(", ".join(f"{f}={v}" for f, v in zip(factors, key)) or "the only cell" for key in mixed[:5])
+        more = f" and {len(mixed) - 5} more" if len(mixed) > 5 else ""
+        warnings.append(f"{len(mixed)} cell(s) mix {what} ({names}{more}); in float32 they differ by rounding, "
+                        f"which can reach seed-noise size: {advice}")
+    return warnings
 
 
 def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:

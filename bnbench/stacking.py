@@ -147,7 +147,7 @@ class StackedNoise(nn.Module):
 
 
 def _shared(module: nn.Module) -> nn.Module:
-    if isinstance(module, (*ACTIVATIONS.values(), nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
+    if isinstance(module, (*ACTIVATIONS.values(), nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)):
         return module
     raise NotStackable(f"a {type(module).__name__} layer has no stacked form")
 

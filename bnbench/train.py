@@ -137,21 +137,30 @@ class Checkpoint:
     same order and reaches the same final metrics as an uninterrupted run.
     """
 
-    def __init__(self, path: Path, run_id: str, every: int):
-        self.path, self.run_id, self.every = path, run_id, every
+    def __init__(self, path: Path, run_id: str, every: int, every_s: float = 0.0):
+        # every: evaluations between two checkpoints (0: none but at a signal); every_s: the
+        # least training time between two, so that a fast device is not dominated by saving
+        self.path, self.run_id, self.every, self.every_s = path, run_id, every, every_s
 
-    def save(self, state: dict) -> None:
+    def save(self, state: dict, device: torch.device) -> None:
+        """Write ``state`` with the run's identity, the device type it was trained on (a CPU and a
+        CUDA random generator's states differ) and the torch version that wrote it."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({"run_id": self.run_id, **state}, tmp)
+        torch.save({"run_id": self.run_id, "device_type": device.type, "torch_version": str(torch.__version__),
+                    **state}, tmp)
         os.replace(tmp, self.path)
 
-    def load(self, device: torch.device) -> dict | None:
-        """The saved state, or None: no checkpoint, or one that cannot be this run's (torn,
-        another format, another run's), which is set aside with a log line."""
+    def load(self) -> dict | None:
+        """The saved state, on the CPU, or None: no checkpoint, or one that cannot be this run's
+        (torn, another format, another run's), which is set aside with a log line.
+
+        Loaded to the CPU whatever device wrote it: load_state_dict then moves each tensor to
+        its parameter's device, and leaves Adam's ``step`` counters on the CPU, where torch's
+        optimizers keep them (a ``step`` on the GPU is read back to the host at every step)."""
         if not self.path.is_file():
             return None
         try:
-            state = torch.load(self.path, map_location=device, weights_only=True)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # a torn file, or not a checkpoint at all
             self.set_aside(f"it cannot be read ({type(err).__name__})")
             return None
@@ -262,6 +271,18 @@ def _copy_diagnostics(net: nn.Module, models: Sequence[nn.Module], diagnostics: 
         set_stream_states(model, device, streams)
 
 
+def _check_device_type(state: dict, device: torch.device) -> None:
+    """Raise ValueError (the checkpoint is then set aside) when ``state`` was written on another
+    device type and holds state that cannot move: the random streams of dropout and noisy-BN
+    layers are generators of the device they draw on. Weights, optimizer state (loaded to the
+    CPU and moved by load_state_dict) and the data order (a CPU generator) move freely."""
+    written_on = state.get("device_type", "cpu")  # checkpoints before 0.7: every run was on CPU
+    if written_on != device.type and len(state.get("dropout_rng") or []) > 0:
+        raise ValueError(f"it was written on {written_on} and this run is on {device.type}: the random streams of its "
+                         "dropout or noisy-BN layers belong to the device that drew them")
+    torch.Generator().set_state(state["epoch_rng"])  # a data order that cannot resume (ValueError/RuntimeError)
+
+
 def _position(state: dict | None) -> tuple[int, int] | None:
     return None if state is None else (int(state.get("step", -1)), int(state.get("pos", -1)))
 
@@ -296,7 +317,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
     results = [TrainResult(status="completed") for _ in range(s)]
 
     # Resume: every copy from its own checkpoint, all at one position (else they cannot stack).
-    states = [ck.load(device) if ck else None for ck in checkpoints]
+    states = [ck.load() if ck else None for ck in checkpoints]
     if s > 1 and len({_position(st) for st in states}) > 1:
         where = ", ".join(f"seed {seed}: {'step ' + str(_position(st)[0]) if st else 'no checkpoint'}"
                           for seed, st in zip(seeds, states))
@@ -312,6 +333,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
     try:
         if resumed:
             for model, state in zip(models, states):
+                _check_device_type(state, device)
                 model.load_state_dict(state["model"])
                 set_stream_states(model, device, state["dropout_rng"])
         net, optimizer, schedule = build()
@@ -336,15 +358,19 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
         net, optimizer, schedule = build()
 
     # Data order has its own generator per copy, so that model changes (which draw their
-    # weights differently) do not change which batches a seed sees.
-    order_rngs = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+    # weights differently) do not change which batches a seed sees. It is a CPU generator on
+    # every device: a seed sees the same batches on CPU and GPU (as it starts from the same
+    # weights, drawn on the CPU), and its checkpoint resumes on either. One permutation per
+    # epoch is copied to the device.
+    order_rngs = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     epoch_rngs = [g.get_state() for g in order_rngs]  # each generator at the start of the current epoch
     loss_sum = torch.zeros(s, device=device)
     correct = torch.zeros(s, device=device, dtype=torch.long)
     seen, step, pos, elapsed_before = 0, 0, 0, 0.0
     if resumed:
         torch.set_rng_state(states[0]["torch_rng"].cpu())
-        if device.type == "cuda" and states[0].get("cuda_rng") is not None:
+        if device.type == "cuda" and states[0].get("cuda_rng") is not None \
+                and states[0].get("device_type", "cpu") == "cuda":
             torch.cuda.set_rng_state(states[0]["cuda_rng"].cpu(), device)
         epoch_rngs = [st["epoch_rng"].cpu() for st in states]
         step, pos = _position(states[0])
@@ -369,6 +395,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
         if diagnostics is not None and cfg.diagnostics.get("smoothness", False) else []
     active = torch.ones(s, dtype=torch.bool, device=device)  # copies not diverged yet
     every = next((ck.every for ck in checkpoints if ck is not None), 0)  # evaluations between checkpoints
+    every_s = next((ck.every_s for ck in checkpoints if ck is not None), 0.0)  # least seconds between them
 
     def keep(indices: Sequence[int]) -> None:
         """Copies ``indices`` ended here: keep their state (keep_final)."""
@@ -387,23 +414,25 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                   "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                   "pos": pos, "step": step, "seen": seen, "elapsed": elapsed_before + time.perf_counter() - start}
         for i in live:
-            checkpoints[i].save({**common, "model": models[i].state_dict(),
+            checkpoints[i].save(device=device, state={**common, "model": models[i].state_dict(),
                                  "optimizer": optimizer_state_of_copy(net, optimizer, models[i], i),
                                  "epoch_rng": epoch_rngs[i], "loss_sum": loss_sum[i].item(),
                                  "correct": int(correct[i].item()), "history": results[i].history,
                                  "diagnostics": results[i].diagnostics,
                                  "input_moments": diagnostics[i].input_moments() if diagnostics else {},
                                  "dropout_rng": stream_states(models[i], device)})
+        saved_at[0] = time.perf_counter()
         return True
 
     start = time.perf_counter()
+    saved_at = [start]  # when the last checkpoint was written (or training started)
     net.train()
     with deferred() as stop:
         while step < total_steps:
             for g, state in zip(order_rngs, epoch_rngs):
                 g.set_state(state)
-            orders = torch.stack([torch.randperm(n_train, generator=g, device=g.device) for g in order_rngs])
-            orders = orders.to(data.train_y.device)
+            orders = torch.stack([torch.randperm(n_train, generator=g) for g in order_rngs])
+            orders = orders.to(data.train_y.device, non_blocking=True)
             # The last partial batch is dropped: a batch of one would break BN's statistics,
             # and every epoch reshuffles, so no sample is left out for long.
             while pos < steps_per_epoch and step < total_steps:
@@ -438,6 +467,8 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                 step += 1
                 pos += 1
                 if results[0].first_step_s is None:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)  # the step's kernels ran, not only their launch
                     first_step_s = round(time.perf_counter() - start, 4)
                     for result in results:
                         result.first_step_s = first_step_s
@@ -490,7 +521,8 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                     correct.zero_()
                     seen = 0
                     evals = len(next(r for r in results if r.status == "completed").history)
-                    if every and evals % every == 0 and step < total_steps:
+                    if every and evals % every == 0 and step < total_steps \
+                            and time.perf_counter() - saved_at[0] >= every_s:
                         save_checkpoints()
                 if stop["signum"] is not None:
                     saved = save_checkpoints()

@@ -149,3 +149,55 @@ def as_float64(data):
         floats.update({name: getattr(data, name).double() for name in ("train_y", "test_y", "val_y")
                        if getattr(data, name) is not None})
     return dataclasses.replace(data, **floats)
+
+
+@pytest.fixture
+def emulated_cuda(monkeypatch):
+    """An emulated CUDA machine: ``apply(n)`` makes torch.cuda report ``n`` GPUs (available,
+    count, current device, names, UUIDs) and bnbench's torch-free count agree. ``set_device``
+    rejects a device without an index as the real one does ("Expected a torch.device with a
+    specified index"). Nothing else is emulated: the first real CUDA kernel (a tensor moved to
+    the GPU) fails with torch's own driver error, which is where emulation ends. Returns a dict
+    whose "current" is the device index last set."""
+    from types import SimpleNamespace
+
+    from bnbench import devices
+
+    state = {"current": 0, "set": []}
+
+    def apply(n: int = 1) -> dict:
+        def set_device(device):
+            if isinstance(device, torch.device):
+                if device.index is None:
+                    raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+                device = device.index
+            if not 0 <= int(device) < n:
+                raise RuntimeError("CUDA error: invalid device ordinal")
+            state["current"] = int(device)
+            state["set"].append(int(device))
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: state["current"])
+        monkeypatch.setattr(torch.cuda, "set_device", set_device)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Emulated GPU")
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda device: SimpleNamespace(name="Emulated GPU", major=9, minor=0,
+                                                           uuid=f"emulated-{int(getattr(device, 'index', device) or 0)}",
+                                                           total_memory=80 * 2**30, multi_processor_count=132))
+        monkeypatch.setattr(devices, "visible_gpu_count", lambda: n)
+        return state
+
+    return apply
+
+
+@pytest.fixture
+def gpu_slots(tmp_path, monkeypatch):
+    """This machine's GPU slot folder, private to the test (devices.slots_dir)."""
+    from bnbench import devices
+
+    folder = tmp_path / "gpu-slots"
+    monkeypatch.setenv("BNBENCH_GPU_SLOTS", str(folder))
+    yield folder
+    devices.release_gpu_slot()
+    monkeypatch.setattr(devices, "_last_gpu", None)

@@ -47,24 +47,31 @@ def test_launcher_shares(monkeypatch):
     assert [devices.uses_gpu_slots(x) for x in (basic, joblib, local, slurm, ray)] == [True, True, True, False, False]
 
 
+def _slot(folder, gpu_id, slot):
+    return folder / f"{devices.socket.gethostname()}.{gpu_id}.slot{slot}.lock"
+
+
 def test_gpu_slots_spread_jobs_one_per_gpu_then_pack(tmp_path):
-    held = [_hold(tmp_path / "gpu0.slot0.lock")]  # another worker runs on GPU 0
-    tmp_path.mkdir(exist_ok=True)
+    ids = ["GPU-a", "GPU-b"]
+    held = [_hold(_slot(tmp_path, "GPU-a", 0))]  # another worker runs on GPU a
     try:
-        assert devices.claim_gpu_slot(tmp_path, n_gpus=2, per_gpu=2) == 1
+        assert devices.claim_gpu_slot(tmp_path, ids, per_gpu=2) == 1
         devices._held_slot, mine = None, devices._held_slot  # keep holding it as "another worker"
         held.append(mine)
-        assert devices.claim_gpu_slot(tmp_path, n_gpus=2, per_gpu=2) == 0  # second slot of GPU 0
+        devices._last_gpu = None  # a fresh worker
+        assert devices.claim_gpu_slot(tmp_path, ids, per_gpu=2) == 0  # second slot of GPU a
         devices.release_gpu_slot()
     finally:
+        devices._last_gpu = None
         for handle in held:
             handle.close()
 
 
 def test_gpu_slot_waits_until_one_is_free(tmp_path):
-    blocker = _hold(tmp_path / "gpu0.slot0.lock")
+    blocker = _hold(_slot(tmp_path, "GPU-a", 0))
     threading.Timer(0.3, blocker.close).start()
     start = time.monotonic()
-    assert devices.claim_gpu_slot(tmp_path, n_gpus=1, per_gpu=1, poll_s=0.05) == 0
+    assert devices.claim_gpu_slot(tmp_path, ["GPU-a"], per_gpu=1, poll_s=0.05) == 0
     assert time.monotonic() - start >= 0.25
     devices.release_gpu_slot()
+    devices._last_gpu = None

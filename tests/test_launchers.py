@@ -130,6 +130,7 @@ def test_parallel_workers_exit_when_the_sweep_command_is_killed(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bnbench.cli", "run", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
          "norm=none,bn_before", "seed=0", "sweep.name=orphans", "trainer.epochs=200", "trainer.threads=1",
+         "trainer.checkpoint_every_s=0",
          "trainer.log_progress=false", "--quiet"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     sweep_dir = tmp_path / "results" / "orphans"

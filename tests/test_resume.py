@@ -165,7 +165,9 @@ def _wait_for(predicate, timeout=120.0):
     raise AssertionError("timed out waiting for the sweep")
 
 
+# trainer.checkpoint_every_s=0: a checkpoint at every evaluation (the tests wait for one)
 SLOW_SWEEP = ("norm=none,bn_before", "seed=0,1", "sweep.name=killed", "trainer.epochs=30", "trainer.threads=1",
+              "trainer.checkpoint_every_s=0",
               "dataset.train_size=600")
 
 
@@ -205,6 +207,7 @@ def test_sigkill_mid_sweep_then_rerun_completes_everything(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_state_and_rerun_resumes(tmp_path):
     args = ("norm=bn_before", "seed=0", "sweep.name=ctrlc", "trainer.epochs=30", "trainer.threads=1",
+            "trainer.checkpoint_every_s=0",
             "dataset.train_size=600")
     sweep = tmp_path / "results" / "ctrlc"
     proc = _start_sweep(tmp_path, *args)
@@ -223,6 +226,7 @@ def test_ctrl_c_saves_state_and_rerun_resumes(tmp_path):
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     """Schedulers send SIGTERM before SIGKILL: save the checkpoint, say so, exit 143."""
     args = ("norm=bn_before", "seed=0", "sweep.name=term", "trainer.epochs=30", "trainer.threads=1",
+            "trainer.checkpoint_every_s=0",
             "dataset.train_size=600")
     sweep = tmp_path / "results" / "term"
     proc = _start_sweep(tmp_path, *args, stderr=subprocess.PIPE)

@@ -162,6 +162,12 @@ def test_sweep_with_stacked_seeds_writes_every_seed_record(tmp_path):
     (warning,) = [w for w in tables.warnings if "stacked and unstacked" in w]
     assert "norm=bn_before" in warning and "norm=none" not in warning
     assert "stacked seeds: 1 result(s) trained in stacks of 3, 5 on their own" in report.to_markdown(tables)
+    # a cell mixing devices (a run's identity leaves the device out): said too, naming the cell
+    (gpu_run,) = [p for p in mixed.glob("norm=none*seed=2*/summary.json")]
+    record = json.loads(gpu_run.read_text())
+    gpu_run.write_text(json.dumps({**record, "device": "cuda:1 (NVIDIA H100 80GB HBM3)"}))
+    (warning,) = [w for w in report.build(mixed).warnings if "mix devices" in w]
+    assert "norm=none" in warning and "norm=bn_before" not in warning
 
 
 @pytest.mark.slow
@@ -375,7 +381,9 @@ def test_a_stack_resumes_each_copy_from_its_own_checkpoint(tmp_path, float64, ov
         shutil.copy(tmp_path / f"seed{seed}.pt", tmp_path / f"alone{seed}.pt")
     resumed = train_stacked(_models(cfg, data, SEEDS), SEEDS, data, cfg, CPU, checkpoints=checkpoints)
     assert [r.resumed_from_step for r in resumed] == [20, 20, 20]
-    _assert_same_runs(reference, resumed, rel=1e-9)
+    # float64: a wrong state would show at 1e-4 and more; a resumed stack is a freshly built
+    # grouped model, whose convolutions oneDNN may sum in another order (6e-9 seen with torch 2.14)
+    _assert_same_runs(reference, resumed, rel=1e-7)
     for i, seed in enumerate(SEEDS):  # the stack's checkpoint of one seed resumes it on its own
         from bnbench.train import Checkpoint
 
@@ -384,7 +392,7 @@ def test_a_stack_resumes_each_copy_from_its_own_checkpoint(tmp_path, float64, ov
         (alone,) = train_stacked(_models(cfg, data, [seed]), [seed], data, seed_cfg, CPU,
                                  checkpoints=[Checkpoint(tmp_path / f"alone{seed}.pt", run_id=f"r{seed}", every=1)])
         assert alone.resumed_from_step == 20
-        _assert_same_runs([reference[i]], [alone], rel=1e-9)
+        _assert_same_runs([reference[i]], [alone], rel=1e-7)
 
 
 def test_checkpoints_at_different_steps_do_not_stack(tmp_path):
@@ -408,7 +416,7 @@ def test_a_killed_stacked_sweep_resumes_every_seed_from_its_checkpoint(tmp_path)
     from test_resume import _start_sweep, _summaries, _wait_for
 
     args = ("norm=bn_before,gn_before", "seed=0,1,2", "sweep.name=k", "trainer.epochs=20", "trainer.threads=1",
-            "dataset.train_size=600", "trainer.stack_seeds=true")
+            "dataset.train_size=600", "trainer.stack_seeds=true", "trainer.checkpoint_every_s=0")
     sweep = tmp_path / "results" / "k"
     proc = _start_sweep(tmp_path, *args)
     try:  # the first cell's stack has checkpointed every seed

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from bnbench import planning, records
-from bnbench.devices import parallel_jobs
+from bnbench.devices import launcher_kind, parallel_jobs
 
 log = logging.getLogger("bnbench")
 
@@ -49,30 +49,50 @@ class PlannedSweeper(Sweeper):
         self.hydra_context: Any = None
         self.config: Optional[DictConfig] = None
         self.launcher: Any = None
+        self.task_function: Any = None
+        self.devices: Dict[str, int] = {}  # trainer.device -> trainer.jobs_per_gpu, over the sweep's runs
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        # The launcher is instantiated in sweep(), once the plan says how many workers it may start.
+        self.hydra_context, self.config, self.task_function = hydra_context, config, task_function
+
+    def _launcher(self, workers: int, gpus: int) -> Any:
+        """The configured launcher; on GPUs, a joblib launcher starts no more workers than the
+        sweep has GPU slots (the others would only wait for one)."""
         from hydra.core.plugins import Plugins
 
-        self.hydra_context, self.config = hydra_context, config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
+        assert self.config is not None
+        launcher_cfg = self.config.hydra.get("launcher")
+        if gpus and launcher_kind(launcher_cfg) == "joblib" and parallel_jobs(launcher_cfg) > workers:
+            log.info("hydra.launcher.n_jobs=%s asks for %d workers; this sweep trains on %d GPU slot%s (%d GPU%s x "
+                     "trainer.jobs_per_gpu): starting %d", launcher_cfg.get("n_jobs"), parallel_jobs(launcher_cfg),
+                     workers, "s" if workers != 1 else "", gpus, "s" if gpus != 1 else "", workers)
+            with read_write(self.config), open_dict(self.config):
+                self.config.hydra.launcher.n_jobs = workers
+        return Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context,
+                                                       task_function=self.task_function, config=self.config)
 
     def sweep(self, arguments: List[str]) -> Any:
         from hydra._internal.core_plugins import basic_sweeper  # looked up now: the plugin scan replaces it
 
-        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
         # every run, in the basic sweeper's order
         runs_overrides = basic_sweeper.BasicSweeper.split_arguments(overrides, None)[0]
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         templates: Dict[tuple, DictConfig] = {}  # each cell's first composed config (see compose)
         runs = [self._run(run_overrides, number, sweep_dir, templates)
                 for number, run_overrides in enumerate(runs_overrides)]
-        jobs = planning.plan(runs, parallel_jobs(self.config.hydra.get("launcher")))
+        workers, gpus = planning.workers(self.config.hydra.get("launcher"), self.devices)
+        if gpus:
+            log.info("planned for %d GPU%s: %d job%s at a time", gpus, "s" if gpus != 1 else "", workers,
+                     "s" if workers != 1 else "")
+        self.launcher = self._launcher(workers, gpus)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        jobs = planning.plan(runs, workers, whole_cells=bool(gpus))
         stacked = [job for job in jobs if len(job.members) > 1]
         if stacked:
             log.info("%d runs as %d jobs: seeds stacked %s", sum(len(job.members) for job in jobs), len(jobs),
@@ -94,6 +114,7 @@ class PlannedSweeper(Sweeper):
         """A run as its own job would see it: its config (see :meth:`compose`), its folder
         resolved as the launcher resolves it."""
         cfg = self.compose(overrides, templates)
+        self.devices[str(cfg.trainer.device)] = int(cfg.trainer.jobs_per_gpu)
         folders = set()
         for num in (number, number + 1_000_003):  # a folder named by the job number cannot be planned
             with open_dict(cfg):
