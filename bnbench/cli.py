@@ -191,19 +191,19 @@ def run(
                  f"remove {item} from the command")
     _check_writable(_output_dir(overrides, multirun))
     interrupts.terminate_like_ctrl_c()
-    from bnbench import app as hydra_app
-    from bnbench import records, sweep
+    from bnbench.launch import app as hydra_app
+    from bnbench.launch import channel, sweep
 
     if fail_fast:
         overrides.append("sweep.fail_fast=true")
     if quiet:
         overrides.append("sweep.quiet=true")
-    os.environ["BNBENCH_COMMAND"] = " ".join(shlex.quote(a) for a in ["bnbench", *sys.argv[1:]])
+    os.environ[channel.COMMAND_ENV] = " ".join(shlex.quote(a) for a in ["bnbench", *sys.argv[1:]])
     os.environ[interrupts.LAUNCHER_PID] = str(os.getpid())  # parallel workers exit when this process dies
     sys.argv = ["bnbench", *(["--multirun"] if multirun else []), *overrides]
     # where the run or sweep went: the job or the sweep callback writes it, the records say the rest
     outcome_file = Path(tempfile.mkstemp(prefix="bnbench-outcome-", suffix=".json")[1])
-    os.environ[records.OUTCOME_ENV] = str(outcome_file)
+    os.environ[channel.OUTCOME_ENV] = str(outcome_file)
     # Let Hydra's exceptions reach us, so each ends as one line here rather than a trace.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -224,9 +224,9 @@ def run(
              + (" (on a machine without Slurm use hydra/launcher=slurm_local or parallel)" if no_slurm else ""))
     finally:
         sweep.stop_monitor()  # the live view, if an error ended the sweep before its last callback
-        outcome = records.read_outcome(outcome_file)
+        outcome = channel.read_outcome(outcome_file)
         outcome_file.unlink(missing_ok=True)
-        os.environ.pop(records.OUTCOME_ENV, None)
+        os.environ.pop(channel.OUTCOME_ENV, None)
     _exit_with_outcome(outcome, multirun)
 
 
@@ -427,9 +427,9 @@ def evalmodes(
     if not sweep_dir.is_dir():
         fail(f"{sweep_dir} is not a folder; give the sweep folder that `bnbench run -m` printed")
     from bnbench import evalmodes as evalmodes_mod
-    from bnbench.data import DataError
-    from bnbench.devices import resolve_device, set_threads
-    from bnbench.report import ReportError
+    from bnbench.job.data import DataError
+    from bnbench.job.devices import resolve_device, set_threads
+    from bnbench.records.runs import ReportError
 
     try:
         dev = resolve_device(device)

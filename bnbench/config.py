@@ -186,7 +186,7 @@ class TrainerConfig:
     # Runs with an optimizer that is not per-element train one by one.
     stack_seeds: bool = True
     # Most seeds in one stack; null = split each cell's seeds into as few stacks as keep all
-    # the parallel workers busy to the end (bnbench.planning.seed_stacks).
+    # the parallel workers busy to the end (bnbench.launch.planning.seed_stacks).
     stack_size: Optional[int] = None
     # Convolutional models hold their activations channels-last (NHWC): oneDNN's CPU
     # convolutions are fastest so (docs/benchmarks.md). Same results up to
@@ -259,7 +259,7 @@ def register_configs() -> None:
     by hand: Hydra 1.3 does not find plugins of an editable install (hydra#3252)."""
     from hydra.core.plugins import Plugins
 
-    from hydra_plugins.bnbench_sweeper import PlannedSweeper  # also stores its config (hydra/sweeper=bnbench)
+    from bnbench.launch.sweeper import PlannedSweeper  # also stores its config (hydra/sweeper=bnbench)
 
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
@@ -272,8 +272,8 @@ def register_configs() -> None:
 
 def gpu_share(jobs_per_gpu: Any = 1) -> float:
     """The GPUs one job asks of Ray: 1 / trainer.jobs_per_gpu when this machine shows GPUs, else
-    0 (torch-free: devices.visible_gpu_count)."""
-    from bnbench.devices import visible_gpu_count
+    0 (torch-free: launch.resources.visible_gpu_count)."""
+    from bnbench.launch.resources import visible_gpu_count
 
     return 1.0 / max(1, int(jobs_per_gpu)) if visible_gpu_count() else 0.0
 
@@ -308,9 +308,9 @@ def validate(cfg: DictConfig) -> None:
     """Check the names that select code, so a typo fails before any data is loaded. Called in
     the job (torch side): the tables it checks against are imported here, not at the top, so
     that the launching side (CLI, sweeper) reads configs without importing torch."""
-    from bnbench.data import DATASETS
-    from bnbench.models import ACTIVATIONS, MODELS, NORMS, PLACEMENTS
-    from bnbench.train import LR_SCHEDULES, OPTIMIZERS
+    from bnbench.job.data import DATASETS
+    from bnbench.job.models import ACTIVATIONS, MODELS, NORMS, PLACEMENTS
+    from bnbench.job.engine import LR_SCHEDULES, OPTIMIZERS
 
     checks = [
         ("model.name", cfg.model.name, MODELS),
@@ -370,7 +370,7 @@ def validate(cfg: DictConfig) -> None:
     if "channels" in cfg.model and len(cfg.model.channels) != 5:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
     _check_ranges(cfg)
-    from bnbench.devices import check_device_name
+    from bnbench.launch.resources import check_device_name
 
     check_device_name(cfg.trainer.device)
     if cfg.trainer.checkpoint_every_s < 0:

@@ -22,7 +22,9 @@ import pandas as pd
 import yaml
 
 from bnbench import records
-from bnbench import report as report_mod
+from bnbench.analysis.selection import SelectionError, select_per_arm
+from bnbench.analysis.tables import default_metric
+from bnbench.records.runs import ReportError, collect_runs
 
 PLAN_FILE = records.CONFIRM_PLAN  # in the confirmation folder: what it confirms, and how it was chosen
 
@@ -40,24 +42,29 @@ def plan(sweep_dir: Path, key: str, n_seeds: int, metric: str | None = None,
          folder: Path | None = None) -> Confirmation:
     """What to rerun, from the per-arm selection the report makes; ReportError when it cannot."""
     if n_seeds < 2:
-        raise report_mod.ReportError(f"--seeds {n_seeds}: a paired comparison needs at least 2 new seeds (5 or more "
-                                     "give the tests some power)")
-    tables = report_mod.build(sweep_dir, report_mod.ReportOptions(select=key, metric=metric, plots=False))
-    selection = tables.selection
-    assert selection is not None
-    used = [int(s) for s in tables.all_runs["seed"].dropna().unique()]
+        raise ReportError(f"--seeds {n_seeds}: a paired comparison needs at least 2 new seeds (5 or more "
+                          "give the tests some power)")
+    all_runs, factors, _ = collect_runs(sweep_dir)
+    metric = metric or default_metric(all_runs)
+    if metric not in records.RUN_METRICS:
+        raise ReportError(f"unknown metric {metric!r}; choose one of: {', '.join(records.RUN_METRICS)}")
+    try:  # each arm's value, chosen on the validation split, as the report chooses it
+        runs, _, selection = select_per_arm(all_runs, factors, key, metric)
+    except SelectionError as err:
+        raise ReportError(str(err)) from err
+    used = [int(s) for s in all_runs["seed"].dropna().unique()]
     start = max(used) + 1 if used else 0
     arms = []
     for _, row in selection.table.iterrows():
         arm = {a: str(row[a]) for a in selection.arms}
         if row["chosen"] is None:
             continue  # no results at any value: nothing to confirm (the report says so)
-        chosen_runs = tables.runs[(tables.runs[key].astype(str) == row["chosen"])
-                                  & tables.runs[selection.arms].astype(str).eq(pd.Series(arm)).all(axis=1)]
+        chosen_runs = runs[(runs[key].astype(str) == row["chosen"])
+                           & runs[selection.arms].astype(str).eq(pd.Series(arm)).all(axis=1)]
         overrides = _overrides(sweep_dir / str(chosen_runs["run"].iloc[0]))
         arms.append({"arm": arm, "chosen": row["chosen"], "overrides": overrides})
     if not arms:
-        raise report_mod.ReportError(f"--select {key}: no arm has a result to confirm")
+        raise ReportError(f"--select {key}: no arm has a result to confirm")
     folder = folder or sweep_dir.with_name(f"{sweep_dir.name}_confirm")
     return Confirmation(sweep_dir, folder, key, list(range(start, start + n_seeds)), arms)
 
@@ -68,7 +75,7 @@ def _overrides(run_dir: Path) -> list[str]:
     try:
         overrides = yaml.safe_load(path.read_text()) or []
     except (OSError, yaml.YAMLError) as err:
-        raise report_mod.ReportError(f"cannot read {path} ({err}): the chosen run's overrides are needed to rerun "
+        raise ReportError(f"cannot read {path} ({err}): the chosen run's overrides are needed to rerun "
                                      "it; rerun that run, or give the overrides by hand with bnbench run -m") from err
     keep = []
     for item in overrides:

@@ -39,11 +39,12 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnbench import records, stats
-from bnbench.data import load_dataset
-from bnbench.models import build_model
-from bnbench.report import ReportError, collect_runs
-from bnbench.train import TASKS
+from bnbench import records
+from bnbench.analysis import stats
+from bnbench.job.data import load_dataset
+from bnbench.job.models import build_model
+from bnbench.records.runs import ReportError, collect_runs
+from bnbench.job.engine import TASKS
 
 log = logging.getLogger("bnbench")
 DEFAULT_BATCH_SIZES = (2, 8, 32, 128)
@@ -207,7 +208,7 @@ def markdown(frame: pd.DataFrame, factors: list[str], missing: int, sweep_name: 
 
 
 def _interval(diff: pd.Series) -> str:
-    """'mean, low to high' (the 95% t-interval of bnbench.stats), or the mean alone without one."""
+    """'mean, low to high' (the 95% t-interval of bnbench.analysis.stats), or the mean alone without one."""
     if len(diff) == 0:
         return "—"
     out = stats.mean_interval(diff.to_numpy(), 0.95)

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from bnbench import records
-from bnbench.report import collect_runs
+from bnbench.records.runs import collect_runs
 
 # metrics.csv column -> the tag it gets in both trackers
 SCALARS = {"test_acc": "test/acc", "test_loss": "test/loss", "train_acc": "train/acc", "train_loss": "train/loss",
@@ -43,7 +43,7 @@ class ExportError(RuntimeError):
 
 
 def _sweep(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    from bnbench.report import ReportError
+    from bnbench.records.runs import ReportError
 
     try:
         runs, factors, constants = collect_runs(sweep_dir)
@@ -59,8 +59,7 @@ def _history(run_dir: Path) -> pd.DataFrame:
         frame = pd.read_csv(run_dir / records.METRICS)
     except (OSError, ValueError):
         return pd.DataFrame()
-    if "train_loss_running" not in frame and "train_loss" in frame:
-        frame = frame.rename(columns={"train_loss": "train_loss_running", "train_acc": "train_acc_running"})
+    frame = frame.rename(columns=records.legacy_metric_names(frame.columns))  # a record before bnbench 0.2
     return frame if "step" in frame else pd.DataFrame()
 
 

@@ -70,7 +70,7 @@ def hand_written_run(data_root: str, model_name: str, norm: str, seed: int, epoc
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from bnbench.models import build_model
+    from bnbench.job.models import build_model
 
     torch.manual_seed(seed)
     device = torch.device(device_name)
@@ -118,7 +118,7 @@ def lightning_run(data_root: str, model_name: str, norm: str, seed: int, epochs:
     from torchmetrics.classification import MulticlassAccuracy
     from torchvision import datasets, transforms
 
-    from bnbench.models import build_model
+    from bnbench.job.models import build_model
 
     class FashionDataModule(L.LightningDataModule):
         def setup(self, stage=None):
@@ -426,8 +426,8 @@ def main() -> None:
     import torch
 
     from bnbench.errors import ConfigError
-    from bnbench.data import DataError, load_dataset
-    from bnbench.devices import resolve_device
+    from bnbench.job.data import DataError, load_dataset
+    from bnbench.job.devices import resolve_device
 
     try:
         opts.device = str(resolve_device(opts.device))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What do diagnostics cost? The same training with ``diagnostics.enabled`` false and true.
 
-For each workload, the training loop (bnbench.train.train: steps, per-epoch test evaluations,
+For each workload, the training loop (bnbench.job.engine.train: steps, per-epoch test evaluations,
 checkpoints off) runs with diagnostics off and on at the default interval
 (``diagnostics.every``, 100 steps), alternating off/on ``--repeats`` times so that machine load
 drifts hit both arms alike. Printed per workload: the median wall and CPU time of each arm's
@@ -32,10 +32,10 @@ import time
 import torch
 
 from bnbench.config import compose_config
-from bnbench.data import load_dataset
-from bnbench.experiment import seed_everything
-from bnbench.models import build_model
-from bnbench.train import train
+from bnbench.job.data import load_dataset
+from bnbench.job.experiment import seed_everything
+from bnbench.job.models import build_model
+from bnbench.job.engine import train
 
 WORKLOADS = {
     "mlp": ["model=mlp", "activation=sigmoid", "norm=bn_before", "model.init=gaussian", "optimizer.lr=0.5"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-step levers of one training process, each measured alone: what does a step cost?
 
-Times bnbench's own training loop (``bnbench.train.train``, data on the device, metrics
+Times bnbench's own training loop (``bnbench.job.engine.train``, data on the device, metrics
 accumulated there) on the 784-100-100-100-10 MLP, BN before ReLU, SGD, batch 60, data of
 Fashion-MNIST's shape, and then the same loop with one thing changed:
 
@@ -29,9 +29,9 @@ from unittest import mock
 import torch
 
 from bnbench.config import compose_config
-from bnbench.data import TensorDataset
-from bnbench.models import build_model
-from bnbench import train as train_mod
+from bnbench.job.data import TensorDataset
+from bnbench.job.models import build_model
+from bnbench.job import engine as train_mod
 
 N_TRAIN = 60000  # one epoch is longer than the timed steps: one evaluation, at the end
 

@@ -22,9 +22,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import setup_globals
 from hydra.types import HydraContext, RunMode
 
-import bnbench.app  # noqa: F401  (registers the schemas and the sweeper)
+import bnbench.launch.app  # noqa: F401  (registers the schemas and the sweeper)
 from bnbench.config import config_dir
-from hydra_plugins.bnbench_sweeper import PlannedSweeper
+from bnbench.launch.sweeper import PlannedSweeper
 
 
 def main() -> None:

@@ -35,14 +35,14 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from bnbench.config import compose_config
-from bnbench.models import build_model
-from bnbench.stacking import StackedNet
+from bnbench.job.models import build_model
+from bnbench.job.stacking import StackedNet
 
 CLASSES, BATCH, N = 10, 60, 12000
 
 
 def mlp() -> nn.Module:
-    """bnbench's 784-100-100-100-10 MLP, BN before ReLU (bnbench.models.build_model)."""
+    """bnbench's 784-100-100-100-10 MLP, BN before ReLU (bnbench.job.models.build_model)."""
     return build_model(compose_config("dataset=fashion_mnist", "norm=bn_before"), (1, 28, 28), CLASSES)
 
 

@@ -82,11 +82,12 @@ class Check:
     def env(self) -> dict:
         import torch
 
-        from bnbench import devices
+        from bnbench.job import devices
+        from bnbench.launch import resources
 
         info = {"python": platform.python_version(), "torch": str(torch.__version__),
                 "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                "host": platform.node(), "cores": devices.usable_cores(), "driver": devices.driver_version()}
+                "host": platform.node(), "cores": resources.usable_cores(), "driver": resources.driver_version()}
         if torch.cuda.is_available():
             info.update(device=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(),
                         memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),

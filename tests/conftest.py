@@ -32,9 +32,9 @@ class CutOff(Exception):
 def train_until(cfg, checkpoint=None, stop_after_evals=None):
     """Build and train the model ``cfg`` describes on CPU; with ``stop_after_evals``, raise
     CutOff after that many evaluations. Returns (model, TrainResult)."""
-    from bnbench.data import load_dataset
-    from bnbench.models import build_model
-    from bnbench.train import train
+    from bnbench.job.data import load_dataset
+    from bnbench.job.models import build_model
+    from bnbench.job.engine import train
 
     torch.manual_seed(cfg.seed)
     cpu = torch.device("cpu")
@@ -161,7 +161,7 @@ def emulated_cuda(monkeypatch):
     whose "current" is the device index last set."""
     from types import SimpleNamespace
 
-    from bnbench import devices
+    from bnbench.launch import resources
 
     state = {"current": 0, "set": []}
 
@@ -185,7 +185,7 @@ def emulated_cuda(monkeypatch):
                             lambda device: SimpleNamespace(name="Emulated GPU", major=9, minor=0,
                                                            uuid=f"emulated-{int(getattr(device, 'index', device) or 0)}",
                                                            total_memory=80 * 2**30, multi_processor_count=132))
-        monkeypatch.setattr(devices, "visible_gpu_count", lambda: n)
+        monkeypatch.setattr(resources, "visible_gpu_count", lambda: n)
         return state
 
     return apply
@@ -194,7 +194,7 @@ def emulated_cuda(monkeypatch):
 @pytest.fixture
 def gpu_slots(tmp_path, monkeypatch):
     """This machine's GPU slot folder, private to the test (devices.slots_dir)."""
-    from bnbench import devices
+    from bnbench.job import devices
 
     folder = tmp_path / "gpu-slots"
     monkeypatch.setenv("BNBENCH_GPU_SLOTS", str(folder))

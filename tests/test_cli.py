@@ -233,11 +233,14 @@ def test_benchmark_scripts_run_end_to_end(tmp_path):
     assert stacking.returncode == 0 and "grouped" in stacking.stdout, stacking.stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_the_launching_process_does_not_import_torch():
-    """`bnbench run -m` composes configs and starts workers; importing torch (and the report's
-    pandas and scipy) there would delay every sweep's first job by seconds."""
-    code = ("import sys; from bnbench import cli, app, sweep, config, devices, records, progress, interrupts, completion; "
+def test_the_launching_side_imports_neither_torch_nor_pandas():
+    """`bnbench run -m` composes configs and starts workers; importing torch (or the report's
+    pandas and scipy) there would delay every sweep's first job by seconds. The launching side is
+    bnbench.launch (every module), the record contract, the config schemas, the CLI."""
+    code = ("import importlib, pkgutil, sys; import bnbench.launch as L; "
+            "[importlib.import_module(m.name) for m in pkgutil.iter_modules(L.__path__, 'bnbench.launch.')]; "
+            "import bnbench.cli, bnbench.config, bnbench.records, bnbench.records.store, bnbench.records.schema, "
+            "bnbench.records.provenance, bnbench.interrupts, bnbench.completion, hydra_plugins.bnbench_sweeper; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pandas', 'scipy', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -246,9 +249,33 @@ def test_the_launching_process_does_not_import_torch():
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False", "a job's record unpickles without torch"
-    code = "import sys; from bnbench import report; print('torch' in sys.modules)"
+    code = "import sys; from bnbench import report, export, confirm; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False", "reports need no torch"
+
+
+def test_no_module_imports_upward_or_in_a_cycle():
+    """The layout's boundary: records (the contract) imports nothing else of bnbench's; analysis
+    and render import neither launch nor job; launch never imports job at import time (the Hydra
+    task function imports the job inside, in the job's process)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "bnbench"
+    allowed = {  # package -> bnbench packages its modules may import at module level
+        "records": {"records", "errors"},
+        "analysis": {"records", "analysis", "errors"},
+        "render": {"records", "analysis", "render", "errors"},
+        "launch": {"records", "launch", "config", "errors", "interrupts"},
+    }
+    for package, may in allowed.items():
+        for path in (root / package).glob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in tree.body:  # module level only: function-level imports are the boundary's doors
+                names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                for name in names:
+                    if name.startswith("bnbench."):
+                        assert name.split(".")[1] in may, f"{path.relative_to(root)} imports {name}"
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnbench.data import DataError, load_dataset
+from bnbench.job.data import DataError, load_dataset
 from conftest import make_cfg, write_cifar, write_mnist_family
 
 CPU = torch.device("cpu")
@@ -229,7 +229,7 @@ def test_standardization_uses_the_training_images_left_after_validation(tmp_path
 
 
 def test_the_60000_image_sets_hold_out_5000_and_the_others_a_tenth():
-    from bnbench.data import val_count
+    from bnbench.job.data import val_count
 
     for name in ("mnist", "fashion_mnist", "kmnist"):
         assert val_count(make_cfg(f"dataset={name}").dataset.val_size, 60000) == 5000

@@ -8,7 +8,8 @@ import time
 
 import torch
 
-from bnbench import devices
+from bnbench.job import devices
+from bnbench.launch import resources
 
 
 def _hold(path):
@@ -19,14 +20,14 @@ def _hold(path):
 
 def test_threads_are_the_cores_shared_among_workers(monkeypatch):
     monkeypatch.delenv("BNBENCH_WORKERS", raising=False)
-    monkeypatch.setattr(devices, "usable_cores", lambda: 8)
+    monkeypatch.setattr(resources, "usable_cores", lambda: 8)
     before = torch.get_num_threads()
     try:
         joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
-        assert devices.set_threads(None, devices.cpu_share({**joblib, "n_jobs": 4})) == 2
-        assert devices.set_threads(None, devices.cpu_share({**joblib, "n_jobs": 16})) == 1
-        assert devices.set_threads(None, devices.cpu_share({**joblib, "n_jobs": -1})) == 1
-        assert devices.set_threads(None, devices.cpu_share({**joblib, "n_jobs": -2})) == 1  # 7 workers
+        assert devices.set_threads(None, resources.cpu_share({**joblib, "n_jobs": 4})) == 2
+        assert devices.set_threads(None, resources.cpu_share({**joblib, "n_jobs": 16})) == 1
+        assert devices.set_threads(None, resources.cpu_share({**joblib, "n_jobs": -1})) == 1
+        assert devices.set_threads(None, resources.cpu_share({**joblib, "n_jobs": -2})) == 1  # 7 workers
         assert devices.set_threads(3, 2) == 3  # an explicit trainer.threads wins
         assert devices.set_threads(None, None) == 8  # one job at a time: every core
         monkeypatch.setenv("BNBENCH_WORKERS", "8")
@@ -36,15 +37,15 @@ def test_threads_are_the_cores_shared_among_workers(monkeypatch):
 
 
 def test_launcher_shares(monkeypatch):
-    monkeypatch.setattr(devices, "usable_cores", lambda: 8)
+    monkeypatch.setattr(resources, "usable_cores", lambda: 8)
     basic = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
     joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -2}
     local = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "cpus_per_task": 2}
     slurm = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 4}
     ray = {"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher", "ray": {"remote": {"num_cpus": 2}}}
-    assert [devices.parallel_jobs(x) for x in (basic, joblib, local, slurm, ray, None)] == [1, 7, 4, 1, 4, 1]
-    assert [devices.cpu_share(x) for x in (basic, joblib, local, slurm, ray)] == [None, 1, 2, None, 2]
-    assert [devices.uses_gpu_slots(x) for x in (basic, joblib, local, slurm, ray)] == [True, True, True, False, False]
+    assert [resources.parallel_jobs(x) for x in (basic, joblib, local, slurm, ray, None)] == [1, 7, 4, 1, 4, 1]
+    assert [resources.cpu_share(x) for x in (basic, joblib, local, slurm, ray)] == [None, 1, 2, None, 2]
+    assert [resources.uses_gpu_slots(x) for x in (basic, joblib, local, slurm, ray)] == [True, True, True, False, False]
 
 
 def _slot(folder, gpu_id, slot):

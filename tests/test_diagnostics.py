@@ -1,4 +1,4 @@
-"""bnbench.diagnostics: values checked against hand computations on tiny networks, the record
+"""bnbench.job.diagnostics: values checked against hand computations on tiny networks, the record
 on disk, no effect on training (same trajectory, exact resume), and the report side."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import torch
 import yaml
 from torch import nn
 
-from bnbench import diagnostics_report, records, report
-from bnbench.diagnostics import Diagnostics, find_layers
-from bnbench.experiment import run_experiment
-from bnbench.models import build_model
-from bnbench.train import Checkpoint
+from bnbench import records, report
+from bnbench.render import diagnostics as diagnostics_report
+from bnbench.job.diagnostics import Diagnostics, find_layers
+from bnbench.job.experiment import run_experiment
+from bnbench.job.models import build_model
+from bnbench.job.engine import Checkpoint
 from conftest import CutOff, make_cfg, train_until, without_wall_time
 
 CPU = torch.device("cpu")

@@ -10,11 +10,11 @@ import yaml
 from omegaconf import OmegaConf
 
 from bnbench import evalmodes, records
-from bnbench.data import load_dataset
-from bnbench.experiment import run_experiment
-from bnbench.models import build_model
+from bnbench.job.data import load_dataset
+from bnbench.job.experiment import run_experiment
+from bnbench.job.models import build_model
 from bnbench.report import ReportError
-from bnbench.train import train, train_copies
+from bnbench.job.engine import train, train_copies
 from conftest import as_float64, make_cfg, run_cli
 
 CPU = torch.device("cpu")

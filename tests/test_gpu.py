@@ -9,15 +9,18 @@ import json
 import logging
 import multiprocessing
 import os
-import time
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bnbench import devices, experiment, planning, records
+from bnbench import records
+from bnbench.job import devices
+from bnbench.launch import resources
+from bnbench.job import experiment
+from bnbench.launch import planning
 from bnbench.errors import ConfigError
-from bnbench.train import Checkpoint
+from bnbench.job.engine import Checkpoint
 from conftest import CutOff, make_cfg, train_until, without_wall_time
 
 QUICK = ("trainer.epochs=2", "+dataset.train_size=300", "dataset.val_size=0")
@@ -79,7 +82,7 @@ def test_every_launcher_path_gets_an_indexed_current_device(kind, name, emulated
     """Single runs and Slurm/Ray jobs take the current device (their GPUs come from
     CUDA_VISIBLE_DEVICES); local launchers' jobs claim a slot; cuda:N is always GPU N."""
     state = emulated_cuda(2)
-    claim = devices.uses_gpu_slots({"_target_": LAUNCHERS[kind]})
+    claim = resources.uses_gpu_slots({"_target_": LAUNCHERS[kind]})
     blocker = devices._open_lock(devices.slots_dir() / f"{devices.socket.gethostname()}.GPU-emulated-0.slot0.lock")
     try:  # another job holds GPU 0: a slot-claiming job gets GPU 1
         device = devices.job_device(name, claim, per_gpu=1)
@@ -152,7 +155,7 @@ def _runs(cells: int, seeds: int) -> list[planning.Run]:
 @pytest.mark.parametrize("gpus", [1, 4])
 def test_a_cuda_sweep_is_planned_for_its_gpus_with_whole_cells(gpus, emulated_cuda, monkeypatch):
     emulated_cuda(gpus)
-    monkeypatch.setattr(devices, "usable_cores", lambda: 16)
+    monkeypatch.setattr(resources, "usable_cores", lambda: 16)
     joblib = {"_target_": LAUNCHERS["joblib"], "n_jobs": -1}
     workers, found = planning.workers(joblib, {"cuda": 1})
     assert (workers, found) == (gpus, gpus), "GPUs x jobs_per_gpu workers, not 16 cores"
@@ -175,10 +178,10 @@ def test_a_cpu_sweep_still_splits_the_last_round():
 def test_the_visible_gpu_count_reads_cuda_visible_devices(monkeypatch):
     monkeypatch.setattr(os, "listdir", lambda path: ["0000:01:00.0", "0000:02:00.0"])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert devices.visible_gpu_count() == 2
+    assert resources.visible_gpu_count() == 2
     for value, count in (("1", 1), ("", 0), ("-1", 0), ("0,1,5", 2), ("0,-1,1", 1), ("GPU-abc", 1)):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
-        assert devices.visible_gpu_count() == count, value
+        assert resources.visible_gpu_count() == count, value
 
 
 def _sweeper_on(launcher: str, *overrides: str):
@@ -187,9 +190,9 @@ def _sweeper_on(launcher: str, *overrides: str):
     from hydra.core.utils import setup_globals
     from hydra.types import HydraContext, RunMode
 
-    import bnbench.app  # noqa: F401  (registers the schemas and the sweeper)
+    import bnbench.launch.app  # noqa: F401  (registers the schemas and the sweeper)
     from bnbench.config import config_dir
-    from hydra_plugins.bnbench_sweeper import PlannedSweeper
+    from bnbench.launch.sweeper import PlannedSweeper
 
     setup_globals()
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
@@ -210,7 +213,7 @@ class _Recorded:
 def test_a_sweep_on_one_emulated_gpu_plans_whole_cells_and_starts_one_worker(emulated_cuda, tmp_path, monkeypatch,
                                                                               caplog):
     emulated_cuda(1)
-    monkeypatch.setattr(devices, "usable_cores", lambda: 16)
+    monkeypatch.setattr(resources, "usable_cores", lambda: 16)
     sweeper = _sweeper_on("parallel", f"results_dir={tmp_path}", "sweep.name=gpu", "trainer.device=cuda")
     launched = []
     real = sweeper._launcher
@@ -343,8 +346,8 @@ def test_adam_step_counters_stay_on_the_cpu_after_a_resume(tmp_path):
     """Loaded to the CPU, the optimizer state moves to the parameters' device in
     load_state_dict, except Adam's ``step`` (torch keeps it on the CPU unless capturable/fused).
     The "meta" device stands in for the GPU here: tensors elsewhere than the CPU."""
-    from bnbench.models import build_model
-    from bnbench.train import make_optimizer
+    from bnbench.job.models import build_model
+    from bnbench.job.engine import make_optimizer
 
     cfg = make_cfg(*QUICK, "trainer.epochs=3", "optimizer=adam")
     _cut_off(cfg, tmp_path / "c.pt")
@@ -400,7 +403,7 @@ def test_deterministic_settings_are_set_and_recorded(tmp_path, monkeypatch):
 def test_the_fixed_pool_computes_what_the_adaptive_pool_does(size, pooled):
     from torch import nn
 
-    from bnbench.models import fixed_pool
+    from bnbench.job.models import fixed_pool
 
     pool = fixed_pool(size, pooled)
     assert isinstance(pool, nn.AdaptiveAvgPool2d) == ((size, pooled) == (5, 3)), "only uneven windows stay adaptive"

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from bnbench import ics
-from bnbench.data import load_dataset
-from bnbench.models import build_model
-from bnbench.train import train, train_copies
+from bnbench.job import ics
+from bnbench.job.data import load_dataset
+from bnbench.job.models import build_model
+from bnbench.job.engine import train, train_copies
 from conftest import as_float64, make_cfg
 
 CPU = torch.device("cpu")
@@ -114,8 +114,9 @@ def float64_default():
 
 
 def test_the_report_tabulates_the_shift_per_cell_and_layer(tmp_path):
-    from bnbench import diagnostics_report, report
-    from bnbench.experiment import run_experiment
+    from bnbench import report
+    from bnbench.render import diagnostics as diagnostics_report
+    from bnbench.job.experiment import run_experiment
 
     for norm in ("none", "bn_before"):
         overrides = [f"norm={norm}", "seed=0"]
@@ -130,7 +131,7 @@ def test_the_report_tabulates_the_shift_per_cell_and_layer(tmp_path):
 
 @pytest.mark.parametrize("flag", ["diagnostics.ics=true", "diagnostics.smoothness=true"])
 def test_a_measurement_without_diagnostics_is_refused_not_ignored(tmp_path, flag):
-    from bnbench.experiment import run_experiment
+    from bnbench.job.experiment import run_experiment
 
     summary = run_experiment(make_cfg(flag), tmp_path)
     assert summary["status"] == "failed" and "needs diagnostics.enabled=true" in summary["error"]

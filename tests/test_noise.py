@@ -1,4 +1,4 @@
-"""Noisy BN (Santurkar et al. 2018, sec. 2.1; bnbench.models.CovariateNoise) and the measured
+"""Noisy BN (Santurkar et al. 2018, sec. 2.1; bnbench.job.models.CovariateNoise) and the measured
 shift of each layer's input distribution (diagnostics column input_shift)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from scipy import stats
 from torch import nn
 
 from bnbench.config import validate
-from bnbench.diagnostics import Diagnostics
+from bnbench.job.diagnostics import Diagnostics
 from bnbench.errors import ConfigError
-from bnbench.models import CovariateNoise, build_model
+from bnbench.job.models import CovariateNoise, build_model
 from conftest import make_cfg
 
 

@@ -1,4 +1,4 @@
-"""bnbench.plots: figures render headless to valid PNGs from a sweep folder written here in
+"""bnbench.render.plots: figures render headless to valid PNGs from a sweep folder written here in
 the real layout (.hydra/overrides.yaml, metrics.csv, summary.json), failures included."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from bnbench import plots, records, report, stats
+from bnbench import records, report
+from bnbench.render import plots
+from bnbench.analysis import stats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from bnbench import diagnostics_report
+from bnbench.render import diagnostics as diagnostics_report
 from bnbench.config import compose_config, validate
-from bnbench.experiment import run_experiment
-from bnbench.models import Dropout, build_model
+from bnbench.job.experiment import run_experiment
+from bnbench.job.models import Dropout, build_model
 from conftest import write_mnist_family
 
 PRESETS = ("ioffe2015", "placement", "lr_tolerance", "deep_sigmoid", "keras_mlp", "mlp64_adam", "alexnet_bn_adam",
@@ -160,7 +160,7 @@ def test_santurkar2018_smoothness():
 
 
 def test_santurkar2018_noise():
-    from bnbench.models import CovariateNoise
+    from bnbench.job.models import CovariateNoise
 
     g = grid("santurkar2018_noise")
     assert g["model"] == ["mlp", "alexnet"] and g["norm"] == ["none", "bn_before", "noisy_bn_before"]
@@ -188,7 +188,7 @@ def test_wuhe2018_batch():
     assert g["norm"] == ["none", "bn_before", "gn_before", "ln_before"]
     assert [int(b) for b in g["trainer.batch_size"]] == [2, 4, 8, 16, 32, 64]
     assert [float(r) for r in g["optimizer.lr"]] == [0.03, 0.1, 0.3], "rates to choose from per arm"
-    from bnbench.train import learning_rate
+    from bnbench.job.engine import learning_rate
 
     at = lambda batch: learning_rate(compose_preset("wuhe2018_batch", f"trainer.batch_size={batch}"))  # noqa: E731
     assert at(64) == pytest.approx(0.1) and at(2) == pytest.approx(0.1 * 2 / 64), "the rate follows the batch"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bnbench.progress import SweepMonitor
+from bnbench.launch.progress import SweepMonitor
 
 LONG = "ablation=placement,activation=leaky_relu,dataset.train_size=6000,norm=bn_before,seed={},trainer.epochs=2"
 

@@ -260,7 +260,7 @@ def test_report_out_writes_elsewhere_and_never_into_a_run_folder_unasked(sweep, 
 
 
 def test_runs_with_a_validation_split_report_the_test_metric_selected_on_it(tmp_path):
-    from bnbench.experiment import run_experiment
+    from bnbench.job.experiment import run_experiment
 
     for norm in ("none", "bn_before"):
         overrides = [f"norm={norm}", "seed=0"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bnbench.train import Checkpoint
+from bnbench.job.engine import Checkpoint
 from conftest import CutOff, make_cfg, run_cli, train_until, without_wall_time
 
 @pytest.mark.parametrize("overrides", [
@@ -68,7 +68,7 @@ def test_an_unusable_checkpoint_is_set_aside_never_a_permanent_failure(tmp_path,
     import torch
 
     from bnbench import records
-    from bnbench.experiment import run_experiment
+    from bnbench.job.experiment import run_experiment
 
     cfg = make_cfg("trainer.epochs=3", "trainer.threads=1", "trainer.log_progress=false")
     run_dir = tmp_path / "run"
@@ -304,7 +304,7 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path):
 def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
     import fcntl
 
-    from bnbench.experiment import run_experiment
+    from bnbench.job.experiment import run_experiment
 
     tmp_path.mkdir(exist_ok=True)
     other = open(tmp_path / ".run.lock", "w")
@@ -321,7 +321,7 @@ def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
 
 def test_a_corrupt_summary_is_said_and_the_run_trained_again(tmp_path):
     from bnbench.config import compose_config
-    from bnbench.experiment import run_experiment
+    from bnbench.job.experiment import run_experiment
 
     cfg = compose_config("trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false")
     first = run_experiment(cfg, tmp_path)

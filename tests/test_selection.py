@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnbench.selection import SelectionError, select_per_arm
+from bnbench.analysis.selection import SelectionError, select_per_arm
 
 
 def _runs(cells: dict[tuple[str, str], list], val="final_val_acc", test="final_test_acc") -> pd.DataFrame:
@@ -65,7 +65,7 @@ def test_report_select_compares_the_arms_at_their_chosen_values(tmp_path):
     """End to end on real runs (digits, in-process): each arm at the learning rate its validation
     accuracy chose, compared by seed; results.csv keeps every run; the markdown shows the choice."""
     from bnbench import report
-    from bnbench.experiment import run_experiment
+    from bnbench.job.experiment import run_experiment
     from conftest import make_cfg
 
     for norm in ("none", "bn_before"):
@@ -111,7 +111,7 @@ def _lr_runs(cells: dict[tuple[str, str], list]) -> pd.DataFrame:
 
 
 def test_the_stable_range_is_the_unbroken_run_of_close_values_without_divergence():
-    from bnbench.profiles import profile
+    from bnbench.analysis.profiles import profile
 
     runs = _lr_runs({
         ("none", "0.01"): [0.80, 0.81, 0.80], ("none", "0.1"): [0.88, 0.88, 0.89], ("none", "1"): [0.875, 0.88, 0.88],
@@ -134,7 +134,7 @@ def test_the_stable_range_is_the_unbroken_run_of_close_values_without_divergence
 
 
 def test_profile_of_a_key_that_is_not_numeric_or_not_swept_is_refused():
-    from bnbench.profiles import ProfileError, profile
+    from bnbench.analysis.profiles import ProfileError, profile
 
     runs = _lr_runs({("none", "0.1"): [0.8], ("bn_before", "0.1"): [0.9]})
     with pytest.raises(ProfileError, match="optimizer.lr is not swept"):
@@ -145,7 +145,7 @@ def test_profile_of_a_key_that_is_not_numeric_or_not_swept_is_refused():
 
 def test_report_profile_writes_its_tables_and_plot(tmp_path):
     from bnbench import report
-    from bnbench.experiment import run_experiment
+    from bnbench.job.experiment import run_experiment
     from conftest import make_cfg
 
     for norm in ("none", "bn_before"):
@@ -168,7 +168,7 @@ def test_a_profile_over_the_runs_each_arm_selected(tmp_path):
     """--select optimizer.lr --profile trainer.batch_size: each (norm, batch) arm at the rate its
     validation accuracy chose, then the profile over the batch of those runs."""
     from bnbench import report
-    from bnbench.experiment import run_experiment
+    from bnbench.job.experiment import run_experiment
     from conftest import make_cfg
 
     for norm in ("none", "bn_before"):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from bnbench.data import load_dataset
-from bnbench.models import build_model
-from bnbench.smoothness import along_gradient
-from bnbench.train import train
+from bnbench.job.data import load_dataset
+from bnbench.job.models import build_model
+from bnbench.job.smoothness import along_gradient
+from bnbench.job.engine import train
 from conftest import make_cfg
 
 CPU = torch.device("cpu")
@@ -67,7 +67,7 @@ def test_measuring_it_leaves_training_unchanged():
 
 
 def test_bad_step_sizes_are_refused_before_training(tmp_path):
-    from bnbench.experiment import run_experiment
+    from bnbench.job.experiment import run_experiment
 
     cfg = make_cfg("diagnostics.enabled=true", "diagnostics.smoothness=true", "diagnostics.smoothness_steps=[1,-1]")
     summary = run_experiment(cfg, tmp_path)
@@ -75,8 +75,9 @@ def test_bad_step_sizes_are_refused_before_training(tmp_path):
 
 
 def test_the_report_tabulates_and_plots_the_smoothness_per_cell(tmp_path):
-    from bnbench import diagnostics_report, report
-    from bnbench.experiment import run_experiment
+    from bnbench import report
+    from bnbench.render import diagnostics as diagnostics_report
+    from bnbench.job.experiment import run_experiment
 
     for norm in ("none", "bn_before"):
         for seed in (0, 1):

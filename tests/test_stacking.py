@@ -11,12 +11,12 @@ import torch
 
 from bnbench import report
 from bnbench.records import BestMetrics, FinalMetrics, RunRecord
-from bnbench.data import load_dataset
-from bnbench.models import build_model
-from bnbench.planning import seed_stacks
-from bnbench.stacking import StackedNet
-from bnbench.train import train_copies as train_stacked
-from bnbench.train import train
+from bnbench.job.data import load_dataset
+from bnbench.job.models import build_model
+from bnbench.launch.planning import seed_stacks
+from bnbench.job.stacking import StackedNet
+from bnbench.job.engine import train_copies as train_stacked
+from bnbench.job.engine import train
 from conftest import as_float64, make_cfg, run_cli
 
 CPU = torch.device("cpu")
@@ -273,7 +273,7 @@ def test_folders_named_by_job_number_cannot_be_planned_and_train_one_by_one(tmp_
 
 
 def test_what_cannot_stack_says_why():
-    from bnbench.planning import why_not_stackable
+    from bnbench.launch.planning import why_not_stackable
 
     cfg = make_cfg()
     assert why_not_stackable(cfg) is None
@@ -284,7 +284,7 @@ def test_what_cannot_stack_says_why():
 
 
 def test_a_model_without_a_stacked_form_is_not_stackable():
-    from bnbench.stacking import NotStackable
+    from bnbench.job.stacking import NotStackable
 
     odd = [torch.nn.Sequential(torch.nn.Linear(4, 2)) for _ in range(2)]
     with pytest.raises(NotStackable, match="Sequential is not built of hidden blocks and a linear head"):
@@ -337,7 +337,7 @@ def test_dropout_masks_are_the_seeds_own_in_a_stack(float64):
 
 
 def _checkpoints(folder, seeds):
-    from bnbench.train import Checkpoint
+    from bnbench.job.engine import Checkpoint
 
     return [Checkpoint(folder / f"seed{seed}.pt", run_id=f"r{seed}", every=1) for seed in seeds]
 
@@ -385,7 +385,7 @@ def test_a_stack_resumes_each_copy_from_its_own_checkpoint(tmp_path, float64, ov
     # grouped model, whose convolutions oneDNN may sum in another order (6e-9 seen with torch 2.14)
     _assert_same_runs(reference, resumed, rel=1e-7)
     for i, seed in enumerate(SEEDS):  # the stack's checkpoint of one seed resumes it on its own
-        from bnbench.train import Checkpoint
+        from bnbench.job.engine import Checkpoint
 
         seed_cfg = cfg.copy()
         seed_cfg.seed = seed
@@ -396,7 +396,7 @@ def test_a_stack_resumes_each_copy_from_its_own_checkpoint(tmp_path, float64, ov
 
 
 def test_checkpoints_at_different_steps_do_not_stack(tmp_path):
-    from bnbench.stacking import NotStackable
+    from bnbench.job.stacking import NotStackable
 
     cfg = make_cfg("norm=bn_before", "trainer.steps=40", "trainer.eval_every=10", "trainer.log_progress=false")
     data = load_dataset(cfg, CPU)
@@ -440,7 +440,7 @@ def test_a_killed_stacked_sweep_resumes_every_seed_from_its_checkpoint(tmp_path)
 
 
 def test_a_plan_that_is_not_there_is_one_clear_error(tmp_path):
-    from bnbench import planning
+    from bnbench.launch import planning
     from bnbench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="sweep.plan=nope sweep.stack=0: no such job"):

@@ -1,4 +1,4 @@
-"""bnbench.stats: every statistic against scipy on fixed data, then the methods themselves on
+"""bnbench.analysis.stats: every statistic against scipy on fixed data, then the methods themselves on
 simulated sweeps with a known truth (coverage, false positives, power)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from bnbench import stats
+from bnbench.analysis import stats
 
 METRIC = "final_test_acc"
 

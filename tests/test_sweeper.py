@@ -13,9 +13,9 @@ from hydra.core.utils import setup_globals
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf
 
-import bnbench.app  # noqa: F401  (registers the schemas and the sweeper)
+import bnbench.launch.app  # noqa: F401  (registers the schemas and the sweeper)
 from bnbench.config import config_dir
-from hydra_plugins.bnbench_sweeper import PlannedSweeper
+from bnbench.launch.sweeper import PlannedSweeper
 
 
 def _sweeper(*hydra_overrides: str) -> tuple[PlannedSweeper, ConfigLoaderImpl]:

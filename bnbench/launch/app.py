@@ -10,22 +10,22 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bnbench import interrupts, planning, records
+from bnbench import interrupts, records
+from bnbench.launch import planning
 from bnbench.config import config_dir, register_configs
-from bnbench.devices import cpu_share, parallel_jobs, uses_gpu_slots
+from bnbench.launch import channel
+from bnbench.launch.channel import FAIL_FAST_MARKER, LIVE_VIEW
+from bnbench.launch.resources import cpu_share, uses_gpu_slots
 
 log = logging.getLogger("bnbench")
 register_configs()
 
-FAIL_FAST_MARKER = ".fail-fast-stop"
-LIVE_VIEW = "BNBENCH_LIVE_VIEW"  # set while the sweep command draws its live view on the terminal
 
 
 def _quiet_console_in_worker() -> None:
@@ -45,7 +45,7 @@ class FailFast(RuntimeError):
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> records.RunRecord:
     # Imported here, in the job: the launching process of a sweep never needs torch.
-    from bnbench.experiment import run_experiment, run_stacked
+    from bnbench.job.experiment import run_experiment, run_stacked
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -75,7 +75,7 @@ def main(cfg: DictConfig) -> records.RunRecord:
     for folder, summary in outcomes:
         _say(summary, folder if multirun else run_dir, multirun)
     if not multirun:
-        records.note_outcome(run_dir=str(run_dir))  # the CLI reads the record there
+        channel.note_outcome(run_dir=str(run_dir))  # the CLI reads the record there
     failed = [(folder, s) for folder, s in outcomes if s["status"] == "failed" and not s.get("skipped")]
     if failed and multirun and cfg.sweep.fail_fast:
         stop_marker.touch()

@@ -280,7 +280,7 @@ def _smoothness_figure(data, factors: list[str], out_path: Path, sweep_name: str
 
 
 def _pyplot():
-    from bnbench import plots  # sets matplotlib's Agg backend before pyplot is imported
+    from bnbench.render import plots  # sets matplotlib's Agg backend before pyplot is imported
 
     import matplotlib.pyplot as plt
 

@@ -20,9 +20,10 @@ from rich.console import Console
 from omegaconf import DictConfig
 
 from bnbench import records
-from bnbench.app import FAIL_FAST_MARKER, LIVE_VIEW
-from bnbench.devices import parallel_jobs
-from bnbench.progress import SweepMonitor
+from bnbench.launch import channel
+from bnbench.launch.channel import FAIL_FAST_MARKER, LIVE_VIEW
+from bnbench.launch.resources import parallel_jobs
+from bnbench.launch.progress import SweepMonitor
 
 log = logging.getLogger("bnbench")
 
@@ -60,7 +61,7 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         # for the CLI: where the records go, and whether there is anything to run at all
-        records.note_outcome(sweep_dir=str(sweep_dir), planned=planned_runs(config))
+        channel.note_outcome(sweep_dir=str(sweep_dir), planned=planned_runs(config))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)  # left by an earlier --fail-fast sweep
         records.write_json(sweep_dir / records.SWEEP_INFO, records.sweep_info(sys.argv))
@@ -90,7 +91,7 @@ class SweepReport(Callback):
         except Exception as err:  # the runs are safe on disk; say why the tables are not
             # Hydra turns an error raised in a callback into a warning: the CLI reads this instead
             why = str(err) if isinstance(err, report.ReportError) else f"{type(err).__name__}: {err}"
-            records.note_outcome(report_error=why)
+            channel.note_outcome(report_error=why)
             log.error("no report: %s", why, exc_info=not isinstance(err, report.ReportError))
             return
         report.print_tables(tables, Console(width=None if sys.stdout.isatty() else 160))

@@ -26,13 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from bnbench import interrupts, records
 from bnbench.config import validate
 from bnbench.errors import ConfigError
-from bnbench.data import DataError, load_dataset
-from bnbench import devices
-from bnbench.devices import apply_numerics, job_device, release_gpu_slot, set_threads
-from bnbench.models import build_model, count_parameters
-from bnbench.stacking import NotStackable
-from bnbench.planning import why_not_stackable
-from bnbench.train import Checkpoint, TrainResult, steps_plan, train_copies
+from bnbench.job.data import DataError, load_dataset
+from bnbench.job import devices
+from bnbench.job.devices import apply_numerics, job_device, release_gpu_slot, set_threads
+from bnbench.job.models import build_model, count_parameters
+from bnbench.job.stacking import NotStackable
+from bnbench.launch.planning import why_not_stackable
+from bnbench.job.engine import Checkpoint, TrainResult, steps_plan, train_copies
 
 log = logging.getLogger("bnbench")
 epoch_log = logging.getLogger("bnbench.epochs")  # run.log only (conf/hydra/job_logging/bnbench.yaml)
@@ -142,7 +142,7 @@ class Member:
 def _train_group(members: list[Member], choices: Mapping[str, Any] | None, console_progress: bool,
                  cpu_threads: int | None, gpu_slots: bool) -> list[records.RunRecord]:
     """The one run lifecycle, for S >= 1 runs that differ only by seed, trained together
-    (bnbench.train.train_copies): each gets its own record, checkpoint and outcome in its own
+    (bnbench.job.engine.train_copies): each gets its own record, checkpoint and outcome in its own
     folder. Whatever happens inside (a typo caught by validation, missing data files, a NaN
     loss, a bug) ends in each run's ``summary.json`` with a status. Runs that cannot train as one
     stack (NotStackable: the reason goes to the log) train one by one instead, never as a

@@ -22,13 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnbench.data import TensorDataset, eval_batches
-from bnbench import ics, smoothness
-from bnbench.diagnostics import Diagnostics
+from bnbench.job.data import TensorDataset, eval_batches
+from bnbench.job import ics
+from bnbench.job import smoothness
+from bnbench.job.diagnostics import Diagnostics
 from bnbench.errors import ConfigError
 from bnbench.interrupts import Interrupted, deferred
-from bnbench.models import reset_streams, set_stream_states, stream_states
-from bnbench.stacking import (NotStackable, SingleNet, optimizer_state_of_copy, optimizer_state_of_stack, stack,
+from bnbench.job.models import reset_streams, set_stream_states, stream_states
+from bnbench.job.stacking import (NotStackable, SingleNet, optimizer_state_of_copy, optimizer_state_of_stack, stack,
                               write_back)
 
 # name -> constructor from (parameters, optimizer config); a new optimizer is one entry here
@@ -301,7 +302,7 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
     one training loop of bnbench. Each copy has its own data order (its seed's generator), its
     own loss, evaluation rows, divergence and checkpoint (``checkpoints[i]``, in the plain
     model's format); ``on_eval(i, row)`` gets copy i's rows. One copy trains the plain model
-    itself (bnbench.stacking.SingleNet); more train as one grouped model (StackedNet), which
+    itself (bnbench.job.stacking.SingleNet); more train as one grouped model (StackedNet), which
     raises NotStackable, before any step, when they cannot.
 
     Metrics are accumulated on the device and read once per evaluation, so the step loop never

@@ -61,7 +61,7 @@ pass, and every statistic stays on the device until one transfer per diagnostics
 diagnostics off the training loop does no extra work at all. Diagnostics read the model and
 consume no random numbers, so a run's trajectory is the same with them on or off. In a stack of
 seeds (bnbench/stacking.py) each copy's diagnostics step is replayed on the copy's plain model
-(bnbench.train._copy_diagnostics), so every seed's rows are those of its own run.
+(bnbench.job.engine._copy_diagnostics), so every seed's rows are those of its own run.
 
 bnbench/diagnostics_report.py reads the ``diagnostics.csv`` files of a sweep for the report
 (per cell and layer, and over training, per layer), without torch.
@@ -78,7 +78,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnbench import records
-from bnbench.models import ACTIVATIONS
+from bnbench.job.models import ACTIVATIONS
 
 PERCENTILES = (0.15, 0.50, 0.85)
 SIGMOID_SATURATION = 0.01  # sigmoid output below this or above 1 - this is saturated
@@ -328,7 +328,7 @@ class Diagnostics:
     def record(self, step: int, epoch: float, loss: torch.Tensor,
                per_layer_extra: list[dict[str, float]] | None = None) -> list[dict[str, Any]]:
         """The rows of this diagnostics step (one per layer); the only host transfer.
-        ``per_layer_extra``: more columns per layer, in layer order (bnbench.ics)."""
+        ``per_layer_extra``: more columns per layer, in layer order (bnbench.job.ics)."""
         self.disarm()
         accs = self.mode_accuracies()
         keys = list(self._values)

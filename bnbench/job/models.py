@@ -169,8 +169,8 @@ def set_side_state(model: nn.Module, device: torch.device, state: SideState) -> 
 
 @contextmanager
 def left_as_found(model: nn.Module, device: torch.device) -> Iterator[tuple[list[torch.Tensor], SideState]]:
-    """For measurements that run extra passes on a model being trained (bnbench.ics,
-    bnbench.smoothness): the passes run in train mode, and on exit the parameters, norm
+    """For measurements that run extra passes on a model being trained (bnbench.job.ics,
+    bnbench.job.smoothness): the passes run in train mode, and on exit the parameters, norm
     buffers, random streams and train/eval flag are as on entry, so training does not see them.
     Yields the parameters' values and the side state at entry (to return to between passes)."""
     params = list(model.parameters())

@@ -2,7 +2,7 @@
 
 ``learning_curves`` reads each run's metrics.csv and draws the mean over completed seeds with
 a t-based confidence band; ``cell_intervals`` draws the per-cell mean and interval of a
-:func:`bnbench.stats.cell_stats` table. Runs that diverged are drawn thin and dashed up to
+:func:`bnbench.analysis.stats.cell_stats` table. Runs that diverged are drawn thin and dashed up to
 where they stopped (they are not in the mean); failed and missing runs are named in the panel
 titles or next to their cell, so no run disappears without a trace.
 """
@@ -24,7 +24,8 @@ from matplotlib.ticker import PercentFormatter  # noqa: E402
 from scipy import stats as st  # noqa: E402
 
 from bnbench import records  # noqa: E402
-from bnbench.stats import STATUSES, higher_is_better, split_cells, with_levels  # noqa: E402
+from bnbench.analysis.stats import higher_is_better, split_cells, with_levels
+from bnbench.records import STATUSES, is_fraction  # noqa: E402
 
 _LABELS = {"test_acc": "test accuracy", "train_acc": "train accuracy", "train_loss": "train loss",
            "train_loss_running": "train loss (running mean)", "train_acc_running": "train accuracy (running mean)",
@@ -43,10 +44,6 @@ def _label(metric: str) -> str:
     return _LABELS.get(metric, metric.replace("_", " "))
 
 
-def _is_accuracy(metric: str) -> bool:
-    return "acc" in metric and "_to_acc_" not in metric
-
-
 def _colors(n: int) -> list:
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
     return [cmap(i) for i in range(n)] if n <= 20 else [cmap(x) for x in np.linspace(0.05, 0.95, n)]
@@ -57,8 +54,7 @@ def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
         frame = pd.read_csv(run_dir / records.METRICS)
     except (OSError, ValueError):  # missing, empty, unparsable or not text: the report lists it
         return None
-    if "train_loss_running" not in frame and "train_loss" in frame:  # a record before bnbench 0.2
-        frame = frame.rename(columns={"train_loss": "train_loss_running", "train_acc": "train_acc_running"})
+    frame = frame.rename(columns=records.legacy_metric_names(frame.columns))  # a record before bnbench 0.2
     return frame if len(frame) and "epoch" in frame else None
 
 
@@ -79,7 +75,7 @@ def _limits(metric: str, means: list[float], bands: list[float]) -> tuple[float,
     """(low, high, log) for a metric row from the completed runs' curves: accuracies span
     0-100%; losses that span more than a decade get a log axis fitted to the means (a linear
     t-band reaches below zero there); otherwise the bands fit."""
-    if _is_accuracy(metric) or not means:
+    if is_fraction(metric) or not means:
         return -0.03, 1.03, False
     lo, hi = min(means), max(means)
     if "loss" in metric and lo > 0 and hi / lo > 10:
@@ -91,7 +87,7 @@ def _limits(metric: str, means: list[float], bands: list[float]) -> tuple[float,
 
 def _format_axis(ax, metric: str, axis: str = "y") -> None:
     target = ax.yaxis if axis == "y" else ax.xaxis
-    if _is_accuracy(metric):
+    if is_fraction(metric):
         target.set_major_formatter(PercentFormatter(xmax=1.0))
 
 
@@ -147,7 +143,7 @@ def learning_curves(
                 done = [series[r] for r in cell.loc[cell["status"] == "completed", "run"] if r in series]
                 if done:
                     mean, low, high = _mean_band(done, confidence)
-                    if _is_accuracy(row_metric):  # a t-band can pass 0% or 100%; accuracy cannot
+                    if is_fraction(row_metric):  # a t-band can pass 0% or 100%; accuracy cannot
                         low, high = low.clip(0, 1), high.clip(0, 1)
                     ax.plot(mean.index, mean, color=colors[key], lw=1.6)
                     ax.fill_between(mean.index, low, high, color=colors[key], alpha=0.18, lw=0)
@@ -217,7 +213,7 @@ def cell_intervals(
         cells[factors[0]].dtype, pd.CategoricalDtype) else list(dict.fromkeys(groups))
     palette = dict(zip(levels, _colors(len(levels))))  # by level, not by row: same colours once ranked
     low, high = cells["ci_low"], cells["ci_high"]
-    if _is_accuracy(metric):  # a t-interval can pass 0% or 100%; accuracy cannot
+    if is_fraction(metric):  # a t-interval can pass 0% or 100%; accuracy cannot
         low, high = low.clip(0, 1), high.clip(0, 1)
     has_ci = low.notna().to_numpy()
     ax.errorbar(cells["mean"][has_ci], y[has_ci], xerr=[(cells["mean"] - low)[has_ci], (high - cells["mean"])[has_ci]],
@@ -268,7 +264,7 @@ def profile(prof, out_path: Path, confidence: float = 0.95) -> Path:
         x = at["value"].astype(float).to_numpy()
         mean = at["mean"].to_numpy(float)
         low, high = at["ci_low"].to_numpy(float), at["ci_high"].to_numpy(float)
-        if _is_accuracy(prof.metric):
+        if is_fraction(prof.metric):
             low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
         finite = np.isfinite(mean)
         top.plot(x[finite], mean[finite], marker="o", ms=4, color=palette[label], label=label)

@@ -11,9 +11,9 @@ copies side by side:
                  copy's batch only, with its own running statistics, as S separate BNs would
     GroupNorm    (layer norm and group norm) one GroupNorm with S x groups over S x channels:
                  the groups never straddle two copies, so each is normalized as its own was
-    Dropout      each copy's mask from that copy's own stream (bnbench.models.Dropout), so a
+    Dropout      each copy's mask from that copy's own stream (bnbench.job.models.Dropout), so a
                  seed's masks do not depend on which stack it is in
-    noisy BN     likewise: each copy's noise from its own stream (bnbench.models.CovariateNoise)
+    noisy BN     likewise: each copy's noise from its own stream (bnbench.job.models.CovariateNoise)
     activation, pooling   per element / per channel: shared as they are
 
 Each copy sees its own batches (the data order of its seed), its own loss, and so its own
@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bnbench.models import ACTIVATIONS, CovariateNoise, Dropout
+from bnbench.job.models import ACTIVATIONS, CovariateNoise, Dropout
 
 
 class NotStackable(Exception):
@@ -181,7 +181,7 @@ def _grouped_sequential(blocks: Sequence[nn.Module], conv_layout: bool) -> nn.Se
 
 
 class StackedNet(nn.Module):
-    """S copies of an MLP or AlexNet-style model (bnbench.models): input (S, B, ...) -> (S, B, outputs).
+    """S copies of an MLP or AlexNet-style model (bnbench.job.models): input (S, B, ...) -> (S, B, outputs).
 
     The conv part runs on (B, S*C, H, W) (channels of copy s at s*C..(s+1)*C), the fully
     connected part on (S, B, features)."""

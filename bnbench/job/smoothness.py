@@ -16,7 +16,7 @@ and its gradient are evaluated at W - eta_j g, on the same batch:
 
 The paper's claim: with BN all three are smaller (a smoother, more predictive landscape). The
 measurement costs m + 1 forward/backward passes per diagnostics step (opt-in:
-``diagnostics.smoothness=true``) and leaves no trace, as bnbench.ics's does: parameters, norm
+``diagnostics.smoothness=true``) and leaves no trace, as bnbench.job.ics's does: parameters, norm
 buffers and random streams are restored (every pass draws the step's own masks and noise), and ``.grad``
 is not touched. Norm layers run in train mode (batch statistics), as in the step.
 """
@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from bnbench.models import left_as_found, set_side_state
+from bnbench.job.models import left_as_found, set_side_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 COLUMNS = ("loss_variation", "grad_change", "beta_smoothness")

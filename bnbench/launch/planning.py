@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from bnbench import records
-from bnbench.devices import gpu_jobs, parallel_jobs, sweep_gpus
+from bnbench.launch.resources import gpu_jobs, parallel_jobs, sweep_gpus
 from bnbench.errors import ConfigError
 
 PLANS = ".plans"
@@ -40,7 +40,7 @@ def workers(launcher, devices: dict[str, int]) -> tuple[int, int]:
     (trainer.device -> trainer.jobs_per_gpu) under ``launcher``: on CPU, the launcher's parallel
     workers; on GPUs, GPUs x jobs_per_gpu at most, so that each cell trains whole, as one
     stack per GPU slot, instead of being cut into stacks for workers that would only wait for
-    a GPU. The GPUs are counted without torch (devices.visible_gpu_count)."""
+    a GPU. The GPUs are counted without torch (launch.resources.visible_gpu_count)."""
     gpus = max((sweep_gpus(device, launcher) for device in devices), default=0)
     if not gpus:
         return parallel_jobs(launcher), 0

@@ -33,8 +33,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from bnbench.diagnostics import LAYER_TYPES
-from bnbench.models import SideState, left_as_found, set_side_state
+from bnbench.job.diagnostics import LAYER_TYPES
+from bnbench.job.models import SideState, left_as_found, set_side_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -9,7 +9,7 @@ the validation split only (``dataset.val_size``), never the test set.
 
 The validation criterion follows the reported metric: the final model's validation metric for
 ``final_*`` metrics, the best validation metric for ``*_at_best_val`` (the evaluation that
-metric comes from). A diverged run scores the worst value (bnbench.stats.scores), so a value
+metric comes from). A diverged run scores the worst value (bnbench.analysis.stats.scores), so a value
 under which any seed diverged is chosen only when every value had a diverged seed, and then
 the one with the fewest (said in the arm's note). The seeds that chose the values are the ones
 reported, which flatters the chosen values a little (a winner's curse): the report says so,
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bnbench import stats
+from bnbench.analysis import stats
 
 
 class SelectionError(ValueError):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bnbench import stats
+from bnbench.analysis import stats
 
 RESAMPLES = 2000
 

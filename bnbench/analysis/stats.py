@@ -41,8 +41,7 @@ from scipy import stats as st
 
 from bnbench import records
 
-STATUSES = ("completed", "diverged", "failed", "incomplete")  # as in report (which may import this module)
-RESULTS = ("completed", "diverged")  # outcomes of a run; failed and incomplete runs have none
+STATUSES, RESULTS = records.STATUSES, records.RESULTS  # the one status vocabulary (bnbench.records.schema)
 COUNT_COLUMNS = ["runs", *STATUSES, "missing"]
 STAT_COLUMNS = ["n", "div_rate", "mean", "std", "ci_low", "ci_high", "median", "min", "max"]
 # Time-to-accuracy columns are named "<unit>_to_acc_<target>"; units map to metrics.csv columns.

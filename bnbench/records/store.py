@@ -1,0 +1,138 @@
+"""Run and sweep records on disk: atomic writes (a killed process never leaves half a file),
+reading a run's summary (and saying why one cannot be used), the run folders of a sweep, and
+the grid a sweep listed (multirun.yaml). Torch- and pandas-free."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from bnbench.records.schema import METRICS, SUMMARY, RunRecord
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    _atomic_write(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: list[str]) -> None:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(path, buffer.getvalue())
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, text)
+
+
+def read_summary(run_dir: Path) -> RunRecord | None:
+    """The run's summary.json, or None when it is absent or unusable (:func:`load_summary` says why)."""
+    return load_summary(run_dir)[0]
+
+
+def load_summary(run_dir: Path) -> tuple[RunRecord | None, str | None]:
+    """(summary, None), (None, None) when there is no summary.json, or (None, why) when there
+    is one that cannot be used: unreadable, not JSON (a torn or overwritten file), not a record."""
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        return None, f"{SUMMARY} cannot be read ({err.strerror or err})"
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        return None, f"{SUMMARY} is corrupt (not JSON)"
+    if not isinstance(data, dict) or "status" not in data:
+        return None, f"{SUMMARY} is corrupt (not a run record)"
+    return data, None
+
+
+def run_folders(sweep_dir: Path) -> list[Path]:
+    """Every run folder of a sweep: those with a record, and those started without one yet."""
+    found = {p.parent for p in sweep_dir.rglob(SUMMARY)}
+    found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    return sorted(found)
+
+
+def metrics_problem(run_dir: Path) -> str | None:
+    """Why the run's metrics.csv cannot be read, or None when it can: absent, not text, or
+    without the header bnbench writes."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return f"{METRICS} is missing"
+    try:
+        with open(path, newline="") as handle:
+            header = handle.readline().strip().split(",")
+            handle.read()  # the whole file must be text
+    except OSError as err:
+        return f"{METRICS} cannot be read ({err.strerror or err})"
+    except UnicodeDecodeError:
+        return f"{METRICS} is corrupt (not text)"
+    if not {"step", "epoch"} <= set(header):
+        return f"{METRICS} is corrupt (no step/epoch header)"
+    return None
+
+
+
+# ------------------------------------------------------------------ the sweep's grid (multirun.yaml)
+
+def sweep_lists(params: Mapping[str, Any] | None, task_overrides: list[str] | None) -> dict[str, list[str]]:
+    """Each swept key's values, in the order given, from the sweeper's params and the command
+    line (which wins), read with Hydra's own parser so they match what the jobs saw
+    (1e6 -> 1000000.0, ranges expanded)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    items = [f"{k}={v}" for k, v in (params or {}).items()] + list(task_overrides or [])
+    try:
+        parsed = OverridesParser.create().parse_overrides(items)
+    except Exception:  # an override this parser cannot read without the config (rare): no order
+        return {}
+    order: dict[str, list[str]] = {}
+    for override in parsed:
+        key = override.get_key_element().lstrip("+~")
+        if override.is_discrete_sweep():
+            order[key] = list(override.sweep_string_iterator())
+        elif not override.is_sweep_override():
+            order[key] = [override.get_value_element_as_str()]
+    return order
+
+
+def value_order(sweep_dir: Path) -> dict[str, list[str]]:
+    """The order in which the sweep listed each key's values (from Hydra's multirun.yaml)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        # libyaml's loader when PyYAML has it: this file holds the whole config, and every
+        # stacked sweep job reads it (about 10x faster: docs/benchmarks.md)
+        saved = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    except yaml.YAMLError:
+        return {}
+    hydra_cfg = saved.get("hydra", {}) or {}
+    return sweep_lists((hydra_cfg.get("sweeper") or {}).get("params"), (hydra_cfg.get("overrides") or {}).get("task"))

@@ -1,0 +1,136 @@
+"""report.md: every table of a sweep's report, its methods in words, and its provenance."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from bnbench.analysis.tables import SweepTables
+from bnbench.records import is_fraction
+from bnbench.render import diagnostics as diagnostics_report
+from bnbench.render.text import (INCOMPLETE_MARK, POLICY, anova_rows, cell_rows, comparison_rows, confidence_pct,
+                                 effect_rows, flip_lines, fmt, md_table, metric_title, profile_lines, selection_rows,
+                                 summary_line)
+
+
+def to_markdown(tables: SweepTables) -> str:
+    m = tables.metric
+    pct = confidence_pct(tables)
+    lines = [f"# bnbench report: {tables.sweep_dir.name}", "", summary_line(tables) + ".", ""]
+    lines += [f"> **Warning:** {w}" for w in tables.warnings] + ([""] if tables.warnings else [])
+    if tables.constants:
+        lines += ["Fixed: " + ", ".join(f"`{k}={v}`" for k, v in tables.constants.items()), ""]
+    lines += [f"Metric: **{metric_title(m)}**; mean ± std (n−1) over the results (completed and diverged seeds) "
+              f"of each cell, {pct} t-interval of the mean; rank 1 is best. {POLICY}", ""]
+    if tables.selection is not None:
+        sel = tables.selection
+        lines += [f"## `{sel.key}` chosen per arm", "",
+                  f"Each arm's value of `{sel.key}` is the one with the best mean {metric_title(sel.criterion)} over "
+                  "its seeds (the validation split; the test set plays no part). A diverged seed scores the worst "
+                  "value, so a value under which a seed diverged is chosen only when every value had one. Every "
+                  f"table below compares the arms at their own chosen values. Each value: mean {metric_title(sel.criterion)} "
+                  "(results, diverged).", "", *md_table(*selection_rows(tables)), ""]
+    if tables.profile is not None:
+        lines += profile_lines(tables)
+    lines += ["## Cells", "", *md_table(*cell_rows(tables)), ""]
+    if (~tables.cells["complete"] & tables.cells["rank"].notna()).any():
+        lines += [f"{INCOMPLETE_MARK} the cell has failed, unfinished or missing runs: its statistics cover only "
+                  "the results it has.", ""]
+    if tables.comparisons is not None and len(tables.comparisons):
+        comp = tables.comparisons
+        label = comp["baseline"].iloc[0]
+        margin = comp.attrs.get("margin")
+        unit = " points" if is_fraction(m) else ""
+        equivalence = (f"equivalent when the Holm-adjusted paired TOST puts the difference within ±{fmt(margin, m)}{unit} "
+                       "(`--margin`)" if margin is not None else "equivalence is not tested (`--margin` sets a margin)")
+        lines += [f"## Against the baseline `{label}`", "",
+                  "Each cell minus the baseline cell that matches it on every other factor, paired by seed "
+                  "(runs of one seed share the data order and the initial weights of every layer they have in "
+                  f"common), over the seeds with a result in both. The interval is the paired {pct} "
+                  + ("BCa bootstrap interval (it covers less than its level below about 15 pairs)"
+                     if comp.attrs.get("interval") == "bootstrap" else "t-interval of the mean difference")
+                  + ", not adjusted for the rows; p-values are Holm-adjusted over the rows of this table. "
+                  "g_z = mean difference / std of the differences, with Hedges' small-sample correction. "
+                  f"Verdict at α = {1 - tables.cells.attrs.get('confidence', 0.95):.2g}: better or worse when the "
+                  "Holm-adjusted paired t-test (the Wilcoxon test where a diverged run has no finite value) "
+                  f"rejects the hypothesis of no difference; {equivalence}; otherwise inconclusive. Seeds for 80% "
+                  "power: the pairs a paired t-test would need to detect "
+                  + (f"a difference of {fmt(comp.attrs['min_effect'], m)}{unit} (`--min-effect`)"
+                     if comp.attrs.get("min_effect") is not None else "the observed difference (`--min-effect` sets one)")
+                  + " at this α, unadjusted.", "",
+                  *md_table(*comparison_rows(tables)), ""]
+        lines += [f"> {note}" for note in tables.notes] + ([""] if tables.notes else [])
+    if tables.anova is not None and len(tables.factors) > 1:
+        lines += ["## Factorial ANOVA", "",
+                  f"Type-II ANOVA (statsmodels) of the {metric_title(m)} on every swept factor and their "
+                  "interactions, over the results with a finite value; sums of squares in the metric's own units "
+                  "(accuracy as a fraction); partial η² = SS / (SS + SS residual). "
+                  "Where an interaction is significant, the main effects and marginal means below average over "
+                  "effects that differ between levels: read the interaction tables first.", ""]
+        lines += [f"> {note}" for note in tables.anova_notes] + ([""] if tables.anova_notes else [])
+        if len(tables.anova):
+            lines += [*md_table(*anova_rows(tables)), ""]
+    if tables.effects is not None and len(tables.factors) > 1:
+        lines += ["## Main effects", "",
+                  "Marginal mean of each level: the unweighted mean of its cells' means (each cell counts once, "
+                  "however many of its seeds finished); the divergence rate over all its results.", "",
+                  *md_table(*effect_rows(tables)), ""]
+    if tables.interactions:
+        lines += ["## Interactions", ""]
+        lines += (["Where a factor's effect changes sign across the levels of another (means of cell means). The p-value "
+                   "is that of the whole interaction in the ANOVA, not of this pair of levels: compare the pair with "
+                   "`--baseline` set to one of them.", "", *flip_lines(tables), ""]
+                  if tables.flips else ["No factor's effect changes sign across the levels of another.", ""])
+    for (a, b), table in tables.interactions.items():
+        lines += [f"### {a} × {b}", "", f"Mean {metric_title(m)} per {a} (rows) and {b} (columns): the "
+                  "unweighted mean of the matching cells' means, with the divergence rate where runs diverged.", ""]
+        header = [f"{a} \\ {b}", *[str(c) for c in table[b].cat.categories]]
+        rows = []
+        for level_a in table[a].cat.categories:
+            row = [str(level_a)]
+            for _, entry in table[table[a] == level_a].iterrows():
+                text = fmt(entry["mean"], m)
+                if entry["diverged"]:
+                    text += f" ({int(entry['diverged'])}/{int(entry['results'])} div.)"
+                if not entry["complete"]:
+                    text += INCOMPLETE_MARK
+                row.append(text)
+            rows.append(row)
+        lines += [*md_table(header, rows), ""]
+    lines += diagnostics_report.markdown_lines(tables.diagnostics, tables.factors)
+    if tables.plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{name}]({path.name})" for name, path in tables.plots.items()] + [""]
+    unfinished = tables.runs[tables.runs["status"].isin(["failed", "incomplete"])]
+    if len(unfinished):
+        lines += ["## Runs without a result", ""]
+        for _, run in unfinished.iterrows():
+            reason = run["error"] if isinstance(run["error"], str) else "no summary.json (killed or still running)"
+            lines.append(f"- `{run['run']}`: {run['status']}: {reason}")
+        lines.append("")
+    lines += ["## Provenance", "", *_provenance_lines(tables.provenance)]
+    return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(p: Mapping[str, Any]) -> list[str]:
+    git = p.get("git") or {}
+    commit = git.get("commit")
+    code = f"{commit[:12]}{' (uncommitted changes)' if git.get('dirty') else ''}" if commit else "not a git checkout"
+    lines = [f"- command: `{p['command']}`" if p.get("command") else "- command: not recorded",
+             f"- bnbench code: {code}",
+             "- versions: " + (", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items()) or "not recorded"),
+             f"- device: {', '.join(p.get('devices') or ['not recorded'])}" + (f" on {p['host']}" if p.get("host") else ""),
+             f"- runs: first started {p.get('first_run_started') or '—'}, last finished "
+             f"{p.get('last_run_finished') or '—'}; report built {p.get('report_built')}"]
+    stacking = p.get("stacking") or {}
+    if stacking.get("stacked"):
+        sizes = ", ".join(map(str, stacking["sizes"]))
+        lines.append(f"- stacked seeds: {stacking['stacked']} result(s) trained in stacks of {sizes}, "
+                     f"{stacking['unstacked']} on their own")
+    elif stacking:
+        lines.append("- stacked seeds: none (every run trained on its own)")
+    if p.get("source") == "results.csv":
+        lines.append("- rebuilt from results.csv: the run folders are not here (no learning curves or diagnostics)")
+    if p.get("wall_per_run_s"):
+        mean, low, high = p["wall_per_run_s"]
+        lines.append(f"- wall time: {p['wall_total_s']:.1f} s in all; per run {mean:.1f} s (min {low:.1f}, max {high:.1f})")
+    return lines

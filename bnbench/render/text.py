@@ -1,0 +1,223 @@
+"""The report's tables as rows of text, shared by Markdown, LaTeX and the console: numbers in
+the units shown (points for accuracies), p-values, verdicts, and the rows of each table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bnbench import records
+from bnbench.analysis.tables import SweepTables
+from bnbench.records import is_fraction
+
+
+INCOMPLETE_MARK = "*"  # next to the rank of a cell with failed, unfinished or missing runs
+
+
+def fmt(value: Any, metric: str, signed: bool = False, clip: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "+∞" if value > 0 else "−∞"
+    if is_fraction(metric):
+        if clip:  # a t-interval can reach past 0% or 100%; accuracy cannot
+            value = min(1.0, max(0.0, value))
+        return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def fmt_p(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.2g}" if value >= 0.001 else "<0.001"
+
+
+def metric_title(metric: str) -> str:
+    titles = {"final_test_acc": "final test accuracy", "best_test_acc": "best test accuracy",
+              "final_train_loss": "final train loss", "final_test_loss": "final test loss",
+              "best_test_loss": "best test loss", "final_train_acc": "final train accuracy",
+              "final_train_loss_running": "running train loss (last interval)",
+              "final_train_acc_running": "running train accuracy (last interval)",
+              "final_val_acc": "final validation accuracy", "final_val_loss": "final validation loss",
+              "best_val_acc": "best validation accuracy", "best_val_loss": "best validation loss",
+              "test_acc_at_best_val": "test accuracy at the best validation accuracy",
+              "test_loss_at_best_val": "test loss at the best validation loss"}
+    title = titles.get(metric, metric.replace("_", " "))
+    return title + (" (%)" if is_fraction(metric) else "")
+
+
+def confidence_pct(tables: SweepTables) -> str:
+    return f"{100 * tables.cells.attrs.get('confidence', 0.95):g}%"
+
+
+def _status_text(cell: pd.Series) -> str:
+    """Results over runs, then what happened to the others."""
+    text = f"{int(cell['n'])}/{int(cell['runs']) + int(cell['missing'])}"
+    extra = [f"{int(cell[s])} {s}" for s in ("failed", "incomplete", "missing") if cell.get(s)]
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _diverged_text(diverged: Any, results: Any) -> str:
+    if not results or pd.isna(results):
+        return "—"
+    return f"{int(diverged)}/{int(results)}" + (f" ({100 * diverged / results:.0f}%)" if diverged else "")
+
+
+def cell_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    m = tables.metric
+    header = ["rank", *tables.factors, "results", "diverged", "mean ± std", f"{confidence_pct(tables)} CI", "median",
+              "min – max"]
+    rows = []
+    for _, cell in tables.cells.iterrows():
+        ci = "—" if pd.isna(cell["ci_low"]) else f"{fmt(cell['ci_low'], m, clip=True)} – {fmt(cell['ci_high'], m, clip=True)}"
+        spread = "—" if pd.isna(cell["min"]) else f"{fmt(cell['min'], m)} – {fmt(cell['max'], m)}"
+        mean = fmt(cell["mean"], m) + ("" if pd.isna(cell["std"]) else f" ± {fmt(cell['std'], m)}")
+        rank = "—" if pd.isna(cell["rank"]) else str(int(cell["rank"]))
+        if rank != "—" and not cell["complete"]:
+            rank += INCOMPLETE_MARK
+        rows.append([rank, *[str(cell[f]) for f in tables.factors], _status_text(cell),
+                     _diverged_text(cell["diverged"], cell["n"]), mean, ci, fmt(cell["median"], m), spread])
+    return header, rows
+
+
+def selection_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    sel = tables.selection
+    assert sel is not None
+    header = [*sel.arms, f"chosen {sel.key}", f"mean {sel.criterion}", "seeds", "every value", "note"]
+    rows = []
+    for _, arm in sel.table.iterrows():
+        values = "; ".join(f"{v}: {fmt(mean, sel.criterion)} ({n}{f', {d} diverged' if d else ''}"
+                           f"{f', {lost} failed or unfinished' if lost else ''})"
+                           for v, mean, n, d, lost in arm["values"])
+        rows.append([*(str(arm[a]) for a in sel.arms), str(arm["chosen"] if arm["chosen"] is not None else "—"),
+                     fmt(arm["criterion"], sel.criterion), str(arm["n"]), values, arm["note"] or ""])
+    return header, rows
+
+
+def profile_lines(tables: SweepTables) -> list[str]:
+    prof = tables.profile
+    assert prof is not None
+    m = prof.metric
+    within = 100 * prof.within if is_fraction(m) else prof.within
+    unit = (" point" if within == 1 else " points") if is_fraction(m) else ""
+    header = [*prof.arms, f"best {prof.key}", "its mean", "stable range", "width", f"width {confidence_pct(tables)} (seeds resampled)"]
+    has_ratio = "width_ratio" in prof.ranges
+    if has_ratio:
+        header += [f"width / {prof.ranges.attrs['baseline']}", "its interval"]
+    rows = []
+    for _, arm in prof.ranges.iterrows():
+        stable = f"{arm['low']:g} – {arm['high']:g}" if np.isfinite(arm["low"]) else "none"
+        width = f"{arm['width']:.3g}×" if np.isfinite(arm["width"]) else "—"
+        interval = (f"{arm['width_low']:.3g}× – {arm['width_high']:.3g}×" if np.isfinite(arm["width_low"]) else "—")
+        if arm.get("no_range_share", 0) > 0:
+            interval += f" (no range in {100 * arm['no_range_share']:.0f}% of draws)"
+        row = [*(str(arm[a]) for a in prof.arms), f"{arm['best']:g}" if np.isfinite(arm["best"]) else "—",
+               fmt(arm["best_mean"], m), stable, width, interval]
+        if has_ratio:
+            row += [f"{arm['width_ratio']:.3g}" if np.isfinite(arm["width_ratio"]) else "—",
+                    f"{arm['ratio_low']:.3g} – {arm['ratio_high']:.3g}" if np.isfinite(arm["ratio_low"]) else "—"]
+        rows.append(row)
+    per_value_header = [*prof.arms, prof.key, "results", "diverged", "failed / unfinished", "mean",
+                        f"{confidence_pct(tables)} CI"]
+    per_value = [[*(str(c[a]) for a in prof.arms), f"{c['value']:g}", str(int(c["n"])),
+                  f"{int(c['diverged'])}/{int(c['n'])}", str(int(c["failed"]) + int(c["incomplete"])),
+                  fmt(c["mean"], m),
+                  f"{fmt(c['ci_low'], m, clip=True)} – {fmt(c['ci_high'], m, clip=True)}"]
+                 for _, c in prof.cells.iterrows()]
+    return [f"## Profile over `{prof.key}`", "",
+            f"Per arm, the {metric_title(m)} at every value of `{prof.key}` (mean over seeds, {confidence_pct(tables)} "
+            "t-interval; `profile.png`). Stable range: the unbroken run of values around the best one under "
+            f"which no seed diverged and whose mean is within {within:g}{unit} of the best such mean (`--within`); "
+            "its width is the ratio of its ends. Intervals of the widths and of their ratio to the baseline arm "
+            "come from resampling seeds (2,000 draws, the same seeds for every value and arm).", "",
+            *md_table(header, rows), "", *md_table(per_value_header, per_value), ""]
+
+
+def _interval_label(tables: SweepTables) -> str:
+    kind = "BCa bootstrap" if tables.comparisons.attrs.get("interval") == "bootstrap" else "t"
+    return f"{confidence_pct(tables)} CI ({kind})"
+
+
+def comparison_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    m, comp = tables.metric, tables.comparisons
+    tost = comp.attrs.get("margin") is not None
+    header = [*tables.factors, "pairs", "diverged", "difference", _interval_label(tables), "g_z", "p (t)",
+              "p (Wilcoxon)", "p Holm (t)", "p Holm (W)", *(["p Holm (TOST)"] if tost else []), "verdict",
+              "seeds for 80% power", "note"]
+    rows = []
+    for _, row in comp.iterrows():
+        ci = "—" if pd.isna(row["ci_low"]) else f"{fmt(row['ci_low'], m, True)} – {fmt(row['ci_high'], m, True)}"
+        diverged = f"{int(row['diverged'])} vs {int(row['baseline_diverged'])}" if row["n_pairs"] else "—"
+        needed = "—" if pd.isna(row["seeds_needed"]) else f"{int(row['seeds_needed'])}"
+        rows.append([*[str(row[f]) for f in tables.factors], str(int(row["n_pairs"])), diverged,
+                     fmt(row["mean_diff"], m, True), ci, "—" if pd.isna(row["g_z"]) else f"{row['g_z']:.2f}",
+                     fmt_p(row["p_ttest"]), fmt_p(row["p_wilcoxon"]), fmt_p(row["p_ttest_holm"]), fmt_p(row["p_wilcoxon_holm"]),
+                     *([fmt_p(row["p_tost_holm"])] if tost else []), row["verdict"], needed,
+                     row["note"] if isinstance(row["note"], str) else ""])
+    return header, rows
+
+
+def effect_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    m = tables.metric
+    header = ["factor", "level", "mean of cell means", "cell means (min – max)", "cells with results", "diverged"]
+    rows = []
+    for _, r in tables.effects.iterrows():
+        cells = f"{int(r['cells'])}/{int(r['cells_total'])}"
+        if r["incomplete_cells"]:
+            cells += f" ({int(r['incomplete_cells'])} incomplete{INCOMPLETE_MARK})"
+        spread = "—" if pd.isna(r["cell_min"]) else f"{fmt(r['cell_min'], m)} – {fmt(r['cell_max'], m)}"
+        rows.append([str(r["factor"]), str(r["level"]), fmt(r["mean"], m), spread, cells,
+                     _diverged_text(r["diverged"], r["results"])])
+    return header, rows
+
+
+def anova_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    header = ["term", "df", "sum of squares", "F", "p", "partial η²"]
+    rows = []
+    for _, r in tables.anova.iterrows():
+        rows.append([r["term"], f"{r['df']:g}", f"{r['sum_sq']:.4g}", "—" if pd.isna(r["F"]) else f"{r['F']:.3g}",
+                     fmt_p(r["p"]), "—" if pd.isna(r["partial_eta2"]) else f"{r['partial_eta2']:.2f}"])
+    return header, rows
+
+
+def _interaction_p(tables: SweepTables, a: str, b: str) -> float:
+    if tables.anova is None or not len(tables.anova):
+        return math.nan
+    terms = {f"{a} × {b}", f"{b} × {a}"}
+    match = tables.anova[tables.anova["term"].isin(terms)]
+    return float(match["p"].iloc[0]) if len(match) else math.nan
+
+
+def flip_lines(tables: SweepTables) -> list[str]:
+    alpha = 1 - tables.cells.attrs.get("confidence", 0.95)
+    lines = []
+    for flip in tables.flips:
+        p = _interaction_p(tables, flip["factor"], flip["across"])
+        where = lambda levels: ", ".join(f"{lv} ({fmt(flip['diffs'][lv], tables.metric, True)})" for lv in levels)  # noqa: E731
+        term = f"the {flip['factor']} × {flip['across']} interaction"
+        verdict = (f"{term} is significant" if p < alpha else f"{term} is not significant") \
+            if math.isfinite(p) else f"{term} is not in the ANOVA"
+        lines.append(f"- {flip['factor']} {flip['high']} − {flip['low']} changes sign with {flip['across']}: "
+                     f"positive at {where(flip['positive'])}, negative at {where(flip['negative'])}; "
+                     f"{verdict} (p {fmt_p(p)}).")
+    return lines
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def summary_line(tables: SweepTables) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in tables.counts.items() if n or s in records.STATUSES)
+    return f"{len(tables.runs)} runs: {counts}"
+
+
+POLICY = ("A diverged run is a result, never dropped: its accuracy is that of its final model (a sample "
+           "with a NaN output counts as wrong), and a value that is not finite (a diverged run's loss, a target "
+           "never reached) is worse than every finite one (±∞: the mean is then infinite and the median ranks). "
+           "Failed, unfinished and missing runs are not results; their cells are marked "
+           f"{INCOMPLETE_MARK} wherever they are ranked.")
