@@ -259,7 +259,7 @@ def register_configs() -> None:
     by hand: Hydra 1.3 does not find plugins of an editable install (hydra#3252)."""
     from hydra.core.plugins import Plugins
 
-    from bnbench.launch.sweeper import PlannedSweeper  # also stores its config (hydra/sweeper=bnbench)
+    from hydra_plugins.bnbench_sweeper import PlannedSweeper  # also stores its config (hydra/sweeper=bnbench)
 
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
@@ -310,7 +310,7 @@ def validate(cfg: DictConfig) -> None:
     that the launching side (CLI, sweeper) reads configs without importing torch."""
     from bnbench.job.data import DATASETS
     from bnbench.job.models import ACTIVATIONS, MODELS, NORMS, PLACEMENTS
-    from bnbench.job.engine import LR_SCHEDULES, OPTIMIZERS
+    from bnbench.job.optim import LR_SCHEDULES, OPTIMIZERS
 
     checks = [
         ("model.name", cfg.model.name, MODELS),

@@ -44,7 +44,7 @@ from bnbench.analysis import stats
 from bnbench.job.data import load_dataset
 from bnbench.job.models import build_model
 from bnbench.records.runs import ReportError, collect_runs
-from bnbench.job.engine import TASKS
+from bnbench.job.tasks import TASKS
 
 log = logging.getLogger("bnbench")
 DEFAULT_BATCH_SIZES = (2, 8, 32, 128)

@@ -24,7 +24,7 @@ from hydra.types import HydraContext, RunMode
 
 import bnbench.launch.app  # noqa: F401  (registers the schemas and the sweeper)
 from bnbench.config import config_dir
-from bnbench.launch.sweeper import PlannedSweeper
+from hydra_plugins.bnbench_sweeper import PlannedSweeper
 
 
 def main() -> None:

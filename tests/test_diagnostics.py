@@ -18,7 +18,7 @@ from bnbench.render import diagnostics as diagnostics_report
 from bnbench.job.diagnostics import Diagnostics, find_layers
 from bnbench.job.experiment import run_experiment
 from bnbench.job.models import build_model
-from bnbench.job.engine import Checkpoint
+from bnbench.job.checkpoint import Checkpoint
 from conftest import CutOff, make_cfg, train_until, without_wall_time
 
 CPU = torch.device("cpu")

@@ -20,7 +20,7 @@ from bnbench.launch import resources
 from bnbench.job import experiment
 from bnbench.launch import planning
 from bnbench.errors import ConfigError
-from bnbench.job.engine import Checkpoint
+from bnbench.job.checkpoint import Checkpoint
 from conftest import CutOff, make_cfg, train_until, without_wall_time
 
 QUICK = ("trainer.epochs=2", "+dataset.train_size=300", "dataset.val_size=0")
@@ -192,7 +192,7 @@ def _sweeper_on(launcher: str, *overrides: str):
 
     import bnbench.launch.app  # noqa: F401  (registers the schemas and the sweeper)
     from bnbench.config import config_dir
-    from bnbench.launch.sweeper import PlannedSweeper
+    from hydra_plugins.bnbench_sweeper import PlannedSweeper
 
     setup_globals()
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
@@ -347,7 +347,7 @@ def test_adam_step_counters_stay_on_the_cpu_after_a_resume(tmp_path):
     load_state_dict, except Adam's ``step`` (torch keeps it on the CPU unless capturable/fused).
     The "meta" device stands in for the GPU here: tensors elsewhere than the CPU."""
     from bnbench.job.models import build_model
-    from bnbench.job.engine import make_optimizer
+    from bnbench.job.optim import make_optimizer
 
     cfg = make_cfg(*QUICK, "trainer.epochs=3", "optimizer=adam")
     _cut_off(cfg, tmp_path / "c.pt")

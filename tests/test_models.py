@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from bnbench.job.models import ACTIVATIONS, build_model
-from bnbench.job.engine import OPTIMIZERS, make_optimizer
+from bnbench.job.optim import OPTIMIZERS, make_optimizer
 from conftest import make_cfg
 
 NORMS = ["none", "bn_before", "bn_after", "ln_before", "ln_after", "gn_before", "gn_after"]

@@ -188,7 +188,7 @@ def test_wuhe2018_batch():
     assert g["norm"] == ["none", "bn_before", "gn_before", "ln_before"]
     assert [int(b) for b in g["trainer.batch_size"]] == [2, 4, 8, 16, 32, 64]
     assert [float(r) for r in g["optimizer.lr"]] == [0.03, 0.1, 0.3], "rates to choose from per arm"
-    from bnbench.job.engine import learning_rate
+    from bnbench.job.optim import learning_rate
 
     at = lambda batch: learning_rate(compose_preset("wuhe2018_batch", f"trainer.batch_size={batch}"))  # noqa: E731
     assert at(64) == pytest.approx(0.1) and at(2) == pytest.approx(0.1 * 2 / 64), "the rate follows the batch"

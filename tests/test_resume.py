@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bnbench.job.engine import Checkpoint
+from bnbench.job.checkpoint import Checkpoint
 from conftest import CutOff, make_cfg, run_cli, train_until, without_wall_time
 
 @pytest.mark.parametrize("overrides", [

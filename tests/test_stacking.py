@@ -337,7 +337,7 @@ def test_dropout_masks_are_the_seeds_own_in_a_stack(float64):
 
 
 def _checkpoints(folder, seeds):
-    from bnbench.job.engine import Checkpoint
+    from bnbench.job.checkpoint import Checkpoint
 
     return [Checkpoint(folder / f"seed{seed}.pt", run_id=f"r{seed}", every=1) for seed in seeds]
 
@@ -385,7 +385,7 @@ def test_a_stack_resumes_each_copy_from_its_own_checkpoint(tmp_path, float64, ov
     # grouped model, whose convolutions oneDNN may sum in another order (6e-9 seen with torch 2.14)
     _assert_same_runs(reference, resumed, rel=1e-7)
     for i, seed in enumerate(SEEDS):  # the stack's checkpoint of one seed resumes it on its own
-        from bnbench.job.engine import Checkpoint
+        from bnbench.job.checkpoint import Checkpoint
 
         seed_cfg = cfg.copy()
         seed_cfg.seed = seed

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 import bnbench.launch.app  # noqa: F401  (registers the schemas and the sweeper)
 from bnbench.config import config_dir
-from bnbench.launch.sweeper import PlannedSweeper
+from hydra_plugins.bnbench_sweeper import PlannedSweeper
 
 
 def _sweeper(*hydra_overrides: str) -> tuple[PlannedSweeper, ConfigLoaderImpl]:
@@ -66,3 +66,18 @@ def test_a_seed_that_does_not_compose_fails_as_hydra_says():
     with pytest.raises(Exception) as theirs:
         loader.load_sweep_config(sweeper.config, bad)
     assert type(mine.value) is type(theirs.value) and str(mine.value) == str(theirs.value)
+
+
+def test_runtime_keys_are_left_out_of_run_folder_names():
+    """records.RUNTIME_KEYS (out of a run's identity) and conf/config.yaml's exclude_keys (out of
+    its folder name) must agree: a runtime key in a folder name would give one run two folders."""
+    from bnbench.config import compose_config
+    from bnbench.records import RUNTIME_KEYS
+
+    cfg = compose_config(hydra=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    runtime = {f"sweep.{k}" for k in cfg.sweep} | (set(RUNTIME_KEYS) - {"sweep"})
+    assert runtime <= excluded, runtime - excluded
+    # the one key out of folder names yet in a run's identity: a run asked to keep its final
+    # weights is another record (rerun with save_final=true, it trains again to write final.pt)
+    assert excluded - runtime == {"trainer.save_final"}

@@ -13,7 +13,8 @@ from torch import nn
 from bnbench.job.data import load_dataset
 from bnbench.job.experiment import run_experiment
 from bnbench.job.models import build_model
-from bnbench.job.engine import evaluate, train
+from bnbench.job.tasks import evaluate
+from bnbench.job.engine import train
 from conftest import as_float64, make_cfg
 
 QUICK = ("trainer.epochs=2", "trainer.threads=1", "trainer.log_progress=false")
@@ -115,7 +116,7 @@ def test_nan_loss_is_a_diverged_result_not_a_crash(tmp_path):
 
 
 def test_nan_outputs_count_as_wrong():
-    from bnbench.job.engine import TASKS
+    from bnbench.job.tasks import TASKS
 
     logits = torch.tensor([[0.1, 2.0], [float("nan"), 0.0], [3.0, float("inf")], [1.0, 0.0]])
     hits = TASKS["classification"].hits(logits, torch.tensor([1, 0, 1, 0]))
@@ -125,7 +126,7 @@ def test_nan_outputs_count_as_wrong():
 
 
 def test_train_metrics_are_the_final_model_in_eval_mode_on_a_fixed_subset(tmp_path):
-    from bnbench.job.engine import evaluate, train_probe
+    from bnbench.job.tasks import evaluate, train_probe
 
     cfg = make_cfg(*QUICK, "norm=bn_before", "trainer.dropout=0.3")
     data = load_dataset(cfg, torch.device("cpu"))
@@ -201,7 +202,7 @@ def test_regression_run_trains_with_mse_and_records_no_accuracy(tmp_path):
     cfg = make_cfg("dataset=friedman1", "model.widths=[18,18,4]", "trainer.epochs=1", *QUICK[1:])
     data = load_dataset(cfg, torch.device("cpu"))
     model = build_model(cfg, data.in_shape, data.num_outputs)
-    from bnbench.job.engine import TASKS
+    from bnbench.job.tasks import TASKS
     loss, acc = evaluate(model, data.test_x, data.test_y, 700, TASKS["regression"])
     model.eval()
     with torch.no_grad():
@@ -249,7 +250,7 @@ def test_the_learning_rate_can_follow_the_batch_size(tmp_path):
     """trainer.lr_reference_batch: the rate per sample stays (linear scaling); records show it."""
     summary, rows = _run(tmp_path, "trainer.batch_size=30", "trainer.lr_reference_batch=60", "optimizer.lr=0.2")
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.1] * len(rows))
-    from bnbench.job.engine import learning_rate
+    from bnbench.job.optim import learning_rate
 
     assert learning_rate(make_cfg("optimizer.lr=0.2")) == 0.2
     assert learning_rate(make_cfg("trainer.batch_size=2", "trainer.lr_reference_batch=64", "optimizer.lr=0.64")) == \

@@ -61,7 +61,7 @@ pass, and every statistic stays on the device until one transfer per diagnostics
 diagnostics off the training loop does no extra work at all. Diagnostics read the model and
 consume no random numbers, so a run's trajectory is the same with them on or off. In a stack of
 seeds (bnbench/stacking.py) each copy's diagnostics step is replayed on the copy's plain model
-(bnbench.job.engine._copy_diagnostics), so every seed's rows are those of its own run.
+(bnbench.job.probes._copy_diagnostics), so every seed's rows are those of its own run.
 
 bnbench/diagnostics_report.py reads the ``diagnostics.csv`` files of a sweep for the report
 (per cell and layer, and over training, per layer), without torch.

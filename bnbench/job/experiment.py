@@ -32,7 +32,8 @@ from bnbench.job.devices import apply_numerics, job_device, release_gpu_slot, se
 from bnbench.job.models import build_model, count_parameters
 from bnbench.job.stacking import NotStackable
 from bnbench.launch.planning import why_not_stackable
-from bnbench.job.engine import Checkpoint, TrainResult, steps_plan, train_copies
+from bnbench.job.checkpoint import Checkpoint
+from bnbench.job.engine import TrainResult, steps_plan, train_copies
 
 log = logging.getLogger("bnbench")
 epoch_log = logging.getLogger("bnbench.epochs")  # run.log only (conf/hydra/job_logging/bnbench.yaml)
@@ -117,7 +118,7 @@ def _finished(cfg: DictConfig, run_dir: Path) -> records.RunRecord | None:
     previous, problem = records.load_summary(run_dir)
     if problem:
         log.warning("%s: %s; training the run again", run_dir.name, problem)
-    if previous is not None and previous.get("run_id") == run_id and previous.get("status") in records.FINISHED:
+    if records.is_finished(previous, run_id):
         log.info("skipped: already %s (%s)", previous["status"], run_dir.name)
         return {**previous, "skipped": True}
     if previous is not None and previous.get("run_id") not in (None, run_id):

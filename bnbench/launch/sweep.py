@@ -1,9 +1,11 @@
 """Sweep bookkeeping, hooked into Hydra's multirun through its Callback API.
 
-Hydra's sweeper and launcher (basic, joblib, submitit, ray) run the jobs; this callback only
-reads and summarizes the run records on disk, in the launching process, whatever launcher ran
-the jobs and wherever they ran. Jobs themselves skip finished runs (see experiment.py), so
-running the same sweep command again completes what is missing and redoes nothing.
+bnbench's sweeper (bnbench.launch.sweeper) plans the jobs and a launcher (basic, joblib,
+submitit, ray) runs them; this callback only reads and summarizes the run records on disk, in
+the launching process, whatever launcher ran the jobs and wherever they ran: the skip counts,
+the live view, and the report when the multirun ends. The plan leaves finished runs out and jobs
+skip runs finished since (records.is_finished), so running the same sweep command again
+completes what is missing and redoes nothing.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from bnbench.launch.progress import SweepMonitor
 
 log = logging.getLogger("bnbench")
 
+
 def finished_runs(sweep_dir: Path) -> dict[Path, str]:
     """Run folders holding a finished record, with the time it finished."""
     out = {}
     for path in sweep_dir.rglob(records.SUMMARY):
         summary = records.read_summary(path.parent)
-        if summary and summary.get("status") in records.FINISHED:
+        if records.is_finished(summary):
             out[path.parent] = str(summary.get("finished_at"))
     return out
 
@@ -49,7 +52,8 @@ def stop_monitor() -> None:
 
 
 def planned_runs(config: DictConfig) -> int:
-    """How many jobs the basic sweeper will launch: the product of the swept lists."""
+    """How many runs the sweep has (the live view's total): the product of its swept lists, the
+    grid bnbench's sweeper expands (as Hydra's basic sweeper does) before it plans the jobs."""
     lists = records.sweep_lists(config.hydra.sweeper.get("params"), list(config.hydra.overrides.task))
     return math.prod(len(v) for v in lists.values()) if lists else 1
 

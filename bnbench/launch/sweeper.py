@@ -1,9 +1,9 @@
 """bnbench's sweeper: Hydra's basic sweeper, with the seed stacks planned before launch.
 
-Hydra discovers plugins in the ``hydra_plugins`` namespace package, which re-exports this
-class (hydra_plugins/bnbench_sweeper); bnbench.config.register_configs also registers it by
-hand: under setuptools' default editable install Hydra 1.3 does not find plugins there
-(hydra#3252). It leans on two of Hydra's internals, checked against hydra-core 1.3.2 to 1.3.8
+Hydra instantiates only plugin classes defined in its ``hydra_plugins`` namespace package, so
+the plugin (hydra/sweeper=bnbench) is hydra_plugins.bnbench_sweeper.PlannedSweeper, a subclass
+of this one with nothing of its own; bnbench.config.register_configs also registers it by hand:
+under setuptools' default editable install Hydra 1.3 does not find plugins there (hydra#3252). It leans on two of Hydra's internals, checked against hydra-core 1.3.2 to 1.3.8
 (pyproject pins <1.4): BasicSweeper.split_arguments (the grid, in the basic sweeper's order)
 and config_loader_impl.get_overrides_dirname (how Hydra names a run's folder).
 """
@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -29,17 +27,7 @@ from bnbench.launch.resources import launcher_kind, parallel_jobs
 log = logging.getLogger("bnbench")
 
 
-@dataclass
-class PlannedSweeperConf:
-    _target_: str = "bnbench.launch.sweeper.PlannedSweeper"
-    max_batch_size: Optional[int] = None
-    params: Optional[Dict[str, str]] = None
-
-
-ConfigStore.instance().store(group="hydra/sweeper", name="bnbench", node=PlannedSweeperConf, provider="bnbench")
-
-
-class PlannedSweeper(Sweeper):
+class PlanningSweeper(Sweeper):
     """Expands the grid as the basic sweeper does (same runs, same order), then launches one
     job per stack of seeds (bnbench.launch.planning) instead of one per run.
 
@@ -131,8 +119,7 @@ class PlannedSweeper(Sweeper):
         seed = int(cfg.seed) if "seed" in records.parse_overrides(overrides) else None
         blocker = planning.why_not_stackable(cfg) if folder else "hydra.sweep.subdir names run folders by job number"
         previous = records.read_summary(sweep_dir / folder) if folder else None
-        finished = bool(previous and previous.get("status") in records.FINISHED
-                        and previous.get("run_id") == records.run_identity(_task_config(cfg)))
+        finished = records.is_finished(previous, records.run_identity(_task_config(cfg)))
         return planning.Run(list(overrides), seed, folder, finished, cfg.trainer.stack_size, blocker)
 
     def compose(self, overrides: List[str], templates: Dict[tuple, DictConfig]) -> DictConfig:

@@ -11,7 +11,7 @@ from bnbench.records.provenance import git_state, library_versions, sweep_info
 from bnbench.records.schema import (CONFIRM_PLAN, DIAGNOSTICS, DIAGNOSTICS_COLUMNS, EVAL_MODES, FINAL_WEIGHTS, FINISHED,
                                     LEGACY_TRAIN_METRICS, METRIC_COLUMNS, METRICS, RESULTS, RUN_METRICS, RUNTIME_KEYS, STATUSES,
                                     SUMMARY, SWEEP_INFO, AtBestVal, BestMetrics, FinalMetrics, Progress, RunRecord,
-                                    Status, is_fraction, is_runtime_key, legacy_metric_names, parse_overrides,
+                                    Status, is_finished, is_fraction, is_runtime_key, legacy_metric_names, parse_overrides,
                                     run_identity)
 from bnbench.records.store import (load_summary, metrics_problem, read_summary, run_folders, sweep_lists, value_order,
                                    write_csv, write_json, write_text)
@@ -20,7 +20,7 @@ __all__ = [
     "git_state", "library_versions", "sweep_info",
     "CONFIRM_PLAN", "DIAGNOSTICS", "DIAGNOSTICS_COLUMNS", "EVAL_MODES", "FINAL_WEIGHTS", "FINISHED",
     "LEGACY_TRAIN_METRICS", "METRIC_COLUMNS", "METRICS", "RESULTS", "RUN_METRICS", "RUNTIME_KEYS", "STATUSES", "SUMMARY", "SWEEP_INFO",
-    "AtBestVal", "BestMetrics", "FinalMetrics", "Progress", "RunRecord", "Status", "is_fraction", "is_runtime_key",
+    "AtBestVal", "BestMetrics", "FinalMetrics", "Progress", "RunRecord", "Status", "is_finished", "is_fraction", "is_runtime_key",
     "legacy_metric_names", "parse_overrides", "run_identity",
     "load_summary", "metrics_problem", "read_summary", "run_folders", "sweep_lists", "value_order", "write_csv",
     "write_json", "write_text",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Literal, Optional, TypedDict
+from typing import Any, Iterable, Literal, Mapping, Optional, TypedDict
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,7 +33,7 @@ METRIC_COLUMNS = ["step", "epoch", "train_loss_running", "train_acc_running", "t
                   "val_loss", "val_acc", "test_loss", "test_acc", "lr", "wall_s"]
 # train_*_running: averages over the steps since the previous evaluation, in train mode (the loss
 # the optimizer saw); train_*: the model at the evaluation, in eval mode, on a fixed training
-# subset (bnbench.job.engine.train_probe). Records before bnbench 0.2 hold only the running averages,
+# subset (bnbench.job.tasks.train_probe). Records before bnbench 0.2 hold only the running averages,
 # under the names train_loss and train_acc; records before 0.5 have no val_* (no validation split),
 # and neither do runs with dataset.val_size=0 (empty cells).
 # The metrics of a run that a report can compare (columns of the runs table; bnbench report --metric)
@@ -144,6 +144,13 @@ RUNTIME_KEYS = ("results_dir", "sweep", "dataset.root", "dataset.download", "tra
                 "trainer.log_progress", "trainer.device", "trainer.jobs_per_gpu", "trainer.stack_seeds",
                 "trainer.stack_size", "trainer.channels_last", "trainer.checkpoint_every_s", "trainer.deterministic",
                 "trainer.tf32")
+
+
+def is_finished(summary: Mapping[str, Any] | None, run_id: str | None = None) -> bool:
+    """Whether ``summary`` is a finished record (a result: completed or diverged), and, given
+    ``run_id``, of that very run. A rerun of the sweep skips such runs; the one rule that the
+    sweeper's plan, the job, the live view and the sweep callback follow."""
+    return bool(summary) and summary.get("status") in FINISHED and (run_id is None or summary.get("run_id") == run_id)
 
 
 def is_runtime_key(key: str) -> bool:

@@ -1,6 +1,25 @@
-"""hydra/sweeper=bnbench: Hydra looks for plugins in the ``hydra_plugins`` namespace package;
-the sweeper itself is bnbench.launch.sweeper (bnbench also registers it by hand, see there)."""
+"""hydra/sweeper=bnbench: the plugin Hydra instantiates (it accepts only classes defined in its
+``hydra_plugins`` namespace package). Everything it does is bnbench.launch.sweeper's."""
 
-from bnbench.launch.sweeper import PlannedSweeper, PlannedSweeperConf
+from __future__ import annotations
 
-__all__ = ["PlannedSweeper", "PlannedSweeperConf"]
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from bnbench.launch.sweeper import PlanningSweeper
+
+
+@dataclass
+class PlannedSweeperConf:
+    _target_: str = "hydra_plugins.bnbench_sweeper.PlannedSweeper"
+    max_batch_size: Optional[int] = None
+    params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="bnbench", node=PlannedSweeperConf, provider="bnbench")
+
+
+class PlannedSweeper(PlanningSweeper):
+    """bnbench.launch.sweeper.PlanningSweeper, under the name and package Hydra requires."""
