@@ -52,7 +52,7 @@ class AlexNetConfig(ModelConfig):
 
 @dataclass
 class NormConfig:
-    # What normalizes (bnbench/models.py NORMS): bn (batch norm), ln (layer norm: all channels
+    # What normalizes (bnbench/job/models.py NORMS): bn (batch norm), ln (layer norm: all channels
     # and positions of one sample, GroupNorm with one group as in Wu & He 2018), gn (group
     # norm: `groups` groups of channels per sample), none.
     kind: str = "bn"
@@ -71,7 +71,7 @@ class NormConfig:
     # Group norm: channel groups per layer (every layer's width must be a multiple). Wu & He
     # use 32 on ImageNet models; 4 divides every default width here (100; 32-96; 256).
     groups: int = 4
-    # Noisy BN (Santurkar et al. 2018, sec. 2.1; bnbench/models.py CovariateNoise): after each norm
+    # Noisy BN (Santurkar et al. 2018, sec. 2.1; bnbench/job/models.py CovariateNoise): after each norm
     # layer, in training, noise N(mu_j, sigma_j^2) per entry with mu_j ~ U(-noise_mean, noise_mean)
     # and sigma_j ~ U(0, noise_std) per unit, redrawn every step. 0 and 0: no noise.
     noise_mean: float = 0.0
@@ -182,7 +182,7 @@ class TrainerConfig:
     # Print one line per evaluation.
     log_progress: bool = True
     # In a sweep over seeds, train the seeds of each cell together as one stacked model
-    # (bnbench/stacking.py): same results up to float rounding, fewer, larger operations.
+    # (bnbench/job/stacking.py): same results up to float rounding, fewer, larger operations.
     # Runs with an optimizer that is not per-element train one by one.
     stack_seeds: bool = True
     # Most seeds in one stack; null = split each cell's seeds into as few stacks as keep all
@@ -202,7 +202,7 @@ class SweepConfig:
     fail_fast: bool = False
     # No live display, only a line per finished run (bnbench run -m --quiet; logs and CI).
     quiet: bool = False
-    # Set by the sweeper for each job it launches (bnbench/planning.py): the plan in the sweep
+    # Set by the sweeper for each job it launches (bnbench/launch/planning.py): the plan in the sweep
     # folder (.plans/PLAN.json) and this job's entry in it, the runs it trains together.
     plan: Optional[str] = None
     stack: Optional[int] = None
@@ -220,11 +220,11 @@ class DiagnosticsConfig:
     # test samples (2 batches keep the cost within a few % of a run; more: less noise).
     probe_batches: int = 2
     # Internal covariate shift as Santurkar et al. (2018, Definition 2.1) measure it, per layer on
-    # each diagnostics step: ||G - G'|| and cos(G, G') (bnbench/ics.py). k + 1 extra passes each.
+    # each diagnostics step: ||G - G'|| and cos(G, G') (bnbench/job/ics.py). k + 1 extra passes each.
     ics: bool = False
     # Smoothness of the loss along the gradient (Santurkar et al. 2018, sec. 3): loss variation,
     # gradient change and effective beta-smoothness over steps of lr x each smoothness_steps
-    # (bnbench/smoothness.py), on each diagnostics step. One extra pass per step size.
+    # (bnbench/job/smoothness.py), on each diagnostics step. One extra pass per step size.
     smoothness: bool = False
     smoothness_steps: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
 

@@ -125,8 +125,28 @@ def _stacking_warnings(runs: pd.DataFrame, factors: list[str]) -> list[str]:
 
 
 def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
+    """The analysis of the sweep in ``sweep_dir``: its runs table, the metric, the per-arm
+    selection and profile when asked, the warnings a reader needs first, the cells, the
+    comparisons, the ANOVA and interactions, and the provenance. ReportError when it cannot."""
     options = options or ReportOptions()
     runs, factors, constants = collect_runs(sweep_dir)
+    runs, metric = _checked_metric(sweep_dir, runs, options)
+    all_runs = runs
+    runs, factors, chosen, prof = _select_and_profile(runs, factors, metric, options)
+    tables = SweepTables(sweep_dir, runs, factors, constants, metric, cells=pd.DataFrame(), selection=chosen,
+                         all_runs=all_runs, profile=prof)
+    _caveats(tables)
+    _analyse(tables, options)
+    tables.counts = {status: int((runs["status"] == status).sum()) for status in STATUSES}
+    tables.counts["missing cells"] = int((tables.cells["status"] == "missing").sum())
+    tables.diagnostics = diagnostics_report.summarize(sweep_dir, runs, factors)
+    tables.provenance = _provenance(sweep_dir, runs)
+    return tables
+
+
+def _checked_metric(sweep_dir: Path, runs: pd.DataFrame, options: ReportOptions) -> tuple[pd.DataFrame, str]:
+    """The metric the report compares (the runs gain a time-to-accuracy column with
+    --target-acc), after every check of the options against these runs."""
     metric = options.metric or default_metric(runs)
     if options.profile and options.metric is None:
         # the stable range picks values: on the validation split by default, never silently on the test set
@@ -153,7 +173,13 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
             and runs["status"].isin(stats.RESULTS).any():
         raise ReportError(f"these runs were recorded before bnbench 0.2 and have no {metric} of the final model; "
                           f"use --metric {metric}_running (the running average over the last evaluation interval)")
-    chosen, all_runs, prof = None, runs, None
+    return runs, metric
+
+
+def _select_and_profile(runs: pd.DataFrame, factors: list[str], metric: str, options: ReportOptions):
+    """--select (each arm at its own value, chosen on the validation split) and --profile (the
+    metric over a numeric key): (runs, factors, selection or None, profile or None)."""
+    chosen, prof = None, None
     if options.select:
         if options.profile == options.select:
             raise ReportError(f"--profile and --select both name {options.select}: --profile shows every value of a "
@@ -173,8 +199,14 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
         if chosen is not None:
             prof.notes.append(f"each point of the {options.profile} profile is at its own {options.select}, chosen "
                               "on the validation split (see the selection table)")
-    tables = SweepTables(sweep_dir, runs, factors, constants, metric, cells=pd.DataFrame(), selection=chosen,
-                         all_runs=all_runs, profile=prof)
+    return runs, factors, chosen, prof
+
+
+def _caveats(tables: SweepTables) -> None:
+    """The notes and warnings a reader needs before the numbers: how values were selected, a
+    metric selected on the test set or averaged in train mode, mixed cells, damaged records."""
+    sweep_dir, runs, factors, metric = tables.sweep_dir, tables.runs, tables.factors, tables.metric
+    chosen, prof = tables.selection, tables.profile
     if prof is not None:
         tables.notes += prof.notes
     confirms = confirmed_sweep(sweep_dir)
@@ -205,6 +237,12 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
             more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
             tables.warnings.append(f"{len(broken)} run record(s) are damaged ({listed}{more}); the tables use what "
                                    "is readable, and a run without a usable summary.json is retrained by the next sweep")
+
+
+def _analyse(tables: SweepTables, options: ReportOptions) -> None:
+    """Cells (ranked), comparisons with the baseline, and with several factors the ANOVA, main
+    effects, every two-way interaction and its sign flips."""
+    sweep_dir, runs, factors, metric = tables.sweep_dir, tables.runs, tables.factors, tables.metric
     expected = _expected_cells(sweep_dir, runs, factors)
     cells = stats.rank_cells(runs, factors, metric, confidence=options.confidence, expected_cells=expected)
     # Tables read best in the sweep's own order (none, bn_before, bn_after); rank says the rest.
@@ -230,11 +268,6 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
             tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric, factors, cells=tables.cells)
             tables.flips += stats.sign_flips(tables.interactions[(a, b)], a, b)
             tables.flips += stats.sign_flips(tables.interactions[(a, b)], b, a)
-    tables.counts = {status: int((runs["status"] == status).sum()) for status in STATUSES}
-    tables.counts["missing cells"] = int((tables.cells["status"] == "missing").sum())
-    tables.diagnostics = diagnostics_report.summarize(sweep_dir, runs, factors)
-    tables.provenance = _provenance(sweep_dir, runs)
-    return tables
 
 
 def _render_plots(tables: SweepTables, confidence: float, out_dir: Path) -> None:

@@ -7,7 +7,7 @@ batch 60, each copy its own init and its own batch order, as separate runs would
   separate  S ordinary models, one step each per round (what S runs do, one after another)
   vmap      torch.func: stack_module_state + functional_call under vmap (BN running
             statistics are stacked buffers, updated in place per copy)
-  grouped   bnbench's own StackedNet (bnbench/stacking.py): weights (S, in, out) applied
+  grouped   bnbench's own StackedNet (bnbench/job/stacking.py): weights (S, in, out) applied
             with baddbmm; BN as one BatchNorm1d over S*C features, which normalizes each
             copy's features over that copy's batch only, exactly as S separate
             BatchNorm1d(C) would

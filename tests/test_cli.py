@@ -328,7 +328,8 @@ def test_shell_completion_of_commands_options_groups_and_their_options(tmp_path)
     zsh = " ".join(_complete(tmp_path, "zsh", "bnbench run norm=bn"))
     assert '"norm=bn_after"' in zsh and '"norm=bn_before"' in zsh and "none" not in zsh
     script = subprocess.run([BNBENCH, "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "SHELL": "/bin/bash"})
+                            # the shell as given, not detected from the process tree (a detached pytest has none)
+                            env={**os.environ, "SHELL": "/bin/bash", "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert script.returncode == 0 and "_BNBENCH_COMPLETE=complete_bash" in script.stdout
     # Hydra's own completion flag would install a script that calls `bnbench -sc`: point to ours
     proc = run_cli("run", "-sc", "install=bash", cwd=tmp_path)

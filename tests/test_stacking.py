@@ -1,4 +1,4 @@
-"""Stacked seeds (bnbench/stacking.py): the same runs as separate training, up to float rounding."""
+"""Stacked seeds (bnbench/job/stacking.py): the same runs as separate training, up to float rounding."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ there by index, with no DataLoader and no per-sample transforms (the airbench ap
 
 A dataset has a task: ``classification`` (integer labels, cross-entropy, accuracy) or
 ``regression`` (float targets of shape (N, 1), mean squared error); the training engine picks
-the loss and metrics from it (bnbench/train.py, TASKS).
+the loss and metrics from it (bnbench/job/tasks.py, TASKS).
 """
 
 from __future__ import annotations

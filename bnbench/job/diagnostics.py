@@ -46,10 +46,10 @@ input_shift         how far the distribution of the layer's input moved since th
                     Santurkar et al. 2018, sec. 2.1) raises on purpose
 ics_l2, ics_cos     with diagnostics.ics=true: internal covariate shift as Santurkar et al. (2018,
                     Definition 2.1) measure it, ||G - G'|| and cos(G, G') of the layer's weight
-                    gradient before and after the layers before it are updated (bnbench/ics.py)
+                    gradient before and after the layers before it are updated (bnbench/job/ics.py)
 loss_variation,     with diagnostics.smoothness=true: along the gradient from this step's weights,
 grad_change,        the range of the loss, the largest change of the gradient, and that change
-beta_smoothness     per distance moved (Santurkar et al. 2018, sec. 3; bnbench/smoothness.py);
+beta_smoothness     per distance moved (Santurkar et al. 2018, sec. 3; bnbench/job/smoothness.py);
                     one value per step, repeated on every layer's row
 ==================  ===========================================================================
 
@@ -60,10 +60,10 @@ registered only for the forward pass of a diagnostics step and removed after its
 pass, and every statistic stays on the device until one transfer per diagnostics step: with
 diagnostics off the training loop does no extra work at all. Diagnostics read the model and
 consume no random numbers, so a run's trajectory is the same with them on or off. In a stack of
-seeds (bnbench/stacking.py) each copy's diagnostics step is replayed on the copy's plain model
+seeds (bnbench/job/stacking.py) each copy's diagnostics step is replayed on the copy's plain model
 (bnbench.job.probes._copy_diagnostics), so every seed's rows are those of its own run.
 
-bnbench/diagnostics_report.py reads the ``diagnostics.csv`` files of a sweep for the report
+bnbench/render/diagnostics.py reads the ``diagnostics.csv`` files of a sweep for the report
 (per cell and layer, and over training, per layer), without torch.
 """
 

@@ -38,7 +38,7 @@ class TrainResult:
     # seconds from the loop's start to the end of its first step (one-time costs: lazy imports,
     # kernel selection, allocator warm-up); scripts/bench.py reports them apart from training
     first_step_s: float | None = None
-    diagnostics: list[dict] = field(default_factory=list)  # rows of diagnostics.csv (bnbench/diagnostics.py)
+    diagnostics: list[dict] = field(default_factory=list)  # rows of diagnostics.csv (bnbench/job/diagnostics.py)
     # with keep_final: the copy's weights and buffers where its run ended (its last evaluation;
     # a diverged copy's at the evaluation that saw it), a plain model's state_dict on the CPU
     final_state: dict | None = None

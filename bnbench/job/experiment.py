@@ -272,7 +272,7 @@ def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[
         "versions": records.library_versions(),
         "stack_size": stack_size,
     }
-    if cfg.sweep.get("plan") is not None:  # the sweep job that trained it (bnbench/planning.py)
+    if cfg.sweep.get("plan") is not None:  # the sweep job that trained it (bnbench/launch/planning.py)
         summary["job"] = f"{cfg.sweep.plan}/{cfg.sweep.stack}"
     records.write_json(run_dir / records.SUMMARY, summary)
     return summary
@@ -285,7 +285,7 @@ def _finish(run_dir: Path, summary: records.RunRecord, history: list[dict], diag
     summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     summary.update(_outcome(history))
     records.write_csv(run_dir / records.METRICS, history, records.METRIC_COLUMNS)
-    if diagnostics_rows:  # bnbench/diagnostics.py; a stale file of an earlier run is removed
+    if diagnostics_rows:  # bnbench/job/diagnostics.py; a stale file of an earlier run is removed
         records.write_csv(run_dir / records.DIAGNOSTICS, diagnostics_rows, records.DIAGNOSTICS_COLUMNS)
     else:
         (run_dir / records.DIAGNOSTICS).unlink(missing_ok=True)
@@ -333,7 +333,7 @@ def _at_best_val(history: list[dict], regression: bool) -> dict:
 def run_stacked(cfg: DictConfig, sweep_dir: Path, planned: list[dict[str, Any]], overrides: list[str],
                 choices: Mapping[str, Any] | None = None, cpu_threads: int | None = None,
                 gpu_slots: bool = False) -> list[tuple[Path, records.RunRecord]]:
-    """A sweep job that trains the runs the sweep planned for it (bnbench/planning.py: seeds of
+    """A sweep job that trains the runs the sweep planned for it (bnbench/launch/planning.py: seeds of
     one cell, this job's own first) as one stack, writing each seed's record, and the Hydra files
     its own job would have written, into that seed's folder. Runs finished since the plan, or
     locked by another process (a second sweep command on the same folder), are left alone

@@ -47,7 +47,7 @@ def _group_norm(groups: int, channels: int, norm_cfg) -> nn.GroupNorm:
 
 
 # norm.kind -> (channels, norm config, conv: whether it follows a convolution) -> module; a new
-# kind is one entry here, plus its stacked form in bnbench/stacking.py and conf/norm/ files.
+# kind is one entry here, plus its stacked form in bnbench/job/stacking.py and conf/norm/ files.
 # Layer norm is GroupNorm with one group (Wu & He 2018's definition: every channel and position
 # of one sample); on an MLP's (batch, features) that is exactly nn.LayerNorm(features).
 NORMS: dict[str, Callable[[int, object, bool], nn.Module] | None] = {
@@ -68,7 +68,7 @@ def create_norm(norm_cfg, channels: int, conv: bool) -> nn.Module | None:
 class _Stream:
     """A layer that draws random numbers from its own stream (seed, place), not the global RNG:
     a run's draws then depend only on its seed, whether it trains alone or stacked with other
-    seeds (bnbench/stacking.py draws each copy's numbers from that copy's stream). The streams'
+    seeds (bnbench/job/stacking.py draws each copy's numbers from that copy's stream). The streams'
     states are part of a run's checkpoint (:func:`stream_states`)."""
 
     stream_seed: int

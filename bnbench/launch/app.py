@@ -65,7 +65,7 @@ def main(cfg: DictConfig) -> records.RunRecord:
         cpu_threads=cpu_share(hydra_cfg.launcher),
         gpu_slots=multirun and uses_gpu_slots(hydra_cfg.launcher),
     )
-    # The sweeper planned which runs this job trains (bnbench/planning.py): one, or a stack of seeds.
+    # The sweeper planned which runs this job trains (bnbench/launch/planning.py): one, or a stack of seeds.
     members = planning.members(Path(hydra_cfg.sweep.dir), cfg.sweep.plan, cfg.sweep.stack) \
         if multirun and cfg.sweep.plan is not None else []
     if len(members) > 1:

@@ -4,7 +4,7 @@ The sweeper (hydra_plugins/bnbench_sweeper) expands the grid into runs exactly a
 sweeper does, works out each run's config (composed once per cell, copied for the cell's other
 seeds), and hands the runs to :func:`plan`. The runs of a cell (runs that differ only by ``seed``) become
 stacks (:func:`seed_stacks`); each stack is one launched job, which trains its seeds as one
-grouped model (bnbench/stacking.py) and writes each seed's record into that seed's own folder.
+grouped model (bnbench/job/stacking.py) and writes each seed's record into that seed's own folder.
 The plan is saved in the sweep folder (``.plans/ID.json``) and each job is told its entry
 (``sweep.plan=ID sweep.stack=K``): jobs never rediscover their sweep. Torch-free: it runs in
 the launching process.

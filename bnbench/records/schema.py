@@ -118,7 +118,7 @@ class RunRecord(TypedDict, total=False):
     versions: dict[str, str]
     stack_size: int  # seeds trained together as one stacked model (1: on its own)
     stacked_seeds: list[int]
-    job: str  # "PLAN/STACK": the planned sweep job that trained it (bnbench/planning.py)
+    job: str  # "PLAN/STACK": the planned sweep job that trained it (bnbench/launch/planning.py)
     device: str  # "cpu", or "cuda:N (GPU name)"
     environment: dict[str, Any]  # device, GPU name/UUID, driver, CUDA, cuDNN, numerics flags (devices.environment)
     n_params: int
