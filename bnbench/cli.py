@@ -263,6 +263,10 @@ def report(
     baseline: Optional[List[str]] = typer.Option(
         None, "--baseline", help="Cell to compare against, e.g. norm=none (repeat for several keys). "
         "Default: norm=none when norm is swept. --baseline '' turns comparisons off."),
+    pairs: Optional[str] = typer.Option(
+        None, "--pairs", help="all: every pair of levels of the baseline's factor (before vs after, not only each "
+        "against none), one Holm family; baseline: each level against the baseline. Default: all when that factor "
+        "has three or more levels."),
     target_acc: Optional[float] = typer.Option(None, "--target-acc",
                                                help="Report the time to reach this test accuracy (0-1) instead."),
     time_unit: str = typer.Option("epochs", "--time-unit", help="epochs, steps or seconds (with --target-acc)."),
@@ -307,7 +311,7 @@ def report(
     options = report_mod.ReportOptions(metric=metric, baseline=base, confidence=confidence, margin=margin,
                                        min_effect=min_effect, interval=interval, target_acc=target_acc,
                                        time_unit=time_unit, formats=fmt, plots=plots, out=out, select=select,
-                                       profile=profile, within=within)
+                                       profile=profile, within=within, pairs=pairs)
     try:
         report_mod.output_dir(sweep_dir, out)  # before any work: where it may write
         tables = report_mod.build(sweep_dir, options)

@@ -249,12 +249,20 @@ def _analyse(tables: SweepTables, options: ReportOptions) -> None:
     tables.cells = cells.sort_values(factors, kind="stable").reset_index(drop=True) if factors else cells
     tables.cells.attrs.update(cells.attrs)
     baseline = options.baseline if options.baseline is not None else _default_baseline(runs, factors)
+    if options.pairs not in (None, "all", "baseline"):
+        raise ReportError(f"--pairs {options.pairs!r}: choose all (every pair of levels) or baseline")
     if baseline:
+        factor = next(iter(baseline)) if len(baseline) == 1 else None
+        pairs = options.pairs or ("all" if factor is not None and runs[factor].nunique() >= 3 else "baseline")
+        if pairs == "all" and factor is None:
+            raise ReportError(f"--pairs all compares every pair of levels of one factor; --baseline names "
+                              f"{len(baseline)} ({', '.join(baseline)}): give one, or --pairs baseline")
+        common = dict(confidence=options.confidence, margin=_units(options.margin, metric),
+                      min_effect=_units(options.min_effect, metric), interval=options.interval,
+                      chance=_chance(runs, metric))
         try:
-            tables.comparisons = stats.compare_to_baseline(
-                runs, factors, metric, baseline, confidence=options.confidence,
-                margin=_units(options.margin, metric), min_effect=_units(options.min_effect, metric),
-                interval=options.interval)
+            tables.comparisons = stats.compare_pairs(runs, factors, metric, factor, **common) if pairs == "all" \
+                else stats.compare_to_baseline(runs, factors, metric, baseline, **common)
         except ValueError as err:
             raise ReportError(f"--baseline: {err}") from err
         if len(tables.comparisons) and tables.comparisons["n_pairs"].max() <= 5:
@@ -268,6 +276,16 @@ def _analyse(tables: SweepTables, options: ReportOptions) -> None:
             tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric, factors, cells=tables.cells)
             tables.flips += stats.sign_flips(tables.interactions[(a, b)], a, b)
             tables.flips += stats.sign_flips(tables.interactions[(a, b)], b, a)
+
+
+def _chance(runs: pd.DataFrame, metric: str) -> float | None:
+    """Chance accuracy (1 / classes) when the metric is an accuracy and every run has the same
+    number of classes; None otherwise (only arms whose every seed diverged then count as having
+    learned nothing)."""
+    if not is_fraction(metric) or "_classes" not in runs:
+        return None
+    classes = pd.to_numeric(runs["_classes"], errors="coerce").dropna().unique()
+    return 1.0 / float(classes[0]) if len(classes) == 1 and classes[0] > 0 else None
 
 
 def _render_plots(tables: SweepTables, confidence: float, out_dir: Path) -> None:

@@ -330,7 +330,7 @@ def test_a_gpu_checkpoint_with_dropout_streams_is_set_aside_on_cpu_and_the_run_r
 
 
 def test_a_data_order_state_of_another_generator_is_set_aside_not_a_crash(tmp_path, caplog):
-    """Before 0.7 the order generator lived on the run's device: a CUDA generator's 16-byte
+    """Until 2026-12 the order generator lived on the run's device: a CUDA generator's 16-byte
     state cannot be set on a CPU generator ("RNG state is wrong size")."""
     cfg = make_cfg(*QUICK, "trainer.epochs=3")
     path = tmp_path / "c.pt"

@@ -75,7 +75,7 @@ def test_paired_comparison_against_default_baseline(sweep):
     assert row["n_pairs"] == 3
     assert row["mean_diff"] == pytest.approx((a - b).mean())
     assert row["p_ttest"] == pytest.approx(st.ttest_rel(a, b).pvalue)
-    holm = tables.comparisons["p_ttest_holm"].dropna()
+    holm = tables.comparisons["p_holm"].dropna()
     assert (holm >= tables.comparisons["p_ttest"].dropna()).all()
 
 

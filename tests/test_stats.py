@@ -159,8 +159,10 @@ def test_compare_to_baseline_matches_scipy_and_statsmodels_and_pairs_by_seed():
     assert row["p_tost"] == pytest.approx(ttost_paired(a, base, -0.02, 0.02)[0])
     n = TTestPower().solve_power(effect_size=abs(d_z), alpha=0.05, power=0.8)
     assert row["seeds_needed"] == math.ceil(n)
-    for column in ("p_ttest", "p_wilcoxon", "p_tost"):
-        assert list(out[f"{column}_holm"]) == pytest.approx(list(stats.holm(out[column])))
+    # one Holm family of the rows' primary tests (the t-test here); TOST is its own question
+    assert list(out["test"]) == ["t", "t"]
+    assert list(out["p_holm"]) == pytest.approx(list(stats.holm(out["p_ttest"])))
+    assert list(out["p_tost_holm"]) == pytest.approx(list(stats.holm(out["p_tost"])))
     # the interval follows --confidence; a minimum effect sets the seeds needed
     out90 = stats.compare_to_baseline(runs, ["norm", "activation"], METRIC, {"norm": "none"}, confidence=0.9,
                                       min_effect=0.01).set_index("activation")
@@ -225,7 +227,7 @@ def test_compare_to_baseline_degenerate_cases_give_nan_and_a_note():
     assert zero["mean_diff"] == 0 and math.isnan(zero["p_ttest"]) and math.isnan(zero["p_wilcoxon"])
     assert "zero" in zero["note"] and zero["verdict"] == "inconclusive"
     one = out.loc["tanh"]
-    assert one["n_pairs"] == 1 and math.isnan(one["mean_diff"]) and math.isnan(one["p_ttest_holm"])
+    assert one["n_pairs"] == 1 and math.isnan(one["mean_diff"]) and math.isnan(one["p_holm"])
     assert "need 2" in one["note"] and one["verdict"] == "inconclusive"
     assert out.loc["elu", "n_pairs"] == 0 and "baseline" in out.loc["elu", "note"]
     const = out.loc["selu"]
@@ -439,3 +441,79 @@ def test_seeds_needed_matches_statsmodels_and_survives_large_effects():
     assert stats.seeds_needed(4.47, 1.0, 0.05) == 3
     assert stats.seeds_needed(50.0, 1.0, 0.05) == 2
     assert math.isnan(stats.seeds_needed(0.0, 1.0, 0.05)) and math.isnan(stats.seeds_needed(0.1, 0.0, 0.05))
+
+
+def test_a_table_is_one_holm_family_whatever_test_decides_each_row():
+    """A row with a diverged loss (no finite value: the Wilcoxon test decides) and rows with t
+    tests are adjusted together, so the table's family-wise error is controlled."""
+    runs = make_runs({("none", "relu"): [0.5, ("diverged", np.nan), ("diverged", np.nan)],
+                      ("bn", "relu"): [0.3, 0.31, 0.29],
+                      ("none", "tanh"): [0.5, 0.52, 0.55], ("bn", "tanh"): [0.3, 0.33, 0.31]},
+                     metric="final_test_loss")
+    out = stats.compare_to_baseline(runs, ["norm", "activation"], "final_test_loss", {"norm": "none"})
+    out = out.set_index("activation")
+    assert (out.loc["relu", "test"], out.loc["tanh", "test"]) == ("Wilcoxon", "t")
+    primary = [out.loc["relu", "p_wilcoxon"], out.loc["tanh", "p_ttest"]]
+    assert [out.loc["relu", "p_holm"], out.loc["tanh", "p_holm"]] == pytest.approx(list(stats.holm(primary)))
+
+
+def test_every_pair_of_levels_is_compared_within_matching_cells():
+    """bn_after − bn_before is the question a placement study asks: every pair of levels, each
+    later level minus each earlier one, per activation, paired by seed, one Holm family."""
+    rng = np.random.default_rng(3)
+    cells = {}
+    for act in ("relu", "tanh"):
+        base = 0.8 + rng.normal(0, 0.01, 5)
+        cells[("none", act)] = list(base)
+        cells[("bn_before", act)] = list(base + 0.05 + rng.normal(0, 0.005, 5))
+        cells[("bn_after", act)] = list(base + 0.06 + rng.normal(0, 0.005, 5))
+    runs = make_runs(cells)
+    runs["norm"] = pd.Categorical(runs["norm"], categories=["none", "bn_before", "bn_after"], ordered=True)
+    out = stats.compare_pairs(runs, ["norm", "activation"], METRIC, "norm")
+    assert len(out) == 6 and out.attrs["pairs"] == "all"
+    pairs = set(zip(out["norm"].astype(str), out["baseline"], out["activation"].astype(str)))
+    assert ("bn_after", "norm=bn_before", "relu") in pairs and ("bn_before", "norm=none", "tanh") in pairs
+    row = out[(out["norm"] == "bn_after") & (out["baseline"] == "norm=bn_before") & (out["activation"] == "relu")].iloc[0]
+    a, b = np.array(cells[("bn_after", "relu")]), np.array(cells[("bn_before", "relu")])
+    assert row["mean_diff"] == pytest.approx((a - b).mean())
+    assert row["p_ttest"] == pytest.approx(st.ttest_rel(a, b).pvalue)
+    assert list(out["p_holm"]) == pytest.approx(list(stats.holm(out["p_ttest"])))
+    with pytest.raises(ValueError, match="not a swept factor"):
+        stats.compare_pairs(runs, ["norm", "activation"], METRIC, "optimizer")
+
+
+def test_arms_that_learned_nothing_get_no_winner():
+    """An arm at chance (10 classes: 10%, within 5 points) or whose every seed diverged learned
+    nothing: two such arms are "neither learned", never better or worse; one says which."""
+    runs = make_runs({("none", "relu"): [0.101, 0.099, 0.102], ("bn", "relu"): [0.112, 0.113, 0.114],  # both at chance
+                      ("none", "tanh"): [0.10, 0.10, 0.11], ("bn", "tanh"): [0.85, 0.86, 0.84],
+                      ("none", "elu"): [0.80, 0.82, 0.81], ("bn", "elu"): [("diverged", 0.1)] * 3,
+                      ("none", "gelu"): [0.80, 0.82, 0.81], ("bn", "gelu"): [0.85, 0.86, 0.87]})
+    out = stats.compare_to_baseline(runs, ["norm", "activation"], METRIC, {"norm": "none"}, chance=0.1)
+    verdicts = dict(zip(out["activation"].astype(str), out["verdict"]))
+    assert verdicts == {"relu": "neither learned", "tanh": "baseline did not learn", "elu": "did not learn",
+                        "gelu": verdicts["gelu"]} and verdicts["gelu"] in ("better", "inconclusive")
+    # without a known chance level only an arm whose every seed diverged learned nothing
+    out = stats.compare_to_baseline(runs, ["norm", "activation"], METRIC, {"norm": "none"})
+    assert dict(zip(out["activation"].astype(str), out["verdict"]))["elu"] == "did not learn"
+    assert "learned" not in dict(zip(out["activation"].astype(str), out["verdict"]))["relu"]
+
+
+@pytest.mark.slow
+def test_a_table_of_every_pair_keeps_its_family_wise_error_under_the_null():
+    """200 tables of every pair of three identical levels (3 per context, 3 contexts, 5 seeds,
+    a per-seed effect shared by the cells of a seed): the chance that a table calls any pair
+    better or worse stays at about alpha, while its unadjusted tests would exceed it."""
+    rng = np.random.default_rng(11)
+    any_holm, any_raw = [], []
+    for _ in range(200):
+        cells = {}
+        for context in ("relu", "tanh", "elu"):
+            seed_effect = rng.normal(0.0, 0.03, 5)
+            for level in ("none", "bn_before", "bn_after"):
+                cells[(level, context)] = list(0.9 + seed_effect + rng.normal(0, 0.01, 5))
+        out = stats.compare_pairs(make_runs(cells), ["norm", "activation"], METRIC, "norm")
+        any_holm.append(bool((out["p_holm"] < 0.05).any()))
+        any_raw.append(bool((out["p_ttest"] < 0.05).any()))
+    assert np.mean(any_holm) <= 0.08, np.mean(any_holm)
+    assert np.mean(any_raw) > 0.15, np.mean(any_raw)

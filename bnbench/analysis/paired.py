@@ -145,13 +145,19 @@ def _paired_tests(a: np.ndarray, b: np.ndarray, confidence: float, margin: float
 
 
 def verdict(row: Mapping, higher_better: bool, alpha: float) -> str:
-    """better | worse (the Holm-adjusted paired test rejects no difference; the t-test, or the
-    Wilcoxon test when a diverged run has no finite value), equivalent (the Holm-adjusted TOST
+    """The row's verdict. "did not learn" (the cell), "baseline did not learn" or "neither
+    learned" when an arm learned nothing (:func:`learned`): no winner between arms that both
+    failed, and a failed arm's loss is not the other's gain. Otherwise better | worse (the
+    table's one Holm family of primary tests rejects no difference: the paired t-test, or the
+    Wilcoxon test where a diverged run has no finite value), equivalent (the Holm-adjusted TOST
     puts the difference within ±margin), or inconclusive. "better, within margin": a
     significant difference smaller than the margin."""
-    t_defined = np.isfinite(row.get("p_ttest_holm", np.nan))
-    p = row["p_ttest_holm"] if t_defined else row.get("p_wilcoxon_holm", np.nan)
-    direction = row["mean_diff"] if t_defined else row.get("sign", np.nan)
+    cell_learned, base_learned = row.get("learned", True), row.get("baseline_learned", True)
+    if not cell_learned or not base_learned:
+        return "neither learned" if not (cell_learned or base_learned) else \
+            ("did not learn" if not cell_learned else "baseline did not learn")
+    p = row.get("p_holm", np.nan)
+    direction = row["mean_diff"] if np.isfinite(row.get("p_ttest", np.nan)) else row.get("sign", np.nan)
     equivalent = np.isfinite(row.get("p_tost_holm", np.nan)) and row["p_tost_holm"] < alpha
     if np.isfinite(p) and p < alpha and np.isfinite(direction) and direction != 0:
         word = "better" if (direction > 0) == higher_better else "worse"
@@ -159,11 +165,26 @@ def verdict(row: Mapping, higher_better: bool, alpha: float) -> str:
     return "equivalent" if equivalent else "inconclusive"
 
 
+# A run's accuracy this close to chance (1 / classes), or above, is learning: an arm whose mean
+# is within it (or whose every seed diverged) learned nothing, and is compared as such.
+CHANCE_MARGIN = 0.05
+
 COMPARISON_COLUMNS = [
     "baseline", "n_pairs", "diverged", "baseline_diverged", "mean", "baseline_mean", "mean_diff", "median_diff",
-    "ci_low", "ci_high", "d_z", "g_z", "p_ttest", "p_wilcoxon", "p_tost", "p_ttest_holm", "p_wilcoxon_holm",
-    "p_tost_holm", "verdict", "seeds_needed", "note",
+    "ci_low", "ci_high", "d_z", "g_z", "p_ttest", "p_wilcoxon", "p_tost", "test", "p_holm", "p_tost_holm",
+    "learned", "baseline_learned", "verdict", "seeds_needed", "note",
 ]
+
+
+def learned(scores: np.ndarray, diverged: np.ndarray, metric: str, chance: float | None) -> bool:
+    """Whether an arm learned anything: not when every seed diverged, nor, for an accuracy, when
+    its mean is within CHANCE_MARGIN of chance (``chance``: 1 / classes; None: unknown)."""
+    if len(scores) and bool(np.all(diverged)):
+        return False
+    if chance is not None and "acc" in metric and "_to_acc_" not in metric and len(scores):
+        finite = scores[np.isfinite(scores)]
+        return bool(len(finite)) and float(np.mean(finite)) > chance + CHANCE_MARGIN
+    return True
 
 
 def compare_to_baseline(
@@ -177,25 +198,12 @@ def compare_to_baseline(
     interval: str = "t",
     n_resamples: int = 9999,
     random_state: int = 0,
+    chance: float | None = None,
 ) -> pd.DataFrame:
     """Each non-baseline cell against the baseline cell that matches it on the other factors
     (e.g. baseline {"norm": "none"}: bn_after/relu vs none/relu), paired by seed over the seeds
-    with a result in both (diverged runs included, scored by :func:`scores`).
-
-    Columns: factor values, ``baseline`` (text), ``n_pairs``, ``diverged`` and
-    ``baseline_diverged`` (among the pairs), ``mean`` and ``baseline_mean`` over the pairs,
-    ``mean_diff`` (cell − baseline), ``ci_low, ci_high`` (the paired t-interval of the mean
-    difference at ``confidence``, or a BCa bootstrap interval with ``interval="bootstrap"``),
-    ``d_z`` (mean diff / sd of diffs) and ``g_z`` (d_z with Hedges' small-sample correction),
-    ``p_ttest`` (paired t), ``p_wilcoxon`` (signed rank), ``p_tost`` (paired TOST against
-    ±``margin``, in metric units), their Holm-adjusted ``*_holm`` over the rows of the table,
-    ``verdict`` (:func:`verdict`), ``seeds_needed`` (pairs for 80% power to detect the observed
-    difference, or ``min_effect``) and ``note``.
-    """
-    if interval not in INTERVALS:
-        raise ValueError(f"interval must be one of {INTERVALS}, not {interval!r}")
-    if margin is not None and margin < 0:
-        raise ValueError(f"the equivalence margin must be positive, not {margin}")
+    with a result in both (diverged runs included, scored by :func:`scores`). See
+    :func:`_compare` for the columns."""
     unknown = [k for k in baseline if k not in factors]
     if unknown:
         raise ValueError(f"baseline key(s) {unknown} are not swept factors; factors: {factors}")
@@ -203,42 +211,118 @@ def compare_to_baseline(
     for k, v in baseline.items():
         if str(v) not in runs[k].cat.categories:
             raise ValueError(f"no run has {k}={v}; its values are {list(runs[k].cat.categories)}")
+    label = ", ".join(f"{k}={v}" for k, v in baseline.items())
+    pairs = []
+    for key in split_cells(runs, factors):
+        cell = dict(zip(factors, key))
+        if not all(str(cell[k]) == str(v) for k, v in baseline.items()):
+            pairs.append((key, tuple(str(baseline.get(f, cell[f])) for f in factors), label))
+    out = _compare(runs, factors, metric, pairs, confidence, margin, min_effect, interval, n_resamples,
+                   random_state, chance)
+    out.attrs.update(baseline=dict(baseline), pairs="baseline")
+    return out
+
+
+def compare_pairs(
+    runs: pd.DataFrame,
+    factors: list[str],
+    metric: str,
+    factor: str,
+    confidence: float = 0.95,
+    margin: float | None = None,
+    min_effect: float | None = None,
+    interval: str = "t",
+    n_resamples: int = 9999,
+    random_state: int = 0,
+    chance: float | None = None,
+) -> pd.DataFrame:
+    """Every pair of levels of ``factor`` within otherwise matching cells (norm none, bn_before,
+    bn_after: bn_before − none, bn_after − none and bn_after − bn_before, per activation...),
+    each later level minus the earlier one in the sweep's order, paired by seed; one Holm family
+    over the whole table. See :func:`_compare` for the columns; ``baseline`` names the earlier
+    level of each row."""
+    if factor not in factors:
+        raise ValueError(f"{factor} is not a swept factor; factors: {factors}")
+    runs = with_levels(runs, factors)
+    levels = [str(v) for v in runs[factor].cat.categories]
+    where = factors.index(factor)
+    contexts = list(dict.fromkeys(key[:where] + key[where + 1:] for key in split_cells(runs, factors)))
+    pairs = []
+    for context in contexts:
+        for i, earlier in enumerate(levels):
+            for later in levels[i + 1:]:
+                key = tuple(str(v) for v in (*context[:where], later, *context[where:]))
+                base = tuple(str(v) for v in (*context[:where], earlier, *context[where:]))
+                pairs.append((key, base, f"{factor}={earlier}"))
+    out = _compare(runs, factors, metric, pairs, confidence, margin, min_effect, interval, n_resamples,
+                   random_state, chance)
+    out.attrs.update(baseline={}, pairs="all", factor=factor)
+    return out
+
+
+def _compare(runs: pd.DataFrame, factors: list[str], metric: str, pairs: list[tuple[tuple, tuple, str]],
+             confidence: float, margin: float | None, min_effect: float | None, interval: str, n_resamples: int,
+             random_state: int, chance: float | None) -> pd.DataFrame:
+    """Cell ``key`` against cell ``base`` for each (key, base, label) of ``pairs``, paired by
+    seed over the seeds with a result in both.
+
+    Columns: factor values (of the cell), ``baseline`` (the label), ``n_pairs``, ``diverged``
+    and ``baseline_diverged`` (among the pairs), ``mean`` and ``baseline_mean`` over the pairs,
+    ``mean_diff`` (cell − baseline), ``ci_low, ci_high`` (the paired t-interval of the mean
+    difference at ``confidence``, or a BCa bootstrap interval with ``interval="bootstrap"``),
+    ``d_z`` (mean diff / sd of diffs) and ``g_z`` (d_z with Hedges' small-sample correction),
+    ``p_ttest`` (paired t), ``p_wilcoxon`` (signed rank), ``p_tost`` (paired TOST against
+    ±``margin``, in metric units), ``test`` (the row's primary test: t, or Wilcoxon where a
+    score is infinite) and ``p_holm`` (its p, Holm-adjusted over the rows: one family per
+    table; the Wilcoxon p of a t row is a check, not adjusted), ``p_tost_holm``, ``learned`` and
+    ``baseline_learned`` (:func:`learned`, over each arm's own results), ``verdict``
+    (:func:`verdict`), ``seeds_needed`` (pairs for 80% power to detect the observed difference,
+    or ``min_effect``) and ``note``.
+    """
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, not {interval!r}")
+    if margin is not None and margin < 0:
+        raise ValueError(f"the equivalence margin must be positive, not {margin}")
     done = results_of(runs, metric)
     done["_diverged"] = done["status"] == "diverged"
     # One value per seed (a seed run twice in a cell, e.g. copied folders, is averaged).
     per_seed_all = done.groupby([*factors, "seed"], observed=True).agg(score=(metric, "mean"),
                                                                        diverged=("_diverged", "max"))
     levels = list(range(len(factors)))
-    per_seed = {(key if isinstance(key, tuple) else (key,)): g.droplevel(levels)
+    per_seed = {tuple(str(v) for v in (key if isinstance(key, tuple) else (key,))): g.droplevel(levels)
                 for key, g in per_seed_all.groupby(level=levels, observed=True)}
     empty = pd.DataFrame(columns=["score", "diverged"])
-    label = ", ".join(f"{k}={v}" for k, v in baseline.items())
+
+    def arm_learned(key: tuple) -> bool:
+        arm = per_seed.get(key, empty)
+        return learned(arm["score"].to_numpy(float), arm["diverged"].to_numpy(bool), metric, chance)
+
     rows = []
-    for key in split_cells(runs, factors):
-        cell = dict(zip(factors, key))
-        if all(str(cell[k]) == str(v) for k, v in baseline.items()):
-            continue
-        base_key = tuple(str(baseline.get(f, cell[f])) for f in factors)
-        pairs = per_seed.get(key, empty).merge(per_seed.get(base_key, empty), how="inner", left_index=True,
-                                               right_index=True, suffixes=("", "_b"))
-        a, b = pairs["score"].to_numpy(float), pairs["score_b"].to_numpy(float)
+    for key, base_key, label in pairs:
+        key, base_key = tuple(str(v) for v in key), tuple(str(v) for v in base_key)
+        pairs_ = per_seed.get(key, empty).merge(per_seed.get(base_key, empty), how="inner", left_index=True,
+                                                right_index=True, suffixes=("", "_b"))
+        a, b = pairs_["score"].to_numpy(float), pairs_["score_b"].to_numpy(float)
         result = _paired_tests(a, b, confidence, margin, min_effect, interval, n_resamples, random_state)
         if base_key not in per_seed:
             result["note"] = "baseline cell has no result"
         elif key not in per_seed:
             result["note"] = "no result"
-        mean, base_mean = (float(a.mean()), float(b.mean())) if len(pairs) >= 2 else (np.nan, np.nan)
-        rows.append({**cell, "baseline": label, "n_pairs": len(pairs), "diverged": int(pairs["diverged"].sum()),
-                     "baseline_diverged": int(pairs["diverged_b"].sum()), "mean": mean, "baseline_mean": base_mean,
-                     **result})
+        mean, base_mean = (float(a.mean()), float(b.mean())) if len(pairs_) >= 2 else (np.nan, np.nan)
+        rows.append({**dict(zip(factors, key)), "baseline": label, "n_pairs": len(pairs_),
+                     "diverged": int(pairs_["diverged"].sum()), "baseline_diverged": int(pairs_["diverged_b"].sum()),
+                     "mean": mean, "baseline_mean": base_mean, "learned": arm_learned(key),
+                     "baseline_learned": arm_learned(base_key), **result})
     out = pd.DataFrame(rows, columns=[*factors, *COMPARISON_COLUMNS, "sign"])
-    for column in ("p_ttest", "p_wilcoxon", "p_tost"):
-        out[f"{column}_holm"] = holm(out[column])
+    t_defined = out["p_ttest"].notna()
+    out["test"] = np.where(t_defined, "t", np.where(out["p_wilcoxon"].notna(), "Wilcoxon", ""))
+    out["p_holm"] = holm(np.where(t_defined, out["p_ttest"], out["p_wilcoxon"]))
+    out["p_tost_holm"] = holm(out["p_tost"])
     higher = higher_is_better(metric)
     out["verdict"] = [verdict(row, higher, 1 - confidence) for _, row in out.iterrows()]
     out = out[[*factors, *COMPARISON_COLUMNS]]
     for f in factors:
         out[f] = pd.Categorical(out[f], categories=runs[f].cat.categories, ordered=True)
-    out.attrs.update(metric=metric, baseline=dict(baseline), confidence=confidence, margin=margin,
-                     min_effect=min_effect, interval=interval)
+    out.attrs.update(metric=metric, confidence=confidence, margin=margin, min_effect=min_effect, interval=interval,
+                     chance=chance, chance_margin=CHANCE_MARGIN)
     return out

@@ -88,7 +88,7 @@ def _check_device_type(state: dict, device: torch.device) -> None:
     device type and holds state that cannot move: the random streams of dropout and noisy-BN
     layers are generators of the device they draw on. Weights, optimizer state (loaded to the
     CPU and moved by load_state_dict) and the data order (a CPU generator) move freely."""
-    written_on = state.get("device_type", "cpu")  # checkpoints before 0.7: every run was on CPU
+    written_on = state.get("device_type", "cpu")  # checkpoints written before it was recorded: every run was on CPU
     if written_on != device.type and len(state.get("dropout_rng") or []) > 0:
         raise ValueError(f"it was written on {written_on} and this run is on {device.type}: the random streams of its "
                          "dropout or noisy-BN layers belong to the device that drew them")

@@ -193,6 +193,8 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
             _check_deterministic(models[0])
         for summary in summaries:
             summary["n_params"] = count_parameters(models[0])
+            if data.task == "classification":  # chance is 1 / classes (a report names arms that learned nothing)
+                summary["classes"] = data.num_outputs
         total_steps = steps_plan(len(data.train_y), cfg.trainer)[1]
         results = train_copies(models, seeds, data, cfg, device, on_eval=on_eval, checkpoints=checkpoints,
                                keep_final=bool(cfg.trainer.save_final))

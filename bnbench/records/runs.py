@@ -26,6 +26,10 @@ RUN_COLUMNS = [
 ]
 
 
+# Classes of the built-in classification sets, for records written before bnbench recorded them
+DATASET_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
+
+
 class ReportError(RuntimeError):
     pass
 
@@ -70,6 +74,7 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
             run_id=summary.get("run_id"),
             error=summary.get("error"),
             _versions=summary.get("versions"),
+            _classes=summary.get("classes") or DATASET_CLASSES.get(str((summary.get("choices") or {}).get("dataset"))),
             _started=summary.get("started_at"),
             _finished=summary.get("finished_at"),
         )

@@ -122,6 +122,7 @@ class RunRecord(TypedDict, total=False):
     device: str  # "cpu", or "cuda:N (GPU name)"
     environment: dict[str, Any]  # device, GPU name/UUID, driver, CUDA, cuDNN, numerics flags (devices.environment)
     n_params: int
+    classes: int  # classification: how many classes (chance accuracy is 1 / classes)
     threads: int
     resumed_from_step: int
     first_step_s: float  # seconds from the job's start to the end of its first optimizer step

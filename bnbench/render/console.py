@@ -6,7 +6,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bnbench.analysis.tables import SweepTables
-from bnbench.render.text import cell_rows, comparison_rows, fmt_p, metric_title, selection_rows, summary_line
+from bnbench.render.text import (cell_rows, comparison_rows, comparison_title, fmt_p, metric_title, selection_rows,
+                                 summary_line)
 
 
 def print_tables(tables: SweepTables, console: Console | None = None) -> None:
@@ -36,12 +37,12 @@ def print_tables(tables: SweepTables, console: Console | None = None) -> None:
     console.print(table)
     if tables.comparisons is not None and len(tables.comparisons):
         header, rows = comparison_rows(tables)
-        dropped = ("p (t)", "p (Wilcoxon)", "p Holm (W)", "g_z", "note") + (() if wide else ("p Holm (TOST)",))
+        dropped = ("p (t)", "p (Wilcoxon)", "test", "g_z", "note") + (() if wide else ("p Holm (TOST)",))
         keep = [i for i, h in enumerate(header) if h not in dropped]
         header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
-        comp = Table(title=f"against {tables.comparisons['baseline'].iloc[0]} (paired by seed)", title_justify="left")
+        comp = Table(title=comparison_title(tables) + " (paired by seed)", title_justify="left")
         for i, name in enumerate(header):
-            comp.add_column(name, justify="left" if i < len(tables.factors) else "right")
+            comp.add_column(name, justify="left" if i < len(tables.factors) + (name == "against") else "right")
         for row in rows:
             comp.add_row(*row)
         console.print(comp)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bnbench.analysis.tables import SweepTables
-from bnbench.render.text import anova_rows, cell_rows, comparison_rows, metric_title
+from bnbench.render.text import anova_rows, cell_rows, comparison_rows, comparison_title, metric_title
 
 
 def to_latex(tables: SweepTables) -> str:
@@ -20,7 +20,7 @@ def to_latex(tables: SweepTables) -> str:
              table(*cell_rows(tables), f"{metric_title(tables.metric)} per cell")]
     if tables.comparisons is not None and len(tables.comparisons):
         parts.append(table(*comparison_rows(tables),
-                           f"Paired differences against {tables.comparisons['baseline'].iloc[0]}"))
+                           "Paired differences: " + comparison_title(tables)))
     if tables.anova is not None and len(tables.anova):
         parts.append(table(*anova_rows(tables), f"Type-II ANOVA of the {metric_title(tables.metric)}"))
     return "\n".join(parts)

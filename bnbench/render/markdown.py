@@ -8,8 +8,8 @@ from bnbench.analysis.tables import SweepTables
 from bnbench.records import is_fraction
 from bnbench.render import diagnostics as diagnostics_report
 from bnbench.render.text import (INCOMPLETE_MARK, POLICY, anova_rows, cell_rows, comparison_rows, confidence_pct,
-                                 effect_rows, flip_lines, fmt, md_table, metric_title, profile_lines, selection_rows,
-                                 summary_line)
+                                 effect_rows, flip_lines, fmt, learned_nothing, md_table, metric_title, profile_lines,
+                                 selection_rows, summary_line)
 
 
 def to_markdown(tables: SweepTables) -> str:
@@ -37,26 +37,45 @@ def to_markdown(tables: SweepTables) -> str:
                   "the results it has.", ""]
     if tables.comparisons is not None and len(tables.comparisons):
         comp = tables.comparisons
-        label = comp["baseline"].iloc[0]
+        every_pair = comp.attrs.get("pairs") == "all"
         margin = comp.attrs.get("margin")
         unit = " points" if is_fraction(m) else ""
+        alpha = 1 - tables.cells.attrs.get("confidence", 0.95)
         equivalence = (f"equivalent when the Holm-adjusted paired TOST puts the difference within ±{fmt(margin, m)}{unit} "
                        "(`--margin`)" if margin is not None else "equivalence is not tested (`--margin` sets a margin)")
-        lines += [f"## Against the baseline `{label}`", "",
-                  "Each cell minus the baseline cell that matches it on every other factor, paired by seed "
-                  "(runs of one seed share the data order and the initial weights of every layer they have in "
-                  f"common), over the seeds with a result in both. The interval is the paired {pct} "
-                  + ("BCa bootstrap interval (it covers less than its level below about 15 pairs)"
-                     if comp.attrs.get("interval") == "bootstrap" else "t-interval of the mean difference")
-                  + ", not adjusted for the rows; p-values are Holm-adjusted over the rows of this table. "
-                  "g_z = mean difference / std of the differences, with Hedges' small-sample correction. "
-                  f"Verdict at α = {1 - tables.cells.attrs.get('confidence', 0.95):.2g}: better or worse when the "
-                  "Holm-adjusted paired t-test (the Wilcoxon test where a diverged run has no finite value) "
-                  f"rejects the hypothesis of no difference; {equivalence}; otherwise inconclusive. Seeds for 80% "
-                  "power: the pairs a paired t-test would need to detect "
-                  + (f"a difference of {fmt(comp.attrs['min_effect'], m)}{unit} (`--min-effect`)"
-                     if comp.attrs.get("min_effect") is not None else "the observed difference (`--min-effect` sets one)")
-                  + " at this α, unadjusted.", "",
+        chance = comp.attrs.get("chance")
+        nothing = (f"an arm learned nothing when every seed diverged or its mean accuracy is within "
+                   f"{fmt(comp.attrs['chance_margin'], m)} points of chance ({fmt(chance, m)}%)" if chance is not None
+                   else "an arm learned nothing when every seed diverged")
+        if every_pair:
+            lines += [f"## Every pair of `{comp.attrs['factor']}` levels", "",
+                      f"Each level of `{comp.attrs['factor']}` minus each earlier one (column \"against\"), within "
+                      "cells that match on every other factor, paired by seed"]
+        else:
+            lines += [f"## Against the baseline `{comp['baseline'].iloc[0]}`", "",
+                      "Each cell minus the baseline cell that matches it on every other factor, paired by seed"]
+        lines[-1] += (" (runs of one seed share the data order and the initial weights of every layer they have in "
+                      f"common), over the seeds with a result in both. The interval is the paired {pct} "
+                      + ("BCa bootstrap interval (it covers less than its level below about 15 pairs)"
+                         if comp.attrs.get("interval") == "bootstrap" else "t-interval of the mean difference")
+                      + ", not adjusted for the rows. One test per row decides: the paired t-test, or the Wilcoxon "
+                      "signed-rank test where a diverged run has no finite value (column \"test\"); their p-values are "
+                      "Holm-adjusted together, over every row of this table (one family). A t row's Wilcoxon "
+                      "p is shown as a check, unadjusted. g_z = mean difference / std of the differences, with Hedges' "
+                      f"small-sample correction. Verdict at α = {alpha:.2g}: {nothing}, and such a row says so "
+                      "(\"did not learn\", \"baseline did not learn\", \"neither learned\") instead of a winner; "
+                      "otherwise better or worse when the Holm-adjusted test rejects no difference; "
+                      f"{equivalence}; otherwise inconclusive. Seeds for 80% power: the pairs a paired t-test would need "
+                      "to detect "
+                      + (f"a difference of {fmt(comp.attrs['min_effect'], m)}{unit} (`--min-effect`)"
+                         if comp.attrs.get("min_effect") is not None else
+                         "the observed difference (`--min-effect` sets one; post hoc: a planning figure, not evidence)")
+                      + " at this α, unadjusted.")
+        lines += [""]
+        failed = learned_nothing(tables)
+        if failed:
+            lines += [f"Learned nothing: {'; '.join(failed)}.", ""]
+        lines += [
                   *md_table(*comparison_rows(tables)), ""]
         lines += [f"> {note}" for note in tables.notes] + ([""] if tables.notes else [])
     if tables.anova is not None and len(tables.factors) > 1:

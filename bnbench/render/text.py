@@ -32,7 +32,7 @@ def fmt(value: Any, metric: str, signed: bool = False, clip: bool = False) -> st
 def fmt_p(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return f"{value:.2g}" if value >= 0.001 else "<0.001"
+    return f"{value:.3g}" if value >= 0.001 else "<0.001"
 
 
 def metric_title(metric: str) -> str:
@@ -141,20 +141,49 @@ def _interval_label(tables: SweepTables) -> str:
     return f"{confidence_pct(tables)} CI ({kind})"
 
 
+def comparison_title(tables: SweepTables) -> str:
+    """What the comparisons table compares: every pair of levels of a factor, or each cell
+    against the baseline."""
+    comp = tables.comparisons
+    if comp.attrs.get("pairs") == "all":
+        return f"every pair of {comp.attrs['factor']} levels"
+    return f"against {comp['baseline'].iloc[0]}"
+
+
+def learned_nothing(tables: SweepTables) -> list[str]:
+    """The cells that learned nothing (every seed diverged, or an accuracy within the margin of
+    chance), as comparisons saw them; empty without comparisons."""
+    comp = tables.comparisons
+    if comp is None or not len(comp) or "learned" not in comp:
+        return []
+    names = {}
+    for _, row in comp.iterrows():
+        cell = ", ".join(str(row[f]) for f in tables.factors)
+        if not row["learned"]:
+            names[cell] = True
+        if not row["baseline_learned"]:
+            base = dict(zip(tables.factors, [str(row[f]) for f in tables.factors]))
+            base.update(part.split("=", 1) for part in str(row["baseline"]).split(", ") if "=" in part)
+            names[", ".join(base[f] for f in tables.factors)] = True
+    return list(names)
+
+
 def comparison_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
     m, comp = tables.metric, tables.comparisons
     tost = comp.attrs.get("margin") is not None
-    header = [*tables.factors, "pairs", "diverged", "difference", _interval_label(tables), "g_z", "p (t)",
-              "p (Wilcoxon)", "p Holm (t)", "p Holm (W)", *(["p Holm (TOST)"] if tost else []), "verdict",
-              "seeds for 80% power", "note"]
+    every_pair = comp.attrs.get("pairs") == "all"
+    header = [*tables.factors, *(["against"] if every_pair else []), "pairs", "diverged", "difference",
+              _interval_label(tables), "g_z", "p (t)", "p (Wilcoxon)", "test", "p Holm", *(["p Holm (TOST)"] if tost else []),
+              "verdict", "seeds for 80% power", "note"]
     rows = []
     for _, row in comp.iterrows():
+        against = [str(row["baseline"]).split("=", 1)[-1]] if every_pair else []
         ci = "—" if pd.isna(row["ci_low"]) else f"{fmt(row['ci_low'], m, True)} – {fmt(row['ci_high'], m, True)}"
         diverged = f"{int(row['diverged'])} vs {int(row['baseline_diverged'])}" if row["n_pairs"] else "—"
         needed = "—" if pd.isna(row["seeds_needed"]) else f"{int(row['seeds_needed'])}"
-        rows.append([*[str(row[f]) for f in tables.factors], str(int(row["n_pairs"])), diverged,
+        rows.append([*[str(row[f]) for f in tables.factors], *against, str(int(row["n_pairs"])), diverged,
                      fmt(row["mean_diff"], m, True), ci, "—" if pd.isna(row["g_z"]) else f"{row['g_z']:.2f}",
-                     fmt_p(row["p_ttest"]), fmt_p(row["p_wilcoxon"]), fmt_p(row["p_ttest_holm"]), fmt_p(row["p_wilcoxon_holm"]),
+                     fmt_p(row["p_ttest"]), fmt_p(row["p_wilcoxon"]), row["test"] or "—", fmt_p(row["p_holm"]),
                      *([fmt_p(row["p_tost_holm"])] if tost else []), row["verdict"], needed,
                      row["note"] if isinstance(row["note"], str) else ""])
     return header, rows
