@@ -265,8 +265,8 @@ def report(
         "Default: norm=none when norm is swept. --baseline '' turns comparisons off."),
     pairs: Optional[str] = typer.Option(
         None, "--pairs", help="all: every pair of levels of the baseline's factor (before vs after, not only each "
-        "against none), one Holm family; baseline: each level against the baseline. Default: all when that factor "
-        "has three or more levels."),
+        "against none), one Holm family; baseline: each level against the baseline. Default: all for the default "
+        "baseline (norm=none) when norm has three or more levels, baseline when --baseline is given."),
     target_acc: Optional[float] = typer.Option(None, "--target-acc",
                                                help="Report the time to reach this test accuracy (0-1) instead."),
     time_unit: str = typer.Option("epochs", "--time-unit", help="epochs, steps or seconds (with --target-acc)."),

@@ -252,8 +252,15 @@ def _analyse(tables: SweepTables, options: ReportOptions) -> None:
     if options.pairs not in (None, "all", "baseline"):
         raise ReportError(f"--pairs {options.pairs!r}: choose all (every pair of levels) or baseline")
     if baseline:
+        try:
+            stats.check_baseline(runs, factors, baseline)
+        except ValueError as err:
+            raise ReportError(f"--baseline: {err}") from err
         factor = next(iter(baseline)) if len(baseline) == 1 else None
-        pairs = options.pairs or ("all" if factor is not None and runs[factor].nunique() >= 3 else "baseline")
+        # every pair by default for the default baseline's factor with 3+ levels; a baseline the
+        # user names is what the comparisons are against, unless --pairs all
+        default_all = options.baseline is None and factor is not None and runs[factor].nunique() >= 3
+        pairs = options.pairs or ("all" if default_all else "baseline")
         if pairs == "all" and factor is None:
             raise ReportError(f"--pairs all compares every pair of levels of one factor; --baseline names "
                               f"{len(baseline)} ({', '.join(baseline)}): give one, or --pairs baseline")

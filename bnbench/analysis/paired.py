@@ -204,13 +204,7 @@ def compare_to_baseline(
     (e.g. baseline {"norm": "none"}: bn_after/relu vs none/relu), paired by seed over the seeds
     with a result in both (diverged runs included, scored by :func:`scores`). See
     :func:`_compare` for the columns."""
-    unknown = [k for k in baseline if k not in factors]
-    if unknown:
-        raise ValueError(f"baseline key(s) {unknown} are not swept factors; factors: {factors}")
-    runs = with_levels(runs, factors)
-    for k, v in baseline.items():
-        if str(v) not in runs[k].cat.categories:
-            raise ValueError(f"no run has {k}={v}; its values are {list(runs[k].cat.categories)}")
+    runs = check_baseline(runs, factors, baseline)
     label = ", ".join(f"{k}={v}" for k, v in baseline.items())
     pairs = []
     for key in split_cells(runs, factors):
@@ -221,6 +215,19 @@ def compare_to_baseline(
                    random_state, chance)
     out.attrs.update(baseline=dict(baseline), pairs="baseline")
     return out
+
+
+def check_baseline(runs: pd.DataFrame, factors: list[str], baseline: Mapping[str, str]) -> pd.DataFrame:
+    """ValueError unless every key of ``baseline`` is a swept factor with that value among its
+    runs; the runs with their factors as ordered levels."""
+    unknown = [k for k in baseline if k not in factors]
+    if unknown:
+        raise ValueError(f"baseline key(s) {unknown} are not swept factors; factors: {factors}")
+    runs = with_levels(runs, factors)
+    for k, v in baseline.items():
+        if str(v) not in runs[k].cat.categories:
+            raise ValueError(f"no run has {k}={v}; its values are {list(runs[k].cat.categories)}")
+    return runs
 
 
 def compare_pairs(

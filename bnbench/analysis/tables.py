@@ -29,10 +29,11 @@ class ReportOptions:
     out: Path | None = None  # where the report files go; None: the sweep folder itself
     select: str | None = None  # a swept key chosen per arm on the validation split (bnbench.analysis.selection)
     profile: str | None = None  # a numeric swept key to profile the metric over (bnbench.analysis.profiles)
-    within: float = 1.0
+    within: float = 1.0  # --profile: a stable range's distance from the best, in the units shown
     # comparisons: "all" (every pair of levels of the baseline's factor) or "baseline" (each level
-    # against the baseline); None: all when that factor has three or more levels
-    pairs: str | None = None  # --profile: a stable range's distance from the best, in the units shown
+    # against the baseline); None: all for the default baseline's factor with three or more
+    # levels, baseline for a --baseline the user names
+    pairs: str | None = None
 
 
 @dataclass
