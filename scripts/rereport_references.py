@@ -83,8 +83,13 @@ def rereport(name: str) -> str:
 
 
 def main() -> None:
-    names = sys.argv[1:] or sorted({p.parent.relative_to(REFERENCE).as_posix()
-                                    for p in REFERENCE.rglob("report.md")})
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="reference reports (default: every one), e.g. placement "
+                        "lr_tolerance/selected")
+    names = parser.parse_args().names or sorted({p.parent.relative_to(REFERENCE).as_posix()
+                                                 for p in REFERENCE.rglob("report.md")})
     for name in names:
         print(rereport(name), flush=True)
 
