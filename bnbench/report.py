@@ -366,4 +366,27 @@ def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Pat
     if "latex" in options.formats:
         written.append(d / "report.tex")
         records.write_text(written[-1], to_latex(tables))
+    _remove_stale_tables(d, written, {f"{name}.csv" for name in frames} | {"report.tex"})
     return written
+
+
+MANIFEST = "report_manifest.json"  # the tables the last report wrote into its folder
+
+
+def _remove_stale_tables(folder: Path, written: list[Path], kinds: set[str]) -> None:
+    """Remove the tables an earlier report wrote into ``folder`` that this one did not (an
+    anova.csv left by a report with more factors would sit beside a report.md that has none),
+    and list this report's tables in the folder's manifest. Only files of bnbench's own table
+    names go: those the previous manifest lists, or, in a folder reported before manifests,
+    the report's table names. Plots stay (a report with --no-plots keeps the earlier ones)."""
+    path = folder / MANIFEST
+    try:
+        previous = set(json.loads(path.read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        previous = kinds
+    names = {p.name for p in written}
+    for name in sorted(previous - names):
+        if name in kinds:
+            (folder / name).unlink(missing_ok=True)
+    records.write_json(path, {"files": sorted(names), "report_built": datetime.now(timezone.utc).isoformat(
+        timespec="seconds")})

@@ -13,6 +13,7 @@ section of each report.md and its diagnostics figures are kept from the committe
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -21,6 +22,10 @@ import tempfile
 from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+MANIFEST = "report_manifest.json"  # bnbench.report.MANIFEST
+DIAGNOSTICS = "diagnostics_summary.csv"
+TABLES = {f"{name}.csv" for name in ("cells", "comparisons", "main_effects", "anova", "interactions", "profile",
+                                      "stable_ranges", "selection")} | {"report.tex"}
 MARGIN = ("--margin", "0.5")
 # folder (relative to results/reference) -> (sweep folder it reports, report options)
 REPORTS = {
@@ -79,6 +84,14 @@ def rereport(name: str) -> str:
         for table in out.glob("*.csv"):
             shutil.copyfile(table, target / table.name)
         (target / "report.md").write_text(merge((out / "report.md").read_text(), (target / "report.md").read_text()))
+        # tables an earlier report left that this one does not write go (as bnbench report does);
+        # the diagnostics summary stays with the Diagnostics section it belongs to
+        written = {p.name for p in out.iterdir() if p.suffix in (".csv", ".md", ".tex")}
+        kept = written | ({DIAGNOSTICS} if (target / DIAGNOSTICS).is_file() else set())
+        for stale in sorted(TABLES - kept):
+            (target / stale).unlink(missing_ok=True)
+        manifest = json.loads((out / MANIFEST).read_text())
+        (target / MANIFEST).write_text(json.dumps({**manifest, "files": sorted(kept)}, indent=2) + "\n")
     return f"{name}: rebuilt"
 
 

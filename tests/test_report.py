@@ -281,3 +281,23 @@ def test_an_old_sweep_without_validation_metrics_reports_as_before(tmp_path):
         report.build(folder, report.ReportOptions(metric="test_acc_at_best_val"))
     with pytest.raises(report.ReportError, match="--profile optimizer.lr: these runs have no validation metric"):
         report.build(folder, report.ReportOptions(profile="optimizer.lr"))
+
+
+def test_a_report_removes_the_tables_an_earlier_report_left_and_nothing_else(tmp_path):
+    """A report with fewer tables than the one before it (no comparisons here) removes the
+    earlier tables it did not write, so no stale CSV sits beside report.md; files that are not
+    bnbench's tables stay, and the manifest lists what the report wrote."""
+    folder = tmp_path / "factorial"
+    folder.mkdir()
+    shutil.copy(REFERENCE / "factorial_fashion_mnist" / "results.csv", folder)
+    (folder / "notes.txt").write_text("mine")
+    first = report.write(report.build(folder), report.ReportOptions(plots=False))
+    assert (folder / "comparisons.csv").is_file() and (folder / "anova.csv").is_file()
+    (folder / "report.tex").write_text("% left by an earlier --format latex")  # as an earlier report would
+    options = report.ReportOptions(baseline={}, plots=False)
+    second = report.write(report.build(folder, options), options)
+    assert not (folder / "comparisons.csv").exists() and (folder / "anova.csv").is_file()
+    assert (folder / "notes.txt").read_text() == "mine"
+    manifest = json.loads((folder / report.MANIFEST).read_text())
+    assert manifest["files"] == sorted(p.name for p in second) and len(second) == len(first) - 1
+    assert (folder / "report.tex").exists(), "not in the manifest of the report before: not this report's to remove"
