@@ -335,6 +335,8 @@ def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Pat
         raise ReportError(f"unknown format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
     d = output_dir(tables.sweep_dir, options.out)
     d.mkdir(parents=True, exist_ok=True)
+    kinds = {f"{name}.csv" for name in TABLES} | {"report.tex"}
+    previous = _previous_tables(d, kinds)  # read before this report writes over report.md
     if options.plots:
         _render_plots(tables, options.confidence, d)
     every_run = tables.all_runs if tables.all_runs is not None else tables.runs  # one row per run, always
@@ -366,27 +368,33 @@ def write(tables: SweepTables, options: ReportOptions | None = None) -> list[Pat
     if "latex" in options.formats:
         written.append(d / "report.tex")
         records.write_text(written[-1], to_latex(tables))
-    _remove_stale_tables(d, written, {f"{name}.csv" for name in frames} | {"report.tex"})
+    names = {p.name for p in written}
+    for name in sorted((previous & kinds) - names):  # an earlier report's table this one did not write
+        (d / name).unlink(missing_ok=True)
+    records.write_json(d / MANIFEST, {"files": sorted(names),
+                                      "report_built": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return written
 
 
 MANIFEST = "report_manifest.json"  # the tables the last report wrote into its folder
+# the tables a report may write (TABLE.csv): a later report removes those it no longer writes
+TABLES = ("cells", "comparisons", "main_effects", "anova", "interactions", "diagnostics_summary", "profile",
+          "stable_ranges", "selection")
 
 
-def _remove_stale_tables(folder: Path, written: list[Path], kinds: set[str]) -> None:
-    """Remove the tables an earlier report wrote into ``folder`` that this one did not (an
-    anova.csv left by a report with more factors would sit beside a report.md that has none),
-    and list this report's tables in the folder's manifest. Only files of bnbench's own table
-    names go: those the previous manifest lists, or, in a folder reported before manifests,
-    the report's table names. Plots stay (a report with --no-plots keeps the earlier ones)."""
-    path = folder / MANIFEST
+def _previous_tables(folder: Path, kinds: set[str]) -> set[str]:
+    """The tables the last report in ``folder`` wrote: its manifest's list; in a folder that a
+    bnbench report wrote before manifests existed (its report.md says so), every table name it
+    may have written; else nothing (the folder's files are not bnbench's to remove, e.g. an
+    --out folder of the user's own). An anova.csv left by a report with more factors would
+    otherwise sit beside a report.md that has none. Plots are never removed."""
     try:
-        previous = set(json.loads(path.read_text())["files"])
+        return set(json.loads((folder / MANIFEST).read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError):
-        previous = kinds
-    names = {p.name for p in written}
-    for name in sorted(previous - names):
-        if name in kinds:
-            (folder / name).unlink(missing_ok=True)
-    records.write_json(path, {"files": sorted(names), "report_built": datetime.now(timezone.utc).isoformat(
-        timespec="seconds")})
+        pass
+    try:
+        with open(folder / "report.md") as handle:
+            ours = handle.readline().startswith("# bnbench report")
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    return kinds if ours else set()

@@ -21,11 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bnbench import report
+from bnbench.report import MANIFEST
+
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
-MANIFEST = "report_manifest.json"  # bnbench.report.MANIFEST
 DIAGNOSTICS = "diagnostics_summary.csv"
-TABLES = {f"{name}.csv" for name in ("cells", "comparisons", "main_effects", "anova", "interactions", "profile",
-                                      "stable_ranges", "selection")} | {"report.tex"}
+TABLES = {f"{name}.csv" for name in report.TABLES} | {"report.tex"}
 MARGIN = ("--margin", "0.5")
 # folder (relative to results/reference) -> (sweep folder it reports, report options)
 REPORTS = {

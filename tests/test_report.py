@@ -301,3 +301,14 @@ def test_a_report_removes_the_tables_an_earlier_report_left_and_nothing_else(tmp
     manifest = json.loads((folder / report.MANIFEST).read_text())
     assert manifest["files"] == sorted(p.name for p in second) and len(second) == len(first) - 1
     assert (folder / "report.tex").exists(), "not in the manifest of the report before: not this report's to remove"
+
+
+def test_a_report_into_a_folder_of_the_user_s_own_removes_nothing_there(tmp_path):
+    folder, out = tmp_path / "factorial", tmp_path / "paper"
+    folder.mkdir()
+    out.mkdir()
+    shutil.copy(REFERENCE / "factorial_fashion_mnist" / "results.csv", folder)
+    (out / "selection.csv").write_text("the user's own table\n")  # a name a report may write, not one it wrote
+    options = report.ReportOptions(plots=False, out=out)
+    report.write(report.build(folder, options), options)
+    assert (out / "selection.csv").read_text() == "the user's own table\n"
