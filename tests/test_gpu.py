@@ -425,3 +425,12 @@ def test_a_deterministic_gpu_run_names_a_layer_without_a_deterministic_kernel():
         experiment._check_deterministic(model)
     cifar_like = experiment.build_model(make_cfg("model=alexnet"), (3, 32, 32), 10)
     experiment._check_deterministic(cifar_like)  # 4 -> 3: a fixed AvgPool2d
+
+
+def test_an_unwritable_slot_folder_is_one_line(emulated_cuda, tmp_path, monkeypatch):
+    emulated_cuda(1)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("BNBENCH_GPU_SLOTS", str(blocked / "slots"))
+    with pytest.raises(ConfigError, match="cannot lock a GPU slot in .*; set BNBENCH_GPU_SLOTS to a writable folder"):
+        devices.job_device("cuda", claim_slot=True, per_gpu=1)

@@ -178,7 +178,12 @@ def job_device(name: str, claim_slot: bool, per_gpu: int) -> torch.device:
     if device.type == "cuda" and claim_slot:
         # cuda:N pins the job to GPU N: its slots still keep jobs_per_gpu jobs on it at once
         candidates = list(range(torch.cuda.device_count())) if name in ("auto", "cuda") else [device.index]
-        chosen = claim_gpu_slot(slots_dir(), [gpu_uuid(i) for i in candidates], max(1, per_gpu))
+        try:
+            chosen = claim_gpu_slot(slots_dir(), [gpu_uuid(i) for i in candidates], max(1, per_gpu))
+        except OSError as err:
+            raise ConfigError(f"cannot lock a GPU slot in {err.filename or os.environ.get(SLOTS_ENV) or tempfile.gettempdir()} "
+                              f"({err.strerror or err}); set "
+                              f"{SLOTS_ENV} to a writable folder on this machine") from None
         device = torch.device("cuda", candidates[chosen])
     if device.type == "cuda":
         torch.cuda.set_device(device)
