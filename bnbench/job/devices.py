@@ -181,9 +181,9 @@ def job_device(name: str, claim_slot: bool, per_gpu: int) -> torch.device:
         try:
             chosen = claim_gpu_slot(slots_dir(), [gpu_uuid(i) for i in candidates], max(1, per_gpu))
         except OSError as err:
-            raise ConfigError(f"cannot lock a GPU slot in {err.filename or os.environ.get(SLOTS_ENV) or tempfile.gettempdir()} "
-                              f"({err.strerror or err}); set "
-                              f"{SLOTS_ENV} to a writable folder on this machine") from None
+            where = err.filename or os.environ.get(SLOTS_ENV) or tempfile.gettempdir()
+            raise ConfigError(f"cannot lock a GPU slot in {where} ({err.strerror or err}); set {SLOTS_ENV} to a "
+                              "writable folder on this machine") from None
         device = torch.device("cuda", candidates[chosen])
     if device.type == "cuda":
         torch.cuda.set_device(device)
