@@ -275,9 +275,10 @@ def report(
     margin: Optional[float] = typer.Option(
         None, "--margin", help="Equivalence margin for the verdicts (TOST), in the report's units: accuracy points "
         "(0.5 = half a point), or the loss itself. Without it no comparison is called equivalent."),
-    min_effect: Optional[float] = typer.Option(
-        None, "--min-effect", help="Seeds needed to detect this difference (report units) at 80% power; "
-        "default: the observed difference."),
+    effect: Optional[float] = typer.Option(
+        None, "--effect", "--min-effect", help="Plan seeds for this difference (report units): the seeds a paired "
+        "t-test needs for 80% power at the table's Holm level, with the pilot's SD and the range from its "
+        "confidence interval. Default: --margin, else 1 point for accuracies."),
     interval: str = typer.Option("t", "--interval", help="Interval of paired differences: t (default) or bootstrap "
                                  "(BCa; it covers less than its level below about 15 seeds)."),
     formats: List[str] = typer.Option(["md", "csv"], "--format", help="md, csv, latex (repeat for several)."),
@@ -309,7 +310,7 @@ def report(
         fail(f"--time-unit {time_unit!r}: choose epochs, steps or seconds")
     fmt = tuple(f.strip() for item in formats for f in item.split(",") if f.strip())
     options = report_mod.ReportOptions(metric=metric, baseline=base, confidence=confidence, margin=margin,
-                                       min_effect=min_effect, interval=interval, target_acc=target_acc,
+                                       effect=effect, interval=interval, target_acc=target_acc,
                                        time_unit=time_unit, formats=fmt, plots=plots, out=out, select=select,
                                        profile=profile, within=within, pairs=pairs)
     try:

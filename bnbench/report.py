@@ -163,7 +163,7 @@ def _checked_metric(sweep_dir: Path, runs: pd.DataFrame, options: ReportOptions)
         metric = stats.time_to_acc_column(options.target_acc, options.time_unit)
     elif metric not in METRICS:
         raise ReportError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)} (or --target-acc)")
-    for name, value in (("--margin", options.margin), ("--min-effect", options.min_effect)):
+    for name, value in (("--margin", options.margin), ("--effect", options.effect)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ReportError(f"{name} {value}: give a positive difference in the units of the report "
                               f"(points for accuracies), e.g. {name} 0.5")
@@ -265,7 +265,7 @@ def _analyse(tables: SweepTables, options: ReportOptions) -> None:
             raise ReportError(f"--pairs all compares every pair of levels of one factor; --baseline names "
                               f"{len(baseline)} ({', '.join(baseline)}): give one, or --pairs baseline")
         common = dict(confidence=options.confidence, margin=_units(options.margin, metric),
-                      min_effect=_units(options.min_effect, metric), interval=options.interval,
+                      effect=_planning_effect(options, metric), interval=options.interval,
                       chance=_chance(runs, metric))
         try:
             tables.comparisons = stats.compare_pairs(runs, factors, metric, factor, **common) if pairs == "all" \
@@ -283,6 +283,17 @@ def _analyse(tables: SweepTables, options: ReportOptions) -> None:
             tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric, factors, cells=tables.cells)
             tables.flips += stats.sign_flips(tables.interactions[(a, b)], a, b)
             tables.flips += stats.sign_flips(tables.interactions[(a, b)], b, a)
+        # a change of sign among means is named only where its own contrast test supports it
+        tables.flips = stats.test_flips(runs, factors, tables.flips, metric, options.confidence)
+
+
+def _planning_effect(options: ReportOptions, metric: str) -> float | None:
+    """The difference the seeds-for-power column plans for, in metric units: --effect, else the
+    equivalence margin, else 1 point for an accuracy; None for other metrics without either."""
+    effect = options.effect if options.effect is not None else options.margin
+    if effect is None and is_fraction(metric):
+        effect = 1.0
+    return _units(effect, metric)
 
 
 def _chance(runs: pd.DataFrame, metric: str) -> float | None:

@@ -157,19 +157,24 @@ def test_compare_to_baseline_matches_scipy_and_statsmodels_and_pairs_by_seed():
     assert row["d_z"] == pytest.approx(d_z)
     assert row["g_z"] == pytest.approx(d_z * (1 - 3 / (4 * 4 - 1)), rel=5e-3)  # Hedges' approximation, df = 4
     assert row["p_tost"] == pytest.approx(ttost_paired(a, base, -0.02, 0.02)[0])
-    n = TTestPower().solve_power(effect_size=abs(d_z), alpha=0.05, power=0.8)
-    assert row["seeds_needed"] == math.ceil(n)
+    assert math.isnan(row["seeds_needed"])  # no effect named: no plan
     # one Holm family of the rows' primary tests (the t-test here); TOST is its own question
     assert list(out["test"]) == ["t", "t"]
     assert list(out["p_holm"]) == pytest.approx(list(stats.holm(out["p_ttest"])))
     assert list(out["p_tost_holm"]) == pytest.approx(list(stats.holm(out["p_tost"])))
     # the interval follows --confidence; a minimum effect sets the seeds needed
     out90 = stats.compare_to_baseline(runs, ["norm", "activation"], METRIC, {"norm": "none"}, confidence=0.9,
-                                      min_effect=0.01).set_index("activation")
+                                      effect=0.01).set_index("activation")
     ci90 = st.ttest_rel(a, base).confidence_interval(0.9)
     assert (out90.loc["relu", "ci_low"], out90.loc["relu", "ci_high"]) == pytest.approx((ci90.low, ci90.high))
-    n = TTestPower().solve_power(effect_size=0.01 / st.tstd(d), alpha=0.1, power=0.8)
-    assert out90.loc["relu", "seeds_needed"] == math.ceil(n)
+    # planned at Holm's first step over the table's two tests (0.1 / 2), from the pilot SD and the
+    # ends of its 90% chi-square interval (4 df)
+    power = TTestPower()
+    for column, sd in (("seeds_needed", st.tstd(d)), ("seeds_needed_low", st.tstd(d) * math.sqrt(4 / st.chi2.ppf(0.95, 4))),
+                       ("seeds_needed_high", st.tstd(d) * math.sqrt(4 / st.chi2.ppf(0.05, 4)))):
+        n = power.solve_power(effect_size=0.01 / sd, alpha=0.05, power=0.8)
+        assert out90.loc["relu", column] == math.ceil(n), column
+    assert out90.attrs["power_level"] == pytest.approx(0.05) and out90.attrs["family"] == 2
     # the bootstrap on request, seeded, and labelled as under-covering at this size
     boot = stats.compare_to_baseline(runs, ["norm", "activation"], METRIC, {"norm": "none"}, interval="bootstrap",
                                      n_resamples=999).set_index("activation")
@@ -307,6 +312,88 @@ def test_anova_matches_statsmodels_with_seed_blocks_and_drops_orders_it_cannot_f
     table, notes = stats.anova(single, ["norm", "activation"])
     assert "norm × activation" not in set(table["term"]) and any("order 1" in n for n in notes)
     assert table.attrs["max_order"] == 1
+
+
+def test_anova_is_fitted_on_the_complete_grid_of_runs_that_did_not_diverge_and_equals_statsmodels_there():
+    """lr_tolerance's shape: without BN the high rates diverge. One diverged 0% among 90%
+    accuracies would be most of the residual, and empty cells leave inestimable df; the model is
+    fitted where every cell keeps two or more non-diverged results, and says what it left out."""
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    rng = np.random.default_rng(5)
+    cells = {}
+    for n, base in (("none", 0.80), ("bn", 0.86)):
+        for lr, shift in (("0.1", 0.0), ("0.3", 0.01), ("1.0", 0.02), ("3.0", 0.0)):
+            cells[(n, lr)] = list(base + shift + rng.normal(0, 0.01, 4))
+    cells[("none", "1.0")][0] = ("diverged", 0.0)  # one diverged seed: left out, its cell keeps 3
+    cells[("none", "3.0")] = [("diverged", 0.1), ("diverged", 0.1), ("diverged", 0.1), 0.5]  # one result
+    runs = make_runs(cells, factors=("norm", "optimizer.lr"))
+    table, notes = stats.anova(runs, ["norm", "optimizer.lr"])
+    assert table.attrs["levels"] == {"norm": ["bn", "none"], "optimizer.lr": ["0.1", "0.3", "1.0"]}
+    assert table.attrs["left_out"] == {"norm": [], "optimizer.lr": ["3.0"]}
+    assert any("4 diverged run(s) are left out" in n for n in notes)
+    assert any("left out: optimizer.lr 3.0" in n and "norm=none, optimizer.lr=3.0: 1" in n for n in notes)
+    kept = runs[(runs["status"] == "completed") & (runs["optimizer.lr"] != "3.0")]
+    frame = kept.rename(columns={"norm": "a", "optimizer.lr": "b", METRIC: "y"}).assign(seed=lambda d: d.seed.astype(str))
+    expected = anova_lm(smf.ols("y ~ C(a) * C(b) + C(seed)", data=frame).fit(), typ=2)
+    got = table.set_index("term")
+    for term, name in (("C(a)", "norm"), ("C(b)", "optimizer.lr"), ("C(a):C(b)", "norm × optimizer.lr"),
+                       ("C(seed)", "seed (block)"), ("Residual", "Residual")):
+        assert got.loc[name, "df"] == expected.loc[term, "df"]  # every df estimable: 1, 2, 2
+        assert got.loc[name, "sum_sq"] == pytest.approx(expected.loc[term, "sum_sq"])
+        if term != "Residual":
+            assert got.loc[name, "p"] == pytest.approx(expected.loc[term, "PR(>F)"])
+    # a loss metric: the diverged runs have no finite value; the same grid, the same model
+    loss_runs = runs.assign(final_test_loss=lambda d: np.where(d.status == "diverged", np.nan, 1 - d[METRIC]))
+    loss, _ = stats.anova(loss_runs, ["norm", "optimizer.lr"], "final_test_loss")
+    assert list(loss["df"]) == list(table["df"])
+    assert loss.set_index("term").loc["norm", "sum_sq"] == pytest.approx(got.loc["norm", "sum_sq"])
+
+
+def test_complete_subgrid_keeps_the_most_factors_then_the_most_cells():
+    counts = np.array([[3, 3, 3, 0],
+                       [3, 3, 3, 3]])
+    assert stats.complete_subgrid(counts) == [[0, 1], [0, 1, 2]]  # 6 cells with both rows beat 4 with one
+    counts = np.array([[3, 0, 3], [3, 3, 3], [0, 3, 3]])
+    keep = stats.complete_subgrid(counts)
+    assert np.all(counts[np.ix_(*keep)] >= 2) and counts[np.ix_(*keep)].size == 4
+    assert stats.complete_subgrid(np.array([[1, 1], [1, 0]])) == [[], []]
+    # beyond the exhaustive limit a greedy search: still a complete grid
+    big = np.full((14, 14), 3)
+    big[0, 5] = big[7, 2] = 0
+    keep = stats.complete_subgrid(big)
+    assert np.all(big[np.ix_(*keep)] >= 2) and big[np.ix_(*keep)].size == 13 * 13
+
+
+def test_a_sign_flip_is_named_only_where_its_contrast_test_supports_it():
+    rng = np.random.default_rng(2)
+    seeds = rng.normal(0, 0.02, 5)  # a shared seed effect: the paired contrast removes it
+    cells = {("before", "relu"): list(0.90 + seeds + rng.normal(0, 0.002, 5)),
+             ("after", "relu"): list(0.93 + seeds + rng.normal(0, 0.002, 5)),  # after − before: +3 points
+             ("before", "sigmoid"): list(0.80 + seeds + rng.normal(0, 0.002, 5)),
+             ("after", "sigmoid"): list(0.75 + seeds + rng.normal(0, 0.002, 5)),  # −5 points: a real flip
+             ("before", "tanh"): list(0.85 + seeds + rng.normal(0, 0.01, 5)),
+             ("after", "tanh"): list(0.849 + seeds + rng.normal(0, 0.01, 5))}  # ≈ 0: noise either way
+    runs = make_runs(cells)
+    table = stats.interaction_table(runs, "norm", "activation")
+    flips = stats.test_flips(runs, ["norm", "activation"], stats.sign_flips(table, "norm", "activation"))
+    (flip,) = flips
+    assert flip["supported"]
+    by_pair = {(c["positive"], c["negative"]): c for c in flip["contrasts"]}
+    relu_sigmoid = by_pair.get(("sigmoid", "relu"), by_pair.get(("relu", "sigmoid")))
+    per_seed = [(cells[("before", "sigmoid")][i] - cells[("after", "sigmoid")][i])
+                - (cells[("before", "relu")][i] - cells[("after", "relu")][i]) for i in range(5)]
+    sign = 1 if ("sigmoid", "relu") in by_pair else -1
+    assert relu_sigmoid["p"] == pytest.approx(st.ttest_1samp(per_seed, 0).pvalue)
+    assert relu_sigmoid["estimate"] == pytest.approx(sign * np.mean(per_seed))
+    assert flip["p_holm"] < 0.05
+    # the same means with seed noise as large as the flip: the change of sign is not named
+    centred = lambda e: e - e.mean()  # noqa: E731  (the cell means stay as they were)
+    noisy = make_runs({k: list(np.mean(v) + centred(rng.normal(0, 0.08, 3))) for k, v in cells.items()})
+    flips = stats.test_flips(noisy, ["norm", "activation"],
+                             stats.sign_flips(stats.interaction_table(noisy, "norm", "activation"), "norm", "activation"))
+    assert flips and not any(f["supported"] for f in flips)
 
 
 def test_time_to_accuracy(tmp_path):

@@ -71,6 +71,21 @@ def seeds_needed(effect: float, sd: float, alpha: float, power: float = POWER) -
     return float(high)
 
 
+def planned_seeds(effect: float | None, sd: float, pairs: int, alpha: float,
+                  confidence: float = 0.95) -> tuple[float, float, float]:
+    """Seeds (pairs) a paired t-test at ``alpha`` needs for 80% power against a difference of
+    ``effect`` when the pilot's differences had standard deviation ``sd`` over ``pairs`` seeds:
+    (at the pilot SD, at the low end of the SD's ``confidence`` chi-square interval, at its
+    high end). The true SD lies in that interval in ``confidence`` of pilots (normal
+    differences), and the seeds needed grow with the SD, so the range covers the seeds the
+    effect truly needs as often. NaN without an effect, or an SD from fewer than 2 pairs."""
+    if effect is None or not np.isfinite(sd) or sd <= 0 or pairs < 2:
+        return np.nan, np.nan, np.nan
+    df, tail = pairs - 1, (1 - confidence) / 2
+    sd_low, sd_high = sd * math.sqrt(df / st.chi2.ppf(1 - tail, df)), sd * math.sqrt(df / st.chi2.ppf(tail, df))
+    return seeds_needed(effect, sd, alpha), seeds_needed(effect, sd_low, alpha), seeds_needed(effect, sd_high, alpha)
+
+
 def _rank_preserving(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """a and b with ±inf replaced by finite values beyond every finite one, far enough that a
     difference with an infinite score is larger in size than any finite difference: the signs
@@ -84,14 +99,13 @@ def _rank_preserving(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _paired_tests(a: np.ndarray, b: np.ndarray, confidence: float, margin: float | None,
-                  min_effect: float | None, interval: str, n_resamples: int, random_state: int) -> dict:
+                  interval: str, n_resamples: int, random_state: int) -> dict:
     """Paired tests of cell scores ``a`` against baseline scores ``b`` (same seeds, same order);
     NaN with a note where a statistic is undefined."""
     from statsmodels.stats.weightstats import ttost_paired
 
-    alpha = 1 - confidence
     out = dict(mean_diff=np.nan, median_diff=np.nan, ci_low=np.nan, ci_high=np.nan, d_z=np.nan, g_z=np.nan,
-               p_ttest=np.nan, p_wilcoxon=np.nan, p_tost=np.nan, seeds_needed=np.nan, note="")
+               p_ttest=np.nan, p_wilcoxon=np.nan, p_tost=np.nan, sd_diff=np.nan, note="")
     if len(a) < 2:
         out["note"] = f"{len(a)} paired seed(s): need 2"
         return out
@@ -120,7 +134,7 @@ def _paired_tests(a: np.ndarray, b: np.ndarray, confidence: float, margin: float
         if np.all(d == 0):
             out["note"] = "all differences are zero"
             return out
-        sd = float(np.std(d, ddof=1))
+        sd = out["sd_diff"] = float(np.std(d, ddof=1))
         if sd <= tol:
             out["note"] = "constant differences: t-test undefined"
             return out
@@ -139,8 +153,6 @@ def _paired_tests(a: np.ndarray, b: np.ndarray, confidence: float, margin: float
         out.update(ci_low=float(ci.low), ci_high=float(ci.high))
         if margin is not None and margin > 0:
             out["p_tost"] = float(ttost_paired(a, b, -margin, margin)[0])
-        effect = min_effect if min_effect is not None else out["mean_diff"]
-        out["seeds_needed"] = seeds_needed(effect, sd, alpha)
     return out
 
 
@@ -172,7 +184,8 @@ CHANCE_MARGIN = 0.05
 COMPARISON_COLUMNS = [
     "baseline", "n_pairs", "diverged", "baseline_diverged", "mean", "baseline_mean", "mean_diff", "median_diff",
     "ci_low", "ci_high", "d_z", "g_z", "p_ttest", "p_wilcoxon", "p_tost", "test", "p_holm", "p_tost_holm",
-    "learned", "baseline_learned", "verdict", "seeds_needed", "note",
+    "learned", "baseline_learned", "verdict", "sd_diff", "seeds_needed", "seeds_needed_low", "seeds_needed_high",
+    "note",
 ]
 
 
@@ -194,7 +207,7 @@ def compare_to_baseline(
     baseline: Mapping[str, str],
     confidence: float = 0.95,
     margin: float | None = None,
-    min_effect: float | None = None,
+    effect: float | None = None,
     interval: str = "t",
     n_resamples: int = 9999,
     random_state: int = 0,
@@ -211,7 +224,7 @@ def compare_to_baseline(
         cell = dict(zip(factors, key))
         if not all(str(cell[k]) == str(v) for k, v in baseline.items()):
             pairs.append((key, tuple(str(baseline.get(f, cell[f])) for f in factors), label))
-    out = _compare(runs, factors, metric, pairs, confidence, margin, min_effect, interval, n_resamples,
+    out = _compare(runs, factors, metric, pairs, confidence, margin, effect, interval, n_resamples,
                    random_state, chance)
     out.attrs.update(baseline=dict(baseline), pairs="baseline")
     return out
@@ -237,7 +250,7 @@ def compare_pairs(
     factor: str,
     confidence: float = 0.95,
     margin: float | None = None,
-    min_effect: float | None = None,
+    effect: float | None = None,
     interval: str = "t",
     n_resamples: int = 9999,
     random_state: int = 0,
@@ -261,14 +274,14 @@ def compare_pairs(
                 key = tuple(str(v) for v in (*context[:where], later, *context[where:]))
                 base = tuple(str(v) for v in (*context[:where], earlier, *context[where:]))
                 pairs.append((key, base, f"{factor}={earlier}"))
-    out = _compare(runs, factors, metric, pairs, confidence, margin, min_effect, interval, n_resamples,
+    out = _compare(runs, factors, metric, pairs, confidence, margin, effect, interval, n_resamples,
                    random_state, chance)
     out.attrs.update(baseline={}, pairs="all", factor=factor)
     return out
 
 
 def _compare(runs: pd.DataFrame, factors: list[str], metric: str, pairs: list[tuple[tuple, tuple, str]],
-             confidence: float, margin: float | None, min_effect: float | None, interval: str, n_resamples: int,
+             confidence: float, margin: float | None, effect: float | None, interval: str, n_resamples: int,
              random_state: int, chance: float | None) -> pd.DataFrame:
     """Cell ``key`` against cell ``base`` for each (key, base, label) of ``pairs``, paired by
     seed over the seeds with a result in both.
@@ -283,8 +296,10 @@ def _compare(runs: pd.DataFrame, factors: list[str], metric: str, pairs: list[tu
     score is infinite) and ``p_holm`` (its p, Holm-adjusted over the rows: one family per
     table; the Wilcoxon p of a t row is a check, not adjusted), ``p_tost_holm``, ``learned`` and
     ``baseline_learned`` (:func:`learned`, over each arm's own results), ``verdict``
-    (:func:`verdict`), ``seeds_needed`` (pairs for 80% power to detect the observed difference,
-    or ``min_effect``) and ``note``.
+    (:func:`verdict`), ``sd_diff`` (the SD of the differences), ``seeds_needed`` and its range
+    ``seeds_needed_low, seeds_needed_high`` (:func:`planned_seeds`: pairs for 80% power against a
+    difference of ``effect`` at the family's strictest Holm level, α / rows with a test; NaN
+    without ``effect``) and ``note``.
     """
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, not {interval!r}")
@@ -310,7 +325,7 @@ def _compare(runs: pd.DataFrame, factors: list[str], metric: str, pairs: list[tu
         pairs_ = per_seed.get(key, empty).merge(per_seed.get(base_key, empty), how="inner", left_index=True,
                                                 right_index=True, suffixes=("", "_b"))
         a, b = pairs_["score"].to_numpy(float), pairs_["score_b"].to_numpy(float)
-        result = _paired_tests(a, b, confidence, margin, min_effect, interval, n_resamples, random_state)
+        result = _paired_tests(a, b, confidence, margin, interval, n_resamples, random_state)
         if base_key not in per_seed:
             result["note"] = "baseline cell has no result"
         elif key not in per_seed:
@@ -327,9 +342,14 @@ def _compare(runs: pd.DataFrame, factors: list[str], metric: str, pairs: list[tu
     out["p_tost_holm"] = holm(out["p_tost"])
     higher = higher_is_better(metric)
     out["verdict"] = [verdict(row, higher, 1 - confidence) for _, row in out.iterrows()]
+    family = max(1, int(out["p_holm"].notna().sum()))
+    level = (1 - confidence) / family
+    plan = np.array([planned_seeds(effect, sd, n, level, confidence)
+                     for sd, n in zip(out["sd_diff"], out["n_pairs"])], dtype=float).reshape(-1, 3)
+    out["seeds_needed"], out["seeds_needed_low"], out["seeds_needed_high"] = plan.T
     out = out[[*factors, *COMPARISON_COLUMNS]]
     for f in factors:
         out[f] = pd.Categorical(out[f], categories=runs[f].cat.categories, ordered=True)
-    out.attrs.update(metric=metric, confidence=confidence, margin=margin, min_effect=min_effect, interval=interval,
-                     chance=chance, chance_margin=CHANCE_MARGIN)
+    out.attrs.update(metric=metric, confidence=confidence, margin=margin, effect=effect, interval=interval,
+                     chance=chance, chance_margin=CHANCE_MARGIN, power_level=level, family=family)
     return out

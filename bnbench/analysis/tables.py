@@ -20,7 +20,9 @@ class ReportOptions:
     baseline: dict[str, str] | None = None  # None: norm=none when norm is swept
     confidence: float = 0.95
     margin: float | None = None  # equivalence margin, in the units shown (points for accuracies)
-    min_effect: float | None = None  # seeds needed to detect this difference (units shown); None: the observed
+    # seeds for 80% power against this difference (units shown); None: the margin, else 1 point
+    # for accuracies, else no planning figure
+    effect: float | None = None
     interval: str = "t"  # paired differences: t-interval, or "bootstrap" (BCa; sound from about 15 pairs)
     target_acc: float | None = None  # with time_unit: report the time to reach this accuracy
     time_unit: str = "epochs"

@@ -12,6 +12,20 @@ from bnbench.render.text import (INCOMPLETE_MARK, POLICY, anova_rows, cell_rows,
                                  selection_rows, summary_line)
 
 
+def _power_text(comp, metric: str, unit: str) -> str:
+    """What the seeds-for-power column plans for: an effect named in advance, at the Holm level."""
+    effect, level, family = comp.attrs.get("effect"), comp.attrs.get("power_level"), comp.attrs.get("family", 1)
+    if effect is None:
+        return ("Seeds for 80% power are not planned: give the difference that matters with `--effect` (or "
+                "`--margin`).")
+    return (f"Seeds for 80% power (a plan for the next run, not evidence about this one): the pairs a paired t-test "
+            f"needs to detect a difference of {fmt(effect, metric)}{unit} (`--effect`; default: `--margin`, else 1 "
+            f"point) at α / {family} = {level:.2g}, Holm's first step over this table's {family} test(s), with the SD "
+            "of each row's differences; in brackets, the same at the ends of that SD's "
+            f"{100 * comp.attrs.get('confidence', 0.95):g}% interval (chi-square, n − 1 df: wide with few seeds; with 3, "
+            "the 95% interval spans ×0.52 to ×6.3 of the SD).")
+
+
 def to_markdown(tables: SweepTables) -> str:
     m = tables.metric
     pct = confidence_pct(tables)
@@ -65,12 +79,7 @@ def to_markdown(tables: SweepTables) -> str:
                       f"small-sample correction. Verdict at α = {alpha:.2g}: {nothing}, and such a row says so "
                       "(\"did not learn\", \"baseline did not learn\", \"neither learned\") instead of a winner; "
                       "otherwise better or worse when the Holm-adjusted test rejects no difference; "
-                      f"{equivalence}; otherwise inconclusive. Seeds for 80% power: the pairs a paired t-test would need "
-                      "to detect "
-                      + (f"a difference of {fmt(comp.attrs['min_effect'], m)}{unit} (`--min-effect`)"
-                         if comp.attrs.get("min_effect") is not None else
-                         "the observed difference (`--min-effect` sets one; post hoc: a planning figure, not evidence)")
-                      + " at this α, unadjusted.")
+                      f"{equivalence}; otherwise inconclusive. " + _power_text(comp, m, unit))
         lines += [""]
         failed = learned_nothing(tables)
         if failed:
@@ -95,9 +104,12 @@ def to_markdown(tables: SweepTables) -> str:
                   *md_table(*effect_rows(tables)), ""]
     if tables.interactions:
         lines += ["## Interactions", ""]
-        lines += (["Where a factor's effect changes sign across the levels of another (means of cell means). The p-value "
-                   "is that of the whole interaction in the ANOVA, not of this pair of levels: compare the pair with "
-                   "`--baseline` set to one of them.", "", *flip_lines(tables), ""]
+        lines += (["Where a factor's effect changes sign across the levels of another (means of cell means), "
+                   "named only where the two simple effects differ by their own test: the interaction contrast "
+                   "(the effect at a level where it is positive minus the effect at one where it is negative), per "
+                   "seed over the cells of the other factors, paired t-test; one Holm family over every contrast "
+                   "tested. That says the effects differ; whether each is non-zero on its own is the comparisons' "
+                   "question.", "", *flip_lines(tables), ""]
                   if tables.flips else ["No factor's effect changes sign across the levels of another.", ""])
     for (a, b), table in tables.interactions.items():
         lines += [f"### {a} × {b}", "", f"Mean {metric_title(m)} per {a} (rows) and {b} (columns): the "

@@ -174,19 +174,27 @@ def comparison_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
     every_pair = comp.attrs.get("pairs") == "all"
     header = [*tables.factors, *(["against"] if every_pair else []), "pairs", "diverged", "difference",
               _interval_label(tables), "g_z", "p (t)", "p (Wilcoxon)", "test", "p Holm", *(["p Holm (TOST)"] if tost else []),
-              "verdict", "seeds for 80% power", "note"]
+              "verdict", "seeds for 80% power (range)", "note"]
     rows = []
     for _, row in comp.iterrows():
         against = [str(row["baseline"]).split("=", 1)[-1]] if every_pair else []
         ci = "—" if pd.isna(row["ci_low"]) else f"{fmt(row['ci_low'], m, True)} – {fmt(row['ci_high'], m, True)}"
         diverged = f"{int(row['diverged'])} vs {int(row['baseline_diverged'])}" if row["n_pairs"] else "—"
-        needed = "—" if pd.isna(row["seeds_needed"]) else f"{int(row['seeds_needed'])}"
+        needed = _seeds_text(row)
         rows.append([*[str(row[f]) for f in tables.factors], *against, str(int(row["n_pairs"])), diverged,
                      fmt(row["mean_diff"], m, True), ci, "—" if pd.isna(row["g_z"]) else f"{row['g_z']:.2f}",
                      fmt_p(row["p_ttest"]), fmt_p(row["p_wilcoxon"]), row["test"] or "—", fmt_p(row["p_holm"]),
                      *([fmt_p(row["p_tost_holm"])] if tost else []), row["verdict"], needed,
                      row["note"] if isinstance(row["note"], str) else ""])
     return header, rows
+
+
+def _seeds_text(row: pd.Series) -> str:
+    """"8 (4–92)": the planned seeds at the pilot SD and at the ends of its interval."""
+    if pd.isna(row["seeds_needed"]):
+        return "—"
+    count = lambda v: "—" if pd.isna(v) else (">10⁶" if v > 1e6 else f"{int(v)}")  # noqa: E731
+    return f"{count(row['seeds_needed'])} ({count(row['seeds_needed_low'])}–{count(row['seeds_needed_high'])})"
 
 
 def effect_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
@@ -212,26 +220,25 @@ def anova_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _interaction_p(tables: SweepTables, a: str, b: str) -> float:
-    if tables.anova is None or not len(tables.anova):
-        return math.nan
-    terms = {f"{a} × {b}", f"{b} × {a}"}
-    match = tables.anova[tables.anova["term"].isin(terms)]
-    return float(match["p"].iloc[0]) if len(match) else math.nan
-
-
 def flip_lines(tables: SweepTables) -> list[str]:
-    alpha = 1 - tables.cells.attrs.get("confidence", 0.95)
+    """The changes of sign that their contrast tests support, one line each, and how many others
+    the means show that the tests do not support."""
     lines = []
     for flip in tables.flips:
-        p = _interaction_p(tables, flip["factor"], flip["across"])
+        if not flip.get("supported"):
+            continue
         where = lambda levels: ", ".join(f"{lv} ({fmt(flip['diffs'][lv], tables.metric, True)})" for lv in levels)  # noqa: E731
-        term = f"the {flip['factor']} × {flip['across']} interaction"
-        verdict = (f"{term} is significant" if p < alpha else f"{term} is not significant") \
-            if math.isfinite(p) else f"{term} is not in the ANOVA"
+        best = min((c for c in flip["contrasts"] if np.isfinite(c["p_holm"])), key=lambda c: c["p_holm"])
         lines.append(f"- {flip['factor']} {flip['high']} − {flip['low']} changes sign with {flip['across']}: "
-                     f"positive at {where(flip['positive'])}, negative at {where(flip['negative'])}; "
-                     f"{verdict} (p {fmt_p(p)}).")
+                     f"positive at {where(flip['positive'])}, negative at {where(flip['negative'])}; the simple "
+                     f"effects at {best['positive']} and {best['negative']} differ by "
+                     f"{fmt(best['estimate'], tables.metric, True)} (paired over {best['seeds']} seeds, "
+                     f"Holm p {fmt_p(best['p_holm'])}).")
+    unsupported = sum(not flip.get("supported") for flip in tables.flips)
+    if unsupported:
+        lines.append(f"- {unsupported} other change(s) of sign among the means are not supported by their contrast "
+                     "tests (Holm-adjusted, they reject no difference between the simple effects): within noise "
+                     "here.")
     return lines
 
 
