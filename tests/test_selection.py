@@ -52,6 +52,25 @@ def test_ties_and_arms_where_every_value_diverged_are_said():
     assert table.loc["bn_before", "chosen"] == "0.01" and "tie between 0.01, 0.1" in table.loc["bn_before", "note"]
 
 
+def test_a_value_with_a_diverged_seed_loses_on_an_accuracy_too():
+    """A diverged run's validation accuracy is finite (its final model's): the rule that a value
+    with a diverged seed is chosen only when every value had one holds for it as for a loss."""
+    runs = _runs({("none", "0.01"): [(0.80, 0.8), (0.81, 0.8)], ("none", "0.1"): [(0.86, 0.85), (0.85, 0.85)],
+                  ("none", "1.0"): [(0.95, 0.9), (0.93, 0.9)],
+                  ("bn_before", "0.01"): [(0.7, 0.7), (0.7, 0.7)], ("bn_before", "0.1"): [(0.8, 0.8), (0.9, 0.9)],
+                  ("bn_before", "1.0"): [(0.85, 0.85), (0.9, 0.9)]})
+    runs.loc[(runs["norm"] == "none") & (runs["optimizer.lr"] == "1.0") & (runs["seed"] == 0), "status"] = "diverged"
+    for lr in ("0.01", "0.1", "1.0"):  # bn_before: a diverged seed everywhere, one at 0.1 and 1.0, two at 0.01
+        for seed in ((0, 1) if lr == "0.01" else (1,)):
+            runs.loc[(runs["norm"] == "bn_before") & (runs["optimizer.lr"] == lr) & (runs["seed"] == seed),
+                     "status"] = "diverged"
+    _, _, selection = select_per_arm(runs, ["norm", "optimizer.lr"], "optimizer.lr", "final_test_acc")
+    table = selection.table.set_index("norm")
+    assert table.loc["none", "chosen"] == "0.1"  # 1.0 leads on the mean (0.94) but a seed diverged
+    assert table.loc["bn_before", "chosen"] == "1.0"  # the best mean of those with the fewest (one)
+    assert "the best of those with the fewest (1 of 2)" in table.loc["bn_before", "note"]
+
+
 def test_a_key_that_is_not_swept_or_a_sweep_without_validation_is_refused():
     runs = _runs({("none", "0.1"): [(0.8, 0.8)], ("bn_before", "0.1"): [(0.9, 0.9)]})
     with pytest.raises(SelectionError, match="optimizer.lr is not swept"):
@@ -127,7 +146,7 @@ def test_the_stable_range_is_the_unbroken_run_of_close_values_without_divergence
     assert (ranges.loc["bn_before", "low"], ranges.loc["bn_before", "high"]) == (0.01, 1.0)
     assert ranges.loc["bn_before", "width"] == pytest.approx(100.0)
     assert ranges.loc["bn_before", "width_ratio"] == pytest.approx(10.0)
-    assert ranges.loc["bn_before", "width_low"] <= 100.0 <= ranges.loc["bn_before", "width_high"]
+    assert 0 < ranges.loc["bn_before", "width_share"] <= 1 and "100: " in ranges.loc["bn_before", "width_resampled"]
     cells = prof.cells.set_index(["norm", "value"])
     assert cells.loc[("none", 10.0), "div_rate"] == pytest.approx(1 / 3)
     assert cells.loc[("bn_before", 0.1), "mean"] == pytest.approx(0.89)

@@ -9,11 +9,16 @@ units: points for accuracies) of the best such mean, taken as the unbroken run o
 around the best one. Its width is the ratio of its ends ("0.03-1.0, 33x"; one value: 1x).
 
 How sure is a width? Seeds are resampled with replacement (the same draw for every value and
-every arm: a seed's runs share its data order and initial weights) and the width recomputed;
-the percentile interval over 2,000 draws is shown, and for each arm the ratio of its width to
-the baseline arm's, with its interval from the same draws. With 3-5 seeds these intervals are
-wide, and a percentile bootstrap undercovers at such sizes (bnbench's coverage tests of paired
-intervals): read them as a rough guide, not a test.
+every arm: a seed's runs share its data order and initial weights) and the range found again.
+A width is a ratio of two grid values, so it can take only a few values: the report shows how
+often the resamples give each ("26.7× in 93% of resamples, 13.3× in 7%") and the grid's
+resolution (the ratio of neighbouring values), not a percentile interval of a discrete
+statistic. With 5 seeds there are only 126 distinct resamples: below 10 seeds the report says
+the uncertainty is coarse. The ratio of each arm's width to the baseline arm's is shown the
+same way, from the same draws.
+
+A range never crosses a value without results (every run there failed or was never run): it
+stops before it, and the report says so.
 
 The metric is the report's: by default the final validation accuracy (loss for regression),
 since the stable range picks values and picking happens on held-out data; ``--metric
@@ -46,7 +51,7 @@ class Profile:
     within: float  # in the metric's own units (a fraction for accuracies)
     arms: list[str]
     cells: pd.DataFrame  # per arm and value: value (float), n, mean, ci_low, ci_high, div_rate
-    ranges: pd.DataFrame  # per arm: best, best_mean, low, high, width, width_low, width_high, ratio...
+    ranges: pd.DataFrame  # per arm: best, best_mean, low, high, width, width_share, width_resampled, ratio...
     notes: list[str] = field(default_factory=list)
 
 
@@ -87,35 +92,54 @@ def profile(runs: pd.DataFrame, factors: list[str], key: str, metric: str, withi
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(seeds), size=(RESAMPLES, len(seeds))) if len(seeds) else np.zeros((0, 0), int)
     rows, widths = [], {}
+    grid = np.array(values)
     for arm_key, (score, diverged) in per_arm.items():
-        found = _stable_range(score.to_numpy(), diverged.to_numpy(), np.array(values), within, higher)
-        boot = np.array([_stable_range(score.to_numpy()[d], diverged.to_numpy()[d], np.array(values), within,
-                                       higher)["width"] for d in draws])
+        found = _stable_range(score.to_numpy(), diverged.to_numpy(), grid, within, higher)
+        boot = np.array([_stable_range(score.to_numpy()[d], diverged.to_numpy()[d], grid, within, higher)["width"]
+                         for d in draws])
         widths[arm_key] = boot
-        alpha = 1 - confidence
-        finite = boot[np.isfinite(boot)]
-        low, high = (np.quantile(finite, [alpha / 2, 1 - alpha / 2]) if len(finite) else (np.nan, np.nan))
-        rows.append({**dict(zip(arms, arm_key)), **found, "width_low": low, "width_high": high,
-                     "no_range_share": float(np.mean(~np.isfinite(boot))) if len(boot) else np.nan})
+        rows.append({**dict(zip(arms, arm_key)), **found, **_resampled("width", boot, found["width"])})
     ranges = pd.DataFrame(rows)
     notes = []
     base = _baseline_arm(arms, per_arm, baseline)
     if base is not None and len(ranges):
-        ratio_low, ratio_high, ratio = [], [], []
-        for arm_key in per_arm:
-            both = np.isfinite(widths[arm_key]) & np.isfinite(widths[base])
-            r = widths[arm_key][both] / widths[base][both]
-            ratio.append(float(ranges.loc[list(per_arm).index(arm_key), "width"]
-                               / ranges.loc[list(per_arm).index(base), "width"]))
-            q = np.quantile(r, [(1 - confidence) / 2, 1 - (1 - confidence) / 2]) if len(r) else (np.nan, np.nan)
-            ratio_low.append(q[0])
-            ratio_high.append(q[1])
-        ranges["width_ratio"], ranges["ratio_low"], ranges["ratio_high"] = ratio, ratio_low, ratio_high
+        base_row = list(per_arm).index(base)
+        extra = []
+        for i, arm_key in enumerate(per_arm):
+            ratio = float(ranges.loc[i, "width"] / ranges.loc[base_row, "width"])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boot = widths[arm_key] / widths[base]
+            extra.append({"width_ratio": ratio, **_resampled("ratio", boot, ratio)})
+        ranges = pd.concat([ranges, pd.DataFrame(extra)], axis=1)
         ranges.attrs["baseline"] = ", ".join(f"{a}={v}" for a, v in zip(arms, base))
-    if len(seeds) < 5:
-        notes.append(f"{len(seeds)} seeds: the intervals of the widths come from resampling so few seeds and are "
-                     "rough (a percentile bootstrap covers less than its level at such sizes)")
+    positive = grid[grid > 0]
+    steps = positive[1:] / positive[:-1] if len(positive) > 1 else np.array([])
+    ranges.attrs["resolution"] = (float(steps.min()), float(steps.max())) if len(steps) else None
+    gaps = [", ".join(str(v) for v in key) for key, row in zip(per_arm, rows) if row.get("stopped_at_gap")]
+    if gaps:
+        notes.append(f"the stable range of {'; '.join(gaps)} stops at a value of {key} without results (every run "
+                     "there failed or was never run): a range never crosses a value it has no results for")
+    if len(seeds) < 10:
+        notes.append(f"{len(seeds)} seeds: resampling so few seeds gives few distinct draws, so the shares of the "
+                     "widths are coarse (read them as a guide, not a test); 10 or more seeds make them finer")
     return Profile(key, metric, within, arms, cells, ranges, notes)
+
+
+def _resampled(name: str, boot: np.ndarray, point: float) -> dict:
+    """How often the resamples give each value of a grid-valued statistic: ``<name>_share`` (of
+    the point estimate), ``<name>_resampled`` ("26.7: 93%; 13.3: 7%", most frequent first,
+    values under 1% of draws left out) and ``<name>_none_share`` (draws with no range)."""
+    if not len(boot):
+        return {f"{name}_share": np.nan, f"{name}_resampled": "", f"{name}_none_share": np.nan}
+    finite = boot[np.isfinite(boot)]
+    rounded = np.round(finite, 10)  # a ratio of grid values, up to float rounding
+    values, counts = np.unique(rounded, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    shares = [(float(values[i]), counts[i] / len(boot)) for i in order if counts[i] / len(boot) >= 0.01]
+    text = "; ".join(f"{v:.3g}: {100 * share:.0f}%" for v, share in shares)
+    point_share = float(np.sum(np.isclose(finite, point)) / len(boot)) if np.isfinite(point) else 0.0
+    return {f"{name}_share": point_share, f"{name}_resampled": text,
+            f"{name}_none_share": float(np.mean(~np.isfinite(boot)))}
 
 
 def _stable_range(score: np.ndarray, diverged: np.ndarray, values: np.ndarray, within: float,
@@ -128,24 +152,25 @@ def _stable_range(score: np.ndarray, diverged: np.ndarray, values: np.ndarray, w
     finite = np.isfinite(means)
     candidates = finite & ~any_diverged
     if not candidates.any():  # a diverged seed under every value: nothing is stable
-        return {"best": np.nan, "best_mean": np.nan, "low": np.nan, "high": np.nan, "width": np.nan}
+        return {"best": np.nan, "best_mean": np.nan, "low": np.nan, "high": np.nan, "width": np.nan,
+                "stopped_at_gap": False}
     best_index = int(np.argmax(np.where(candidates, means, -np.inf)) if higher
                      else np.argmin(np.where(candidates, means, np.inf)))
     best_mean = means[best_index]
     close = finite & ((means >= best_mean - within) if higher else (means <= best_mean + within))
     stable = close & ~any_diverged
     lo = hi = best_index
-    while lo > 0 and (stable[lo - 1] or not present[lo - 1]):
+    while lo > 0 and stable[lo - 1]:  # stable implies results: a value without any ends the range
         lo -= 1
-    while hi < len(values) - 1 and (stable[hi + 1] or not present[hi + 1]):
+    while hi < len(values) - 1 and stable[hi + 1]:
         hi += 1
-    while not present[lo]:
-        lo += 1
-    while not present[hi]:
-        hi -= 1
+    # a value without results where the range would otherwise have gone on
+    gap = any(0 <= i < len(values) and not present[i] and 0 <= j < len(values) and stable[j]
+              for i, j in ((lo - 1, lo - 2), (hi + 1, hi + 2)))
     low, high = values[lo], values[hi]
     width = high / low if low > 0 else np.nan
-    return {"best": values[best_index], "best_mean": best_mean, "low": low, "high": high, "width": width}
+    return {"best": values[best_index], "best_mean": best_mean, "low": low, "high": high, "width": width,
+            "stopped_at_gap": gap}
 
 
 def _baseline_arm(arms: list[str], per_arm: dict, baseline: dict[str, str] | None) -> tuple[str, ...] | None:

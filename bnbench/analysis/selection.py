@@ -9,9 +9,10 @@ the validation split only (``dataset.val_size``), never the test set.
 
 The validation criterion follows the reported metric: the final model's validation metric for
 ``final_*`` metrics, the best validation metric for ``*_at_best_val`` (the evaluation that
-metric comes from). A diverged run scores the worst value (bnbench.analysis.stats.scores), so a value
-under which any seed diverged is chosen only when every value had a diverged seed, and then
-the one with the fewest (said in the arm's note). The seeds that chose the values are the ones
+metric comes from). A value under which any seed diverged is chosen only when every value had a
+diverged seed, and then the best of those with the fewest (said in the arm's note): for every
+metric kind, accuracies included (a diverged run's accuracy is finite, that of its final model,
+and could otherwise lead). The seeds that chose the values are the ones
 reported, which flatters the chosen values a little (a winner's curse): the report says so,
 and a rerun of the chosen values on fresh seeds is the clean comparison.
 
@@ -115,13 +116,22 @@ def _choose(per_value: list[tuple[str, float, int, int, int]], higher: bool) -> 
     per_value = [v for v in per_value if v[2] > 0]  # values with no result cannot be chosen
     if not per_value:
         return None, "no results at any value: nothing to compare"
-    finite = [v for v in per_value if np.isfinite(v[1])]
-    if not finite:  # a diverged seed (the worst score) under every value
+    # The rule holds for every metric kind: a diverged seed's loss is infinite, but its accuracy
+    # is finite (that of its final model) and could still lead; a value with one is not stable.
+    clean = [v for v in per_value if v[3] == 0 and np.isfinite(v[1])]
+    if not clean:  # a diverged seed under every value
         fewest = min(v[3] for v in per_value)
-        chosen = next(v for v in per_value if v[3] == fewest)
-        return chosen[0], (f"every value had a diverged seed; chose {chosen[0]}, the first with the fewest "
+        pool = [v for v in per_value if v[3] == fewest]
+        finite = [v for v in pool if np.isfinite(v[1])]
+        chosen = _best(finite, higher)[0] if finite else pool[0]
+        return chosen[0], (f"every value had a diverged seed; chose {chosen[0]}, the best of those with the fewest "
                            f"({fewest} of {chosen[2]})")
-    best = max(v[1] for v in finite) if higher else min(v[1] for v in finite)
-    tied = [v[0] for v in finite if np.isclose(v[1], best, rtol=0, atol=1e-12)]
-    note = f"tie between {', '.join(tied)}: chose the first in the sweep's order" if len(tied) > 1 else ""
-    return tied[0], note
+    tied = _best(clean, higher)
+    note = f"tie between {', '.join(v[0] for v in tied)}: chose the first in the sweep's order" if len(tied) > 1 else ""
+    return tied[0][0], note
+
+
+def _best(values: list[tuple], higher: bool) -> list[tuple]:
+    """The entries with the best mean (ties: every one, in the sweep's order)."""
+    best = max(v[1] for v in values) if higher else min(v[1] for v in values)
+    return [v for v in values if np.isclose(v[1], best, rtol=0, atol=1e-12)]

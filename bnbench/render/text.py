@@ -17,16 +17,31 @@ from bnbench.records import is_fraction
 INCOMPLETE_MARK = "*"  # next to the rank of a cell with failed, unfinished or missing runs
 
 
-def fmt(value: Any, metric: str, signed: bool = False, clip: bool = False) -> str:
+OUT_OF_RANGE_MARK = "†"  # an interval end past what the metric can be (0-100%): shown as computed
+
+
+def fmt(value: Any, metric: str, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float) and math.isinf(value):
         return "+∞" if value > 0 else "−∞"
     if is_fraction(metric):
-        if clip:  # a t-interval can reach past 0% or 100%; accuracy cannot
-            value = min(1.0, max(0.0, value))
         return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
     return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def interval(low: Any, high: Any, metric: str) -> str:
+    """"86.52 – 87.33"; an end a t-interval puts past 0% or 100% (an accuracy cannot be there:
+    the interval assumes a normal mean, which a score near its bound is not) is shown as
+    computed and marked, never clipped into a narrower-looking interval."""
+    if pd.isna(low):
+        return "—"
+
+    def end(value: float) -> str:
+        outside = is_fraction(metric) and not 0.0 <= value <= 1.0
+        return fmt(value, metric) + (OUT_OF_RANGE_MARK if outside else "")
+
+    return f"{end(low)} – {end(high)}"
 
 
 def fmt_p(value: Any) -> str:
@@ -72,7 +87,7 @@ def cell_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
               "min – max"]
     rows = []
     for _, cell in tables.cells.iterrows():
-        ci = "—" if pd.isna(cell["ci_low"]) else f"{fmt(cell['ci_low'], m, clip=True)} – {fmt(cell['ci_high'], m, clip=True)}"
+        ci = interval(cell["ci_low"], cell["ci_high"], m)
         spread = "—" if pd.isna(cell["min"]) else f"{fmt(cell['min'], m)} – {fmt(cell['max'], m)}"
         mean = fmt(cell["mean"], m) + ("" if pd.isna(cell["std"]) else f" ± {fmt(cell['std'], m)}")
         rank = "—" if pd.isna(cell["rank"]) else str(int(cell["rank"]))
@@ -103,37 +118,57 @@ def profile_lines(tables: SweepTables) -> list[str]:
     m = prof.metric
     within = 100 * prof.within if is_fraction(m) else prof.within
     unit = (" point" if within == 1 else " points") if is_fraction(m) else ""
-    header = [*prof.arms, f"best {prof.key}", "its mean", "stable range", "width", f"width {confidence_pct(tables)} (seeds resampled)"]
+    header = [*prof.arms, f"best {prof.key}", "its mean", "stable range", "width", "width in resamples of seeds"]
     has_ratio = "width_ratio" in prof.ranges
     if has_ratio:
-        header += [f"width / {prof.ranges.attrs['baseline']}", "its interval"]
+        header += [f"width / {prof.ranges.attrs['baseline']}", "ratio in resamples"]
     rows = []
     for _, arm in prof.ranges.iterrows():
         stable = f"{arm['low']:g} – {arm['high']:g}" if np.isfinite(arm["low"]) else "none"
         width = f"{arm['width']:.3g}×" if np.isfinite(arm["width"]) else "—"
-        interval = (f"{arm['width_low']:.3g}× – {arm['width_high']:.3g}×" if np.isfinite(arm["width_low"]) else "—")
-        if arm.get("no_range_share", 0) > 0:
-            interval += f" (no range in {100 * arm['no_range_share']:.0f}% of draws)"
         row = [*(str(arm[a]) for a in prof.arms), f"{arm['best']:g}" if np.isfinite(arm["best"]) else "—",
-               fmt(arm["best_mean"], m), stable, width, interval]
+               fmt(arm["best_mean"], m), stable, width, _resampled_text(arm, "width")]
         if has_ratio:
-            row += [f"{arm['width_ratio']:.3g}" if np.isfinite(arm["width_ratio"]) else "—",
-                    f"{arm['ratio_low']:.3g} – {arm['ratio_high']:.3g}" if np.isfinite(arm["ratio_low"]) else "—"]
+            row += [f"{arm['width_ratio']:.3g}×" if np.isfinite(arm["width_ratio"]) else "—",
+                    _resampled_text(arm, "ratio")]
         rows.append(row)
     per_value_header = [*prof.arms, prof.key, "results", "diverged", "failed / unfinished", "mean",
                         f"{confidence_pct(tables)} CI"]
     per_value = [[*(str(c[a]) for a in prof.arms), f"{c['value']:g}", str(int(c["n"])),
                   f"{int(c['diverged'])}/{int(c['n'])}", str(int(c["failed"]) + int(c["incomplete"])),
                   fmt(c["mean"], m),
-                  f"{fmt(c['ci_low'], m, clip=True)} – {fmt(c['ci_high'], m, clip=True)}"]
+                  interval(c["ci_low"], c["ci_high"], m)]
                  for _, c in prof.cells.iterrows()]
     return [f"## Profile over `{prof.key}`", "",
             f"Per arm, the {metric_title(m)} at every value of `{prof.key}` (mean over seeds, {confidence_pct(tables)} "
             "t-interval; `profile.png`). Stable range: the unbroken run of values around the best one under "
             f"which no seed diverged and whose mean is within {within:g}{unit} of the best such mean (`--within`); "
-            "its width is the ratio of its ends. Intervals of the widths and of their ratio to the baseline arm "
-            "come from resampling seeds (2,000 draws, the same seeds for every value and arm).", "",
+            "its width is the ratio of its ends; it never crosses a value without results. A width is a ratio of "
+            "grid values, so its uncertainty is shown as how often each width comes back when the seeds are "
+            "resampled (2,000 draws, the same seeds for every value and arm), not as an interval"
+            + _resolution_text(prof) + ".", "",
             *md_table(header, rows), "", *md_table(per_value_header, per_value), ""]
+
+
+def _resampled_text(arm: pd.Series, name: str) -> str:
+    """"26.7× in 93%, 13.3× in 7%" (and the share of draws with no range)."""
+    text = arm.get(f"{name}_resampled")
+    if not isinstance(text, str) or not text:
+        return "—"
+    parts = [f"{value}× in {share}" for value, share in (part.split(": ") for part in text.split("; "))]
+    none = arm.get(f"{name}_none_share", 0)
+    if none and none >= 0.01:
+        parts.append(f"no range in {100 * none:.0f}%")
+    return ", ".join(parts)
+
+
+def _resolution_text(prof) -> str:
+    steps = prof.ranges.attrs.get("resolution")
+    if not steps:
+        return ""
+    low, high = steps
+    grid = f"×{low:.3g}" if math.isclose(low, high, rel_tol=1e-3) else f"×{low:.3g} to ×{high:.3g}"
+    return f"; the grid's resolution (neighbouring values differ by {grid}) is the finest a width can resolve"
 
 
 def _interval_label(tables: SweepTables) -> str:
@@ -256,4 +291,5 @@ POLICY = ("A diverged run is a result, never dropped: its accuracy is that of it
            "with a NaN output counts as wrong), and a value that is not finite (a diverged run's loss, a target "
            "never reached) is worse than every finite one (±∞: the mean is then infinite and the median ranks). "
            "Failed, unfinished and missing runs are not results; their cells are marked "
-           f"{INCOMPLETE_MARK} wherever they are ranked.")
+           f"{INCOMPLETE_MARK} wherever they are ranked. An interval end marked {OUT_OF_RANGE_MARK} lies past 0% or "
+           "100%: it is shown as computed (a t-interval of scores near their bound), not clipped.")
