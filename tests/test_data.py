@@ -166,7 +166,35 @@ def test_a_truncated_gz_leaves_no_temporary_file(tmp_path):
     gz.write_bytes(gz.read_bytes()[: len(gz.read_bytes()) // 2])
     with pytest.raises(DataError, match="could not unpack .*train-images-idx3-ubyte.gz"):
         load_dataset(make_cfg("dataset=mnist", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
-    assert not list(raw.glob("*.tmp")) and not (raw / "train-images-idx3-ubyte").exists()
+    assert not list(raw.glob("*tmp*")) and not (raw / "train-images-idx3-ubyte").exists()
+
+
+def _unpack(folder, barrier):
+    from bnbench.job.data import _extract_local_gz
+
+    barrier.wait()
+    _extract_local_gz(folder)
+
+
+def test_parallel_workers_unpacking_the_same_gz_files_at_once_all_succeed(tmp_path):
+    """The workers of a first parallel sweep on Debian's .gz files all unpack them at once; with
+    one shared temporary name, one worker renamed another's file away (FileNotFoundError)."""
+    import multiprocessing
+
+    raw = write_mnist_family(tmp_path, "FashionMNIST", n_train=3000, n_test=500, compress=True)
+    for _ in range(3):
+        for path in raw.glob("*-ubyte"):
+            path.unlink()
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(4)
+        workers = [context.Process(target=_unpack, args=(raw, barrier)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+        assert len(list(raw.glob("*-ubyte"))) == 4 and not list(raw.glob("*tmp*"))
+    load_dataset(make_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}", "dataset.download=false"), CPU)
 
 
 def test_missing_cifar_files_are_named_once_with_the_meta_file(tmp_path):

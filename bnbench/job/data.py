@@ -12,8 +12,10 @@ the loss and metrics from it (bnbench/job/tasks.py, TASKS).
 from __future__ import annotations
 
 import gzip
+import os
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -159,15 +161,18 @@ def _extract_local_gz(folder: Path) -> None:
     for gz in folder.glob("*-ubyte.gz"):
         target = gz.with_suffix("")
         if not target.exists():
-            tmp = target.with_name(target.name + ".tmp")
+            # A temporary file of this process's own: the parallel workers of a first sweep all
+            # unpack at once, and a shared name let one rename another's file away.
+            fd, name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+            tmp = Path(name)
             try:
-                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst)
             except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
                 tmp.unlink(missing_ok=True)  # nothing half-written is left in the user's folder
                 raise DataError(f"could not unpack {gz} ({err or type(err).__name__}): it is truncated or corrupt; "
                                 "replace or delete it") from err
-            tmp.replace(target)
+            tmp.replace(target)  # atomic: a racing worker's identical copy may land first, harmlessly
 
 
 def _torchvision_loader(class_name: str, hint: str = "") -> Callable[..., RawData]:
