@@ -49,8 +49,11 @@ for preset in "${presets[@]}"; do
     wuhe2018_batch)  # accuracy against the batch size, per norm kind, each norm x batch at its own rate
       bnbench report "$dir" --select optimizer.lr --profile trainer.batch_size --metric final_test_acc --margin 0.5 \
         --quiet ;;
-    santurkar2018_noise)  # noisy BN against plain BN, beside the report against no BN
-      bnbench report "$dir" --baseline norm=bn_before --out "$dir/vs_bn" --quiet ;;
+    santurkar2018_noise)  # noisy BN against plain BN, beside the report against no BN; then the MLP to a
+      # plateau of its test accuracy (30 epochs, 3,000 steps): 2 epochs is early training
+      bnbench report "$dir" --baseline norm=bn_before --out "$dir/vs_bn" --quiet
+      bnbench run -m ablation=santurkar2018_noise model=mlp trainer.epochs=30 diagnostics.every=100 \
+        sweep.name=santurkar2018_noise_long ${extra[$preset]} "${common[@]}" ;;
     bn_momentum)  # the final weights with running, batch and precise BN statistics
       bnbench evalmodes "$dir" --batch-sizes 2,8,32,128 ;;
   esac

@@ -39,7 +39,7 @@ REPORTS = {
     "santurkar2018_noise/vs_bn": ("santurkar2018_noise", ("--baseline", "norm=bn_before")),
     "regression_mlp": ("regression_mlp", ("--margin", "0.005")),  # a loss: the margin in its own units
 }
-NO_MARGIN = {"santurkar2018_ics", "santurkar2018_noise", "bn_momentum"}
+NO_MARGIN = {"santurkar2018_ics", "santurkar2018_noise", "santurkar2018_noise_long", "bn_momentum"}
 
 
 def options(name: str) -> tuple[str, tuple[str, ...]]:

@@ -41,7 +41,7 @@ def seeds_needed(effect: float, sd: float, alpha: float, power: float = POWER) -
     detects a mean difference of ``effect`` with ``power``, when the differences have standard
     deviation ``sd``: statsmodels' TTestPower, searched over whole seed counts (its solve_power
     root-finder gives up on large effects, where the answer is 2 or 3); NaN when the effect is
-    zero or undefined, or needs more than a million seeds."""
+    zero or undefined; +inf when it needs more than a million seeds."""
     from statsmodels.stats.power import TTestPower
 
     if not (np.isfinite(effect) and np.isfinite(sd)) or effect == 0 or sd <= 0:
@@ -64,7 +64,7 @@ def seeds_needed(effect: float, sd: float, alpha: float, power: float = POWER) -
     while not enough(high):
         low, high = high, high * 2
         if high > 1_000_000:
-            return np.nan
+            return np.inf  # more than a million: no plan can reach it
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (low, mid) if enough(mid) else (mid, high)

@@ -39,8 +39,8 @@ def to_markdown(tables: SweepTables) -> str:
         sel = tables.selection
         lines += [f"## `{sel.key}` chosen per arm", "",
                   f"Each arm's value of `{sel.key}` is the one with the best mean {metric_title(sel.criterion)} over "
-                  "its seeds (the validation split; the test set plays no part). A diverged seed scores the worst "
-                  "value, so a value under which a seed diverged is chosen only when every value had one. Every "
+                  "its seeds (the validation split; the test set plays no part). A value under which a seed diverged "
+                  "is chosen only when every value had one, and then the best of those with the fewest. Every "
                   f"table below compares the arms at their own chosen values. Each value: mean {metric_title(sel.criterion)} "
                   "(results, diverged).", "", *md_table(*selection_rows(tables)), ""]
     if tables.profile is not None:
@@ -90,7 +90,9 @@ def to_markdown(tables: SweepTables) -> str:
     if tables.anova is not None and len(tables.factors) > 1:
         lines += ["## Factorial ANOVA", "",
                   f"Type-II ANOVA (statsmodels) of the {metric_title(m)} on every swept factor and their "
-                  "interactions, over the results with a finite value; sums of squares in the metric's own units "
+                  "interactions, seed as a block, over the finite results of runs that did not diverge, on the "
+                  "largest grid whose every cell keeps two or more of them (so every degree of freedom shown is "
+                  "estimable; the notes say what was left out); sums of squares in the metric's own units "
                   "(accuracy as a fraction); partial η² = SS / (SS + SS residual). "
                   "Where an interaction is significant, the main effects and marginal means below average over "
                   "effects that differ between levels: read the interaction tables first.", ""]

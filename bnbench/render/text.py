@@ -228,7 +228,7 @@ def _seeds_text(row: pd.Series) -> str:
     """"8 (4–92)": the planned seeds at the pilot SD and at the ends of its interval."""
     if pd.isna(row["seeds_needed"]):
         return "—"
-    count = lambda v: "—" if pd.isna(v) else (">10⁶" if v > 1e6 else f"{int(v)}")  # noqa: E731
+    count = lambda v: "—" if pd.isna(v) else (">10⁶" if v > 1e6 else f"{int(v)}")  # noqa: E731  (inf: > a million)
     return f"{count(row['seeds_needed'])} ({count(row['seeds_needed_low'])}–{count(row['seeds_needed_high'])})"
 
 
