@@ -230,6 +230,10 @@ def _caveats(tables: SweepTables) -> None:
         tables.warnings.append(f"{metric} is a running average over the last evaluation interval, in train mode, "
                                "not a metric of the final model")
     tables.warnings += _stacking_warnings(runs, factors)
+    unplaced = runs.attrs.get("unplaced") or []
+    if unplaced:
+        tables.warnings.append(f"{len(unplaced)} folder(s) hold a summary.json that is not a bnbench run record and no "
+                               f"overrides to place it in a cell ({'; '.join(unplaced[:3])}); left out of every table")
     if "_record_problem" in runs:
         broken = runs[runs["_record_problem"].notna()]
         if len(broken):

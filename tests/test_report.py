@@ -312,3 +312,46 @@ def test_a_report_into_a_folder_of_the_user_s_own_removes_nothing_there(tmp_path
     options = report.ReportOptions(plots=False, out=out)
     report.write(report.build(folder, options), options)
     assert (out / "selection.csv").read_text() == "the user's own table\n"
+
+
+def test_a_folder_that_is_not_a_bnbench_sweep_is_refused_and_left_untouched(tmp_path):
+    """Another tool's runs (a summary.json with a status) and another Hydra app's multirun: the
+    report refuses in one line and writes nothing over their results.csv and report.md."""
+    foreign = tmp_path / "other_tool"
+    for i in range(2):
+        (foreign / f"run{i}").mkdir(parents=True)
+        (foreign / f"run{i}" / "summary.json").write_text(json.dumps({"status": "completed", "acc": 0.9}))
+    (foreign / "results.csv").write_text("theirs\n")
+    (foreign / "report.md").write_text("their report\n")
+    with pytest.raises(report.ReportError, match="is not a bnbench sweep: it has no sweep.json"):
+        report.build(foreign)
+    hydra_app = tmp_path / "hydra_app"
+    (hydra_app / "0" / ".hydra").mkdir(parents=True)
+    (hydra_app / "0" / ".hydra" / "overrides.yaml").write_text("- x=1\n")
+    (hydra_app / "multirun.yaml").write_text("hydra: {}\n")
+    with pytest.raises(report.ReportError, match="is not a bnbench sweep"):
+        report.build(hydra_app)
+    (tmp_path / "csv_only").mkdir()
+    (tmp_path / "csv_only" / "results.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(report.ReportError, match="is not a bnbench results.csv"):
+        report.build(tmp_path / "csv_only")
+    assert (foreign / "results.csv").read_text() == "theirs\n" and (foreign / "report.md").read_text() == "their report\n"
+
+
+def test_the_parent_of_several_sweeps_is_refused_never_pooled(tmp_path):
+    """results/ with two sweeps of the same seeds: pooled, each seed counted twice (4/4, a
+    narrower interval). The report names the sweeps and reports none of them together."""
+    parent = tmp_path / "results"
+    for name, level in (("lr", 0.8), ("act", 0.9)):
+        sweep = parent / name
+        sweep.mkdir(parents=True)
+        (sweep / "sweep.json").write_text("{}")
+        for seed in (0, 1):
+            run = sweep / f"norm=none,seed={seed}"
+            run.mkdir()
+            (run / "summary.json").write_text(json.dumps({
+                "status": "completed", "run_id": f"{name}{seed}", "seed": seed, "params": {"norm": "none", "seed": seed},
+                "final": {"test_acc": level + seed / 100}, "versions": {"bnbench": "0.6.0"}}))
+    with pytest.raises(report.ReportError, match=r"holds 2 sweep\(s\) \(act, lr\): report each on its own"):
+        report.build(parent)
+    assert report.build(parent / "lr").counts["completed"] == 2  # each one on its own

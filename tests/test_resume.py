@@ -336,4 +336,50 @@ def test_a_corrupt_summary_is_said_and_the_run_trained_again(tmp_path):
     finally:
         logging.getLogger("bnbench").removeHandler(handler)
     assert again["status"] == "completed" and not again.get("skipped")
-    assert any("summary.json is corrupt (not JSON); training the run again" in r.getMessage() for r in records_seen)
+    assert any("summary.json is corrupt (not JSON); set aside as summary.json.unusable, training the run again"
+               in r.getMessage() for r in records_seen)
+    assert (tmp_path / "summary.json.unusable").read_text() == "{ torn"  # kept, never overwritten
+
+
+def test_a_finished_record_with_a_malformed_body_is_set_aside_and_retrained_not_skipped_forever(tmp_path):
+    """A summary.json with this run's id but "final": "oops" was skipped as finished on every
+    rerun and crashed every report; now it is not a record: set aside, retrained, reported."""
+    import json
+
+    from bnbench import report
+    from bnbench.config import compose_config
+    from bnbench.job.experiment import run_experiment
+
+    cfg = compose_config("trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false")
+    (tmp_path / "sweep.json").write_text("{}")  # a sweep's folder, as bnbench run -m leaves it
+    run = tmp_path / "seed=0"
+    first = run_experiment(cfg, run, overrides=["seed=0"])
+    broken = {**first, "final": "oops"}
+    (run / "summary.json").write_text(json.dumps(broken))
+    tables = report.build(tmp_path)  # the report reads it as a damaged record, not a crash
+    assert tables.runs["status"].tolist() == ["incomplete"]
+    assert any("summary.json is corrupt (not a run record: final is not a table)" in w for w in tables.warnings)
+    again = run_experiment(cfg, run, overrides=["seed=0"])
+    assert again["status"] == "completed" and not again.get("skipped")
+    assert json.loads((run / "summary.json.unusable").read_text())["final"] == "oops"
+    assert report.build(tmp_path).runs["status"].tolist() == ["completed"]
+
+
+def test_a_summary_of_the_wrong_shape_is_not_a_phantom_cell(tmp_path):
+    import json
+
+    from bnbench import report
+    from bnbench.config import compose_config
+    from bnbench.job.experiment import run_experiment
+
+    for norm in ("none", "bn_before"):
+        overrides = [f"norm={norm}"]
+        run_experiment(compose_config("trainer.epochs=1", "trainer.threads=1", "trainer.log_progress=false",
+                                      *overrides), tmp_path / f"norm={norm}", overrides=overrides)
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "summary.json").write_text(json.dumps({"status": "completed", "accuracy": 0.9}))
+    tables = report.build(tmp_path)
+    assert tables.counts["completed"] == 2 and len(tables.runs) == 2
+    assert sorted(tables.cells["norm"].astype(str)) == ["bn_before", "none"]  # no "(default)" cell
+    assert any("stray: summary.json is corrupt (not a run record: a finished record without its run_id)" in w
+               for w in tables.warnings)

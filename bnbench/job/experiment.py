@@ -116,8 +116,14 @@ def _finished(cfg: DictConfig, run_dir: Path) -> records.RunRecord | None:
     hash), marked skipped; else None, saying in the log why an existing record is replaced."""
     run_id = records.run_identity(cfg)
     previous, problem = records.load_summary(run_dir)
-    if problem:
-        log.warning("%s: %s; training the run again", run_dir.name, problem)
+    if problem:  # kept for inspection, like an unusable checkpoint; the run trains again
+        aside = run_dir / f"{records.SUMMARY}.unusable"
+        try:
+            (run_dir / records.SUMMARY).replace(aside)
+            where = f"set aside as {aside.name}"
+        except OSError:
+            where = "left in place"
+        log.warning("%s: %s; %s, training the run again", run_dir.name, problem, where)
     if records.is_finished(previous, run_id):
         log.info("skipped: already %s (%s)", previous["status"], run_dir.name)
         return {**previous, "skipped": True}

@@ -111,12 +111,29 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
     """
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir} is not a folder; give the sweep folder that `bnbench run -m` printed")
-    rows = [_row(d, sweep_dir) for d in records.run_folders(sweep_dir)]
+    folders = records.run_folders(sweep_dir)
+    _check_one_sweep(sweep_dir, folders)
+    rows = [_row(d, sweep_dir) for d in folders]
     source = "run records"
     if not rows and (sweep_dir / "results.csv").is_file():
         rows, source = _rows_from_results_csv(sweep_dir / "results.csv"), "results.csv"
     if not rows:
         raise ReportError(f"no runs found under {sweep_dir} (no summary.json or .hydra/overrides.yaml)")
+    # ours: the sweep's own sweep.json, or a run record that passes records.record_problem (only
+    # records read from a summary.json carry _versions); another tool's summary.json or another
+    # Hydra app's multirun is neither
+    if source == "run records" and not (sweep_dir / records.SWEEP_INFO).is_file() \
+            and not any("_versions" in r for r in rows):
+        raise ReportError(f"{sweep_dir} is not a bnbench sweep: it has no {records.SWEEP_INFO}, and none of its "
+                          f"{len(rows)} run folder(s) holds a bnbench run record; bnbench reports only its own runs "
+                          "(and writes its tables nowhere else)")
+    # A damaged record with no overrides of its own cannot be placed in any cell: it is named,
+    # never a phantom "(default)" cell beside the sweep's own.
+    unplaced = [r for r in rows if r.get("_record_problem") and not r["params"]]
+    if len(unplaced) < len(rows) and any(r["params"] for r in rows):
+        rows = [r for r in rows if not (r.get("_record_problem") and not r["params"])]
+    else:
+        unplaced = []
     keys = sorted({k for r in rows for k in r["params"]}, key=_factor_sort_key)
     for r in rows:
         params = r.pop("params")
@@ -137,7 +154,30 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
     private = [c for c in runs.columns if c.startswith("_")]
     runs = runs[[*RUN_COLUMNS[:3], *keys, *RUN_COLUMNS[3:], *private]]
     runs.attrs["source"] = source
+    runs.attrs["unplaced"] = [f"{r['run']}: {r['_record_problem']}" for r in unplaced]
     return runs, factors, constants
+
+
+def _sweep_root(run_dir: Path, sweep_dir: Path) -> Path:
+    """The sweep a run folder belongs to: its nearest folder below ``sweep_dir`` that holds a
+    sweep's files (sweep.json, Hydra's multirun.yaml), else ``sweep_dir`` itself."""
+    for folder in run_dir.parents:
+        if folder == sweep_dir or sweep_dir not in folder.parents:
+            break
+        if (folder / records.SWEEP_INFO).is_file() or (folder / "multirun.yaml").is_file():
+            return folder
+    return sweep_dir
+
+
+def _check_one_sweep(sweep_dir: Path, folders: list[Path]) -> None:
+    """ReportError when ``sweep_dir`` holds other sweeps' run folders (results/ with lr/ and
+    act/ in it): their seeds would be pooled, a run of each counted as two seeds of one cell."""
+    nested = sorted({root for root in (_sweep_root(f, sweep_dir) for f in folders) if root != sweep_dir})
+    if not nested:
+        return
+    names = ", ".join(str(p.relative_to(sweep_dir)) for p in nested[:4]) + (" ..." if len(nested) > 4 else "")
+    raise ReportError(f"{sweep_dir} holds {len(nested)} sweep(s) ({names}): report each on its own, e.g. "
+                      f"bnbench report {nested[0]}; one report never pools the runs of two sweeps")
 
 
 def _rows_from_results_csv(path: Path) -> list[dict]:
@@ -149,6 +189,9 @@ def _rows_from_results_csv(path: Path) -> list[dict]:
         table = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise ReportError(f"cannot read {path}: {err}") from err
+    if not {"run", "status"} <= set(table.columns):
+        raise ReportError(f"{path} is not a bnbench results.csv (no run and status columns); bnbench reports only "
+                          "its own runs")
     table = table.rename(columns=records.legacy_metric_names(table.columns))
     keys = [c for c in table.columns if c not in RUN_COLUMNS and c not in ("final_train_loss", "final_train_acc")]
     rows = []

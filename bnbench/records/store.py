@@ -70,7 +70,45 @@ def load_summary(run_dir: Path) -> tuple[RunRecord | None, str | None]:
         return None, f"{SUMMARY} is corrupt (not JSON)"
     if not isinstance(data, dict) or "status" not in data:
         return None, f"{SUMMARY} is corrupt (not a run record)"
+    why = record_problem(data)
+    if why:
+        return None, f"{SUMMARY} is corrupt (not a run record: {why})"
     return data, None
+
+
+_STATUS_WORDS = ("running", "completed", "diverged", "failed", "interrupted")
+_METRIC_TABLES = ("final", "best", "at_best_val")
+
+
+def record_problem(data: dict) -> str | None:
+    """Why ``data`` cannot be a bnbench run record, in any part the readers use, or None. A
+    record that passes is read everywhere without a second check: a finished record of the
+    wrong shape would otherwise be skipped as done on every rerun and break every report."""
+    number = (int, float, type(None))
+    if data.get("status") not in _STATUS_WORDS:
+        return f"status {data.get('status')!r}"
+    if not isinstance(data.get("params", {}), dict):
+        return "params is not a table"
+    if "run_id" in data and not isinstance(data["run_id"], str):
+        return "run_id is not text"
+    if data.get("seed") is not None and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
+        return "seed is not a whole number"
+    for table in _METRIC_TABLES:
+        values = data.get(table)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            return f"{table} is not a table"
+        bad = [k for k, v in values.items() if not isinstance(v, number) or isinstance(v, bool)]
+        if bad:
+            return f"{table}.{bad[0]} is not a number"
+    for key in ("steps", "epochs", "wall_s", "n_params", "stack_size"):
+        value = data.get(key)
+        if not isinstance(value, number) or isinstance(value, bool):
+            return f"{key} is not a number"
+    if data["status"] in ("completed", "diverged") and not isinstance(data.get("run_id"), str):
+        return "a finished record without its run_id"
+    return None
 
 
 def run_folders(sweep_dir: Path) -> list[Path]:
