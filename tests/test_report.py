@@ -117,7 +117,7 @@ def test_time_to_target_accuracy(sweep):
     (("--format", "docx"), "unknown format"),
     (("--target-acc", "90"), "--target-acc"),
     (("--margin", "-0.5"), "--margin"),
-    (("--min-effect", "0"), "--min-effect"),
+    (("--min-effect", "0"), "--effect"),  # the old name of --effect
     (("--interval", "jackknife"), "--interval"),
     (("--select", "trainer.batch_size"), "trainer.batch_size is not swept"),
 ])
