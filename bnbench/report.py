@@ -283,10 +283,17 @@ def _analyse(tables: SweepTables, options: ReportOptions) -> None:
         tables.anova, tables.anova_notes = stats.anova(runs, factors, metric)
         # one cell table (grid cells with no run included, so they mark their marginals) for all of them
         tables.effects = stats.main_effects(runs, factors, metric, cells=tables.cells)
+        many = [f for f in factors if runs[f].nunique() > MAX_FLIP_LEVELS]
         for a, b in itertools.combinations(factors, 2):
             tables.interactions[(a, b)] = stats.interaction_table(runs, a, b, metric, factors, cells=tables.cells)
-            tables.flips += stats.sign_flips(tables.interactions[(a, b)], a, b)
-            tables.flips += stats.sign_flips(tables.interactions[(a, b)], b, a)
+            # every pair of a factor's levels: quadratic, so not for a factor of hundreds of values
+            if a not in many:
+                tables.flips += stats.sign_flips(tables.interactions[(a, b)], a, b)
+            if b not in many:
+                tables.flips += stats.sign_flips(tables.interactions[(a, b)], b, a)
+        if many:
+            tables.notes.append(f"{', '.join(many)}: more than {MAX_FLIP_LEVELS} values, so the changes of sign of "
+                                "the effect between each pair of them are not searched (profile it with --profile)")
         # a change of sign among means is named only where its own contrast test supports it
         tables.flips = stats.test_flips(runs, factors, tables.flips, metric, options.confidence)
 
@@ -298,6 +305,9 @@ def _planning_effect(options: ReportOptions, metric: str) -> float | None:
     if effect is None and is_fraction(metric):
         effect = 1.0
     return _units(effect, metric)
+
+
+MAX_FLIP_LEVELS = 20  # above this many values a factor's pairs of levels are not searched for sign changes
 
 
 def _chance(runs: pd.DataFrame, metric: str) -> float | None:

@@ -355,3 +355,17 @@ def test_the_parent_of_several_sweeps_is_refused_never_pooled(tmp_path):
     with pytest.raises(report.ReportError, match=r"holds 2 sweep\(s\) \(act, lr\): report each on its own"):
         report.build(parent)
     assert report.build(parent / "lr").counts["completed"] == 2  # each one on its own
+
+
+def test_a_factor_of_many_values_is_not_searched_pair_by_pair_for_sign_changes(tmp_path):
+    """200 widths made 8,124 lines of sign changes (quadratic in the levels); above 20 values
+    the pairs of a factor are not searched, and the report says so."""
+    rng = np.random.default_rng(0)
+    rows = [{"run": f"r{norm}{w}{seed}", "status": "completed", "seed": seed, "norm": norm, "model.width": w,
+             "final_test_acc": 0.8 + rng.normal(0, 0.02)}
+            for norm in ("none", "bn_before") for w in range(30) for seed in range(2)]
+    (tmp_path / "results.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
+    tables = report.build(tmp_path)
+    assert not any(f["factor"] == "model.width" for f in tables.flips)
+    assert any("model.width: more than 20 values" in n for n in tables.notes)
+    assert tables.anova is not None and len(tables.anova)

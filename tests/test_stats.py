@@ -364,6 +364,9 @@ def test_complete_subgrid_keeps_the_most_factors_then_the_most_cells():
     big[0, 5] = big[7, 2] = 0
     keep = stats.complete_subgrid(big)
     assert np.all(big[np.ix_(*keep)] >= 2) and big[np.ix_(*keep)].size == 13 * 13
+    wide = np.full((2, 200), 3)  # 200 widths: 2^200 subsets are counted, never listed
+    wide[1, 7] = 1
+    assert stats.complete_subgrid(wide) == [[0, 1], [i for i in range(200) if i != 7]]
 
 
 def test_a_sign_flip_is_named_only_where_its_contrast_test_supports_it():

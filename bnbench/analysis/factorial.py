@@ -180,8 +180,8 @@ def complete_subgrid(counts: np.ndarray, min_results: int = MIN_RESULTS) -> list
     def whole(keep: list[list[int]]) -> bool:
         return bool(ok[np.ix_(*keep)].all())
 
-    subsets = [[list(c) for r in range(n, 0, -1) for c in itertools.combinations(range(n), r)] for n in shape]
-    if np.prod([float(len(s)) for s in subsets]) <= EXHAUSTIVE_LIMIT:
+    if np.prod([2.0 ** n - 1 for n in shape]) <= EXHAUSTIVE_LIMIT:  # counted before any is built
+        subsets = [[list(c) for r in range(n, 0, -1) for c in itertools.combinations(range(n), r)] for n in shape]
         best, best_score = None, None
         for keep in itertools.product(*subsets):
             keep = list(keep)
