@@ -459,3 +459,38 @@ def test_every_norm_kind_trains_stacked_in_a_sweep_of_both_models(tmp_path):
     assert len(records) == 12
     assert all(r["status"] == "completed" and r["stacked_seeds"] == [0, 1] for r in records.values())
     assert "not stacked" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_config_file_edited_while_the_sweep_runs_stops_the_jobs_that_would_train_it(tmp_path):
+    """Editing a config file (or switching git branch) under a running sweep: the jobs composed
+    after the edit would train optimizer.lr=0.5 beside the planned 0.1, in one comparison. Each
+    job checks its config against the plan's run id and refuses in one line."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    conf = tmp_path / "myconf" / "ablation"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text("# @package _global_\noptimizer:\n  lr: 0.1\n")
+    env = {**os.environ, "BNBENCH_RESULTS": str(tmp_path / "results"), "COLUMNS": "200"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnbench.cli", "run", "-m", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+         "ablation=mine", "norm=none,bn_before", "trainer.stack_seeds=false", "trainer.epochs=4", "trainer.threads=1",
+         "trainer.log_progress=false", "sweep.name=edit", "--quiet"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    plans = tmp_path / "results" / "edit" / ".plans"
+    deadline = time.time() + 120
+    while not (plans.is_dir() and any(plans.glob("*.json"))) and time.time() < deadline:
+        time.sleep(0.02)
+    (conf / "mine.yaml").write_text("# @package _global_\noptimizer:\n  lr: 0.5\n")  # the edit
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out + err
+    assert "the config files changed since this sweep was planned" in err, err[-2000:]
+    assert "Traceback" not in err
+    trained = [json.loads(p.read_text()) for p in (tmp_path / "results" / "edit").glob("*/summary.json")]
+    assert len(trained) < 2 and all(r["params"].get("optimizer.lr", "0.1") != "0.5" for r in trained)
+    plan = json.loads(next(plans.glob("*.json")).read_text())
+    assert all(m["run_id"] for job in plan["jobs"] for m in job["members"])

@@ -68,6 +68,8 @@ def main(cfg: DictConfig) -> records.RunRecord:
     # The sweeper planned which runs this job trains (bnbench/launch/planning.py): one, or a stack of seeds.
     members = planning.members(Path(hydra_cfg.sweep.dir), cfg.sweep.plan, cfg.sweep.stack) \
         if multirun and cfg.sweep.plan is not None else []
+    if members:  # the first member is this job's own config; the others differ from it by the seed alone
+        planning.check_planned(members[0], records.run_identity(cfg), run_dir.name)
     if len(members) > 1:
         outcomes = run_stacked(cfg, Path(hydra_cfg.sweep.dir), members, **job)
     else:

@@ -68,6 +68,7 @@ class Run:
     finished: bool = False  # a finished record of this very run is on disk already
     stack_size: int | None = None  # trainer.stack_size
     blocker: str | None = None  # why it cannot stack (why_not_stackable), or None
+    run_id: str | None = None  # the identity of the config planned (records.run_identity): the job trains that
 
 
 @dataclass
@@ -147,6 +148,18 @@ def save(sweep_dir: Path, jobs: Sequence[Job]) -> str:
     records.write_json(sweep_dir / PLANS / f"{plan_id}.json",
                        {"jobs": [{"members": [asdict(run) for run in job.members]} for job in jobs]})
     return plan_id
+
+
+def check_planned(member: dict[str, Any], run_id: str, folder: str) -> None:
+    """ConfigError unless the job composed the config the sweep planned for this run: a config
+    file edited (or a git branch switched) while the sweep runs would otherwise mix two configs
+    in one comparison, the later jobs training the new one."""
+    planned = member.get("run_id")
+    if planned is not None and planned != run_id:
+        raise ConfigError(f"the config files changed since this sweep was planned ({folder}: planned run id "
+                          f"{planned}, composed now {run_id}); this job did not train. Restore the files, or run the "
+                          "sweep command again: it keeps the finished runs and plans the rest with the files as they "
+                          "are now")
 
 
 def members(sweep_dir: Path, plan_id: str, stack: int) -> list[dict[str, Any]]:

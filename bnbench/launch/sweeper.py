@@ -119,8 +119,9 @@ class PlanningSweeper(Sweeper):
         seed = int(cfg.seed) if "seed" in records.parse_overrides(overrides) else None
         blocker = planning.why_not_stackable(cfg) if folder else "hydra.sweep.subdir names run folders by job number"
         previous = records.read_summary(sweep_dir / folder) if folder else None
-        finished = records.is_finished(previous, records.run_identity(_task_config(cfg)))
-        return planning.Run(list(overrides), seed, folder, finished, cfg.trainer.stack_size, blocker)
+        run_id = records.run_identity(_task_config(cfg))
+        finished = records.is_finished(previous, run_id)
+        return planning.Run(list(overrides), seed, folder, finished, cfg.trainer.stack_size, blocker, run_id)
 
     def compose(self, overrides: List[str], templates: Dict[tuple, DictConfig]) -> DictConfig:
         """The config of the run with these overrides, as its job gets it (this is also Hydra's
