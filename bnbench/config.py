@@ -348,6 +348,7 @@ def validate(cfg: DictConfig) -> None:
         "trainer.eval_every": (cfg.trainer.eval_every, True),
         "trainer.jobs_per_gpu": (cfg.trainer.jobs_per_gpu, False),
         "trainer.stack_size": (cfg.trainer.stack_size, True),
+        "trainer.threads": (cfg.trainer.threads, True),
         "trainer.lr_reference_batch": (cfg.trainer.get("lr_reference_batch"), True),
         "norm.groups": (cfg.norm.groups, False),
         "dataset.train_size": (cfg.dataset.train_size, True),

@@ -93,6 +93,23 @@ def test_group_norm_settings_and_bad_groups():
     with pytest.raises(ConfigError, match="norm.groups=0 must be at least 1"):
         validate(make_cfg("norm=gn_before", "norm.groups=0"))
     validate(make_cfg("norm=none", "norm.placement=sideways"))  # no norm: its placement is unused
+    with pytest.raises(ConfigError, match=r"trainer.threads=0 must be at least 1 \(or null\)"):
+        validate(make_cfg("trainer.threads=0"))
+
+
+def test_more_threads_than_cores_is_said(caplog):
+    from bnbench.job.devices import set_threads
+    from bnbench.launch import resources
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level("WARNING", logger="bnbench"):
+            set_threads(resources.usable_cores() + 7)
+    finally:
+        torch.set_num_threads(before)
+    assert "oversubscribed threads make training slower" in caplog.text
 
 
 def test_mlp_shape_matches_2015_paper():

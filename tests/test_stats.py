@@ -626,3 +626,10 @@ def test_the_planned_seeds_range_covers_the_seeds_the_effect_truly_needs():
             exact += point == truth
         assert covered / reps >= 0.95 - 0.035, (n, covered / reps)
         assert exact / reps < 0.5, (n, exact / reps)
+
+
+def test_g_z_is_undefined_with_two_pairs_not_zero():
+    """Hedges' J(1) = 0: at 2 seeds the corrected size would print 0.00 beside a 15-point gain."""
+    runs = make_runs({("none", "relu"): [0.70, 0.72], ("bn", "relu"): [0.85, 0.88]})
+    row = stats.compare_to_baseline(runs, ["norm", "activation"], METRIC, {"norm": "none"}).iloc[0]
+    assert row["mean_diff"] == pytest.approx(0.155) and math.isnan(row["g_z"]) and np.isfinite(row["d_z"])

@@ -142,7 +142,8 @@ def _paired_tests(a: np.ndarray, b: np.ndarray, confidence: float, margin: float
         t = st.ttest_rel(a, b)
         out["p_ttest"] = float(t.pvalue)
         out["d_z"] = out["mean_diff"] / sd
-        out["g_z"] = out["d_z"] * hedges_correction(n - 1)
+        # Hedges' J is 0 at one degree of freedom (2 pairs): the corrected size is undefined, not zero
+        out["g_z"] = out["d_z"] * hedges_correction(n - 1) if n >= 3 else np.nan
         if interval == "bootstrap":
             ci = st.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
                               random_state=random_state).confidence_interval

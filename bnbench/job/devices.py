@@ -79,7 +79,11 @@ def set_threads(requested: int | None, share: int | None = None) -> int:
     import torch
 
     workers = max(1, int(os.environ.get("BNBENCH_WORKERS", "1")))
-    threads = requested or share or max(1, resources.usable_cores() // workers)
+    cores = resources.usable_cores()
+    if requested and requested > cores:
+        log.warning("trainer.threads=%d is more than the %d core(s) this job may use: oversubscribed threads make "
+                    "training slower, not faster (leave it null for cores / parallel workers)", requested, cores)
+    threads = requested or share or max(1, cores // workers)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
