@@ -116,7 +116,15 @@ def test_rerun_skips_finished_runs_and_adds_no_rows(tmp_path):
     third = run_cli(*args[:-4], "seed=0,1,2", *args[-3:], cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert "4 runs were already complete" in third.stdout
+    assert "4 of the 6 runs are finished already with this config: skipped" in third.stderr + third.stdout
     assert len(pd.read_csv(sweep / "results.csv")) == 6
+    # a changed setting that keeps the folder names (trainer.save_final) is another run: said so,
+    # and retrained, never "skipped"
+    fourth = run_cli(*args, "trainer.save_final=true", "--quiet", cwd=tmp_path)
+    assert fourth.returncode == 0, fourth.stderr
+    said = fourth.stderr + fourth.stdout
+    assert "4 finished records are of another config" in said and "those runs train again" in said
+    assert "finished already" not in said and "were skipped" not in said, [l for l in said.splitlines() if "finished already" in l or "skipped" in l]
 
 
 @pytest.mark.slow

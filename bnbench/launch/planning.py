@@ -69,6 +69,7 @@ class Run:
     stack_size: int | None = None  # trainer.stack_size
     blocker: str | None = None  # why it cannot stack (why_not_stackable), or None
     run_id: str | None = None  # the identity of the config planned (records.run_identity): the job trains that
+    stale: bool = False  # a finished record of another config is there (e.g. trainer.epochs changed): retrained
 
 
 @dataclass

@@ -69,10 +69,8 @@ class SweepReport(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)  # left by an earlier --fail-fast sweep
         records.write_json(sweep_dir / records.SWEEP_INFO, records.sweep_info(sys.argv))
+        # (how many of them this sweep skips is the planner's to say: a record of another config is retrained)
         self.finished_before = finished_runs(sweep_dir) if sweep_dir.is_dir() else {}
-        if self.finished_before:
-            log.info("%s already holds %d finished runs: they will be skipped", sweep_dir,
-                     len(self.finished_before))
         global _monitor
         console = Console()
         if console.is_terminal and not config.sweep.quiet:
@@ -99,8 +97,13 @@ class SweepReport(Callback):
             log.error("no report: %s", why, exc_info=not isinstance(err, report.ReportError))
             return
         report.print_tables(tables, Console(width=None if sys.stdout.isatty() else 160))
+        # the runs of this sweep's grid the planner found finished with this config; records in the
+        # folder from other grids (more seeds before) are not this sweep's to count
+        planned = channel.read_outcome(Path(os.environ[channel.OUTCOME_ENV])).get("skipped") \
+            if os.environ.get(channel.OUTCOME_ENV) else None
         now = finished_runs(sweep_dir)
-        skipped = sum(1 for d, t in now.items() if self.finished_before.get(d) == t)
+        skipped = planned if planned is not None else \
+            sum(1 for d, t in now.items() if self.finished_before.get(d) == t)
         if skipped:
             print(f"{skipped} runs were already complete and were skipped")
         print(f"wrote {', '.join(str(p) for p in written)}")

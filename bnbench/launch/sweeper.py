@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from bnbench import records
+from bnbench.launch import channel
 from bnbench.launch import planning
 from bnbench.launch.resources import launcher_kind, parallel_jobs
 
@@ -78,6 +79,14 @@ class PlanningSweeper(Sweeper):
         templates: Dict[tuple, DictConfig] = {}  # each cell's first composed config (see compose)
         runs = [self._run(run_overrides, number, sweep_dir, templates)
                 for number, run_overrides in enumerate(runs_overrides)]
+        done, stale = sum(r.finished for r in runs), sum(r.stale for r in runs)
+        channel.note_outcome(skipped=done)  # the sweep's closing line counts these, not every record in the folder
+        if done:
+            log.info("%d of the %d runs are finished already with this config: skipped", done, len(runs))
+        if stale:
+            log.info("%d finished record%s of another config (the code, or a setting such as trainer.epochs, "
+                     "changed since): %s again", stale, "s are" if stale != 1 else " is",
+                     "those runs train" if stale != 1 else "that run trains")
         workers, gpus = planning.workers(self.config.hydra.get("launcher"), self.devices)
         if gpus:
             log.info("planned for %d GPU%s: %d job%s at a time", gpus, "s" if gpus != 1 else "", workers,
@@ -121,7 +130,8 @@ class PlanningSweeper(Sweeper):
         previous = records.read_summary(sweep_dir / folder) if folder else None
         run_id = records.run_identity(_task_config(cfg))
         finished = records.is_finished(previous, run_id)
-        return planning.Run(list(overrides), seed, folder, finished, cfg.trainer.stack_size, blocker, run_id)
+        stale = not finished and records.is_finished(previous)
+        return planning.Run(list(overrides), seed, folder, finished, cfg.trainer.stack_size, blocker, run_id, stale)
 
     def compose(self, overrides: List[str], templates: Dict[tuple, DictConfig]) -> DictConfig:
         """The config of the run with these overrides, as its job gets it (this is also Hydra's
