@@ -494,3 +494,15 @@ def test_a_config_file_edited_while_the_sweep_runs_stops_the_jobs_that_would_tra
     assert len(trained) < 2 and all(r["params"].get("optimizer.lr", "0.1") != "0.5" for r in trained)
     plan = json.loads(next(plans.glob("*.json")).read_text())
     assert all(m["run_id"] for job in plan["jobs"] for m in job["members"])
+
+
+@pytest.mark.slow
+def test_a_sweep_with_hydra_job_chdir_runs_its_plan(tmp_path):
+    """hydra.job.chdir=true starts each job in its run folder: the plan's path (relative to where
+    the command ran) failed every job."""
+    result = run_cli("run", "-m", "norm=none,bn_before", "seed=0,1", "hydra.job.chdir=true", "trainer.epochs=1",
+                     "trainer.threads=1", "trainer.log_progress=false", "sweep.name=chdir", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = _records(tmp_path / "results" / "chdir")
+    assert len(records) == 4 and all(r["status"] == "completed" for r in records.values())
+    assert (tmp_path / "results" / "chdir" / "report.md").is_file()

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bnbench import interrupts, records
 from bnbench.launch import planning
@@ -49,9 +49,16 @@ def main(cfg: DictConfig) -> records.RunRecord:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    # Paths in the config are relative to where the command ran; with hydra.job.chdir=true the job
+    # starts in its run folder, so they are made absolute here (runtime keys: identity unchanged).
+    started_in = Path(hydra_cfg.runtime.cwd)
+    sweep_dir = started_in / hydra_cfg.sweep.dir
+    if hydra_cfg.job.chdir and not Path(cfg.dataset.root).expanduser().is_absolute():
+        with open_dict(cfg):
+            cfg.dataset.root = str(started_in / cfg.dataset.root)
     # --fail-fast: launchers start a whole batch of jobs at once, so the first failure leaves a
     # marker in the sweep folder and the jobs after it return without running.
-    stop_marker = Path(hydra_cfg.sweep.dir) / FAIL_FAST_MARKER
+    stop_marker = sweep_dir / FAIL_FAST_MARKER
     if hydra_cfg.mode == RunMode.MULTIRUN and cfg.sweep.fail_fast and stop_marker.exists():
         log.info("cancelled: an earlier run failed (--fail-fast)")
         return {"status": "cancelled"}
@@ -66,12 +73,12 @@ def main(cfg: DictConfig) -> records.RunRecord:
         gpu_slots=multirun and uses_gpu_slots(hydra_cfg.launcher),
     )
     # The sweeper planned which runs this job trains (bnbench/launch/planning.py): one, or a stack of seeds.
-    members = planning.members(Path(hydra_cfg.sweep.dir), cfg.sweep.plan, cfg.sweep.stack) \
+    members = planning.members(sweep_dir, cfg.sweep.plan, cfg.sweep.stack) \
         if multirun and cfg.sweep.plan is not None else []
     if members:  # the first member is this job's own config; the others differ from it by the seed alone
         planning.check_planned(members[0], records.run_identity(cfg), run_dir.name)
     if len(members) > 1:
-        outcomes = run_stacked(cfg, Path(hydra_cfg.sweep.dir), members, **job)
+        outcomes = run_stacked(cfg, sweep_dir, members, **job)
     else:
         outcomes = [(run_dir, run_experiment(cfg, run_dir, console_progress=not multirun, **job))]
     for folder, summary in outcomes:
