@@ -501,7 +501,8 @@ def test_a_sweep_with_hydra_job_chdir_runs_its_plan(tmp_path):
     """hydra.job.chdir=true starts each job in its run folder: the plan's path (relative to where
     the command ran) failed every job."""
     result = run_cli("run", "-m", "norm=none,bn_before", "seed=0,1", "hydra.job.chdir=true", "trainer.epochs=1",
-                     "trainer.threads=1", "trainer.log_progress=false", "sweep.name=chdir", "--quiet", cwd=tmp_path)
+                     "trainer.threads=1", "trainer.log_progress=false", "sweep.name=chdir", "--quiet", cwd=tmp_path,
+                     env={"BNBENCH_RESULTS": "results"})  # relative, as by default
     assert result.returncode == 0, result.stderr[-2000:]
     records = _records(tmp_path / "results" / "chdir")
     assert len(records) == 4 and all(r["status"] == "completed" for r in records.values())
