@@ -98,12 +98,23 @@ def _override(overrides: list[str], key: str) -> str | None:
     return None
 
 
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def _check_sweep_name(value: str) -> None:
-    """A sweep name is one folder under results_dir: ../x, /abs or a/b would write elsewhere."""
-    for name in value.split(","):
-        if name in ("", ".", "..") or "/" in name or "\\" in name:
-            fail(f"sweep.name={value!r}: a sweep name is one folder name inside results_dir (no '/', '.' or '..'); "
-                 "to write elsewhere, set results_dir=PATH")
+    """A sweep name is one folder under results_dir, and a value Hydra's override grammar reads
+    as it is: ASCII letters, digits, '.', '_' and '-' (../x, /abs or a/b would write elsewhere;
+    a space or non-ASCII letter is a Hydra lexer error; a,b would sweep over two names)."""
+    name = value.strip()
+    if len(name) >= 2 and name[0] == name[-1] and name[0] in "'\"":
+        name = name[1:-1]
+    if "," in name:
+        fail(f"sweep.name={value}: a sweep has one name (a comma would make Hydra sweep over several); run each "
+             "sweep under its own name")
+    if name in (".", "..") or not SWEEP_NAME.fullmatch(name):
+        fail(f"sweep.name={value}: a sweep name is one folder name of ASCII letters, digits, '.', '_' and '-' "
+             "(no spaces, '/', or other characters), e.g. sweep.name=my_sweep; to write elsewhere, set "
+             "results_dir=PATH")
 
 
 def _output_dir(overrides: list[str], multirun: bool) -> Path:
@@ -118,12 +129,17 @@ def _output_dir(overrides: list[str], multirun: bool) -> Path:
 
 
 def _check_writable(folder: Path) -> None:
-    """Fail before any training if results cannot be saved (nothing is lost at the end)."""
+    """Fail before any training if results cannot be saved (nothing is lost at the end). The
+    folders made for the check are removed again: a command that fails later (a config error)
+    leaves no empty folder behind, and the run or sweep makes them when it writes."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".bnbench-write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
+        for path in made:  # deepest first
+            path.rmdir()
     except OSError as err:
         fail(f"cannot write to the output folder {folder} ({err.strerror or err}); "
              "choose another with results_dir=PATH or BNBENCH_RESULTS (or another sweep.name)")
@@ -189,7 +205,8 @@ def run(
         if key in ("sweep.plan", "sweep.stack"):
             fail(f"{key} is set by bnbench's sweeper for each job it launches (which seeds train together); "
                  f"remove {item} from the command")
-    _check_writable(_output_dir(overrides, multirun))
+    if not info_flag:  # --cfg job, --info: nothing is written
+        _check_writable(_output_dir(overrides, multirun))
     interrupts.terminate_like_ctrl_c()
     from bnbench.launch import app as hydra_app
     from bnbench.launch import channel, sweep

@@ -97,11 +97,34 @@ def test_unwritable_results_folder(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["../escaped", "/abs", "a/b", "..", ""])
+@pytest.mark.parametrize("name", ["../escaped", "/abs", "a/b", "..", "", "my sweep", "'my sweep'", "ablación"])
 def test_a_sweep_name_is_one_folder_inside_results_dir(tmp_path, name):
     proc = run_cli("run", "-m", f"sweep.name={name}", "seed=0", *FAST, cwd=tmp_path)
     _assert_one_line_error(proc, "sweep.name", "one folder name")
-    assert not (tmp_path / "escaped").exists() and not (tmp_path / "results" / "a").exists()
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "results").exists()  # no empty folder left
+
+
+@pytest.mark.slow
+def test_a_sweep_over_two_names_is_refused_and_a_damaged_plan_is_named(tmp_path):
+    proc = run_cli("run", "-m", "sweep.name=a,b", "seed=0", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "sweep.name=a,b: a sweep has one name")
+    assert not (tmp_path / "results").exists()
+    from bnbench.errors import ConfigError
+    from bnbench.launch import planning
+
+    plans = tmp_path / "sweep" / planning.PLANS
+    plans.mkdir(parents=True)
+    (plans / "p.json").write_text('{"jobs": [{"members"')  # truncated
+    with pytest.raises(ConfigError, match="the sweep's plan .* is damaged .*run the sweep command again"):
+        planning.members(tmp_path / "sweep", "p", 0)
+
+
+@pytest.mark.slow
+def test_cfg_job_and_info_write_nothing(tmp_path):
+    for flag in (("--cfg", "job"), ("--info",)):
+        proc = run_cli("run", *flag, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.slow

@@ -166,8 +166,11 @@ def check_planned(member: dict[str, Any], run_id: str, folder: str) -> None:
 def members(sweep_dir: Path, plan_id: str, stack: int) -> list[dict[str, Any]]:
     """The runs job ``stack`` of plan ``plan_id`` trains: [{seed, folder, overrides}, ...]."""
     path = sweep_dir / PLANS / f"{plan_id}.json"
+    if not path.is_file():
+        raise ConfigError(f"sweep.plan={plan_id} sweep.stack={stack}: there is no plan {path}; these keys are set by "
+                          "bnbench's sweeper, not by hand")
     try:
         return json.loads(path.read_text())["jobs"][stack]["members"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
-        raise ConfigError(f"sweep.plan={plan_id} sweep.stack={stack}: no such job in {path} ({type(err).__name__}); "
-                          "these keys are set by bnbench's sweeper, not by hand") from None
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:  # torn, truncated, edited
+        raise ConfigError(f"the sweep's plan {path} is damaged ({type(err).__name__}): run the sweep command again; "
+                          "it plans anew and keeps the finished runs") from None
