@@ -251,6 +251,8 @@ def _exit_with_outcome(outcome: dict, multirun: bool) -> None:
     """Exit non-zero when the records of what just ran hold a failure (or no report was written)."""
     from bnbench import records
 
+    if outcome.get("config_error"):
+        fail(outcome["config_error"])
     if multirun and outcome.get("planned") == 0:
         fail("the sweep has no jobs: a swept key lists no values (e.g. seed=range(0,0)); give every swept key at "
              "least one value")

@@ -304,6 +304,21 @@ def config_dir() -> Path:
     return package / "conf"  # a wheel ships conf/ as bnbench/conf (pyproject.toml)
 
 
+REQUIRED_NODES = ("model", "norm", "activation", "optimizer", "dataset", "trainer", "diagnostics", "sweep")
+
+
+def check_complete(cfg: DictConfig) -> None:
+    """ConfigError when an override deleted a part of the config bnbench reads (~diagnostics):
+    said before the run, in one line, with what to write instead. Torch-free (the sweeper and
+    the job both call it)."""
+    missing = [key for key in REQUIRED_NODES if key not in cfg]
+    if missing:
+        key = missing[0]
+        instead = {"diagnostics": "diagnostics.enabled=false turns them off"}.get(
+            key, f"choose another option of it ({key}=...) or set its keys")
+        raise ConfigError(f"~{key} removed the {key} settings, which every run reads: {instead}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the names that select code, so a typo fails before any data is loaded. Called in
     the job (torch side): the tables it checks against are imported here, not at the top, so

@@ -393,3 +393,12 @@ def test_a_single_failed_run_exits_non_zero_from_its_record(tmp_path):
     proc = run_cli("run", "activation.name=swish", "hydra.run.dir=results/one", *FAST, cwd=tmp_path)
     _assert_one_line_error(proc, "swish")
     assert json.loads((tmp_path / "results" / "one" / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", [False, True])
+def test_deleting_a_part_of_the_config_is_one_line_before_any_run(tmp_path, sweep):
+    proc = run_cli("run", *(["-m", "seed=0"] if sweep else []), "~diagnostics", *FAST, cwd=tmp_path)
+    _assert_one_line_error(proc, "~diagnostics removed the diagnostics settings", "diagnostics.enabled=false")
+    assert not list((tmp_path / "results").rglob("summary.json"))
+    assert not list((tmp_path / "results").glob("runs/*"))  # no half-made run folder

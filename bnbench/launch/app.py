@@ -8,6 +8,7 @@ works as Hydra documents it.
 from __future__ import annotations
 
 import logging
+import shutil
 import os
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bnbench import interrupts, records
 from bnbench.launch import planning
-from bnbench.config import config_dir, register_configs
+from bnbench.config import check_complete, config_dir, register_configs
+from bnbench.errors import ConfigError
 from bnbench.launch import channel
 from bnbench.launch.channel import FAIL_FAST_MARKER, LIVE_VIEW
 from bnbench.launch.resources import cpu_share, uses_gpu_slots
@@ -48,6 +50,17 @@ def main(cfg: DictConfig) -> records.RunRecord:
     from bnbench.job.experiment import run_experiment, run_stacked
 
     hydra_cfg = HydraConfig.get()
+    try:
+        check_complete(cfg)
+    except ConfigError as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # the sweeper said it before any job; a job here was launched by hand
+        # a single run: the CLI says it in one line (an exception here gets a line of Hydra's first)
+        channel.note_outcome(config_error=str(err))
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        if {p.name for p in run_dir.iterdir()} <= {".hydra", "run.log"}:  # what Hydra made for it, nothing else
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return {"status": "cancelled"}
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # Paths in the config are relative to where the command ran; with hydra.job.chdir=true the job
     # starts in its run folder, so they are made absolute here (runtime keys: identity unchanged).

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from bnbench import records
+from bnbench.config import check_complete
 from bnbench.launch import channel
 from bnbench.launch import planning
 from bnbench.launch.resources import launcher_kind, parallel_jobs
@@ -115,6 +116,7 @@ class PlanningSweeper(Sweeper):
         """A run as its own job would see it: its config (see :meth:`compose`), its folder
         resolved as the launcher resolves it."""
         cfg = self.compose(overrides, templates)
+        check_complete(cfg)  # ~diagnostics: said here, before any job, not as a KeyError in each
         self.devices[str(cfg.trainer.device)] = int(cfg.trainer.jobs_per_gpu)
         folders = set()
         for num in (number, number + 1_000_003):  # a folder named by the job number cannot be planned
