@@ -402,3 +402,28 @@ def test_deleting_a_part_of_the_config_is_one_line_before_any_run(tmp_path, swee
     _assert_one_line_error(proc, "~diagnostics removed the diagnostics settings", "diagnostics.enabled=false")
     assert not list((tmp_path / "results").rglob("summary.json"))
     assert not list((tmp_path / "results").glob("runs/*"))  # no half-made run folder
+
+
+@pytest.mark.slow
+def test_the_readme_headline_is_what_the_default_sweep_prints(tmp_path):
+    """The README's first example is the default sweep's own output: the same tables, columns,
+    rows and verdicts; numbers within half a point (another CPU or torch may round a prediction
+    differently; the README says which torch measured it)."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```console\n$ bnbench run -m\n", 1)[1].split("```", 1)[0]
+    proc = run_cli("run", "-m", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = [line.rstrip() for line in proc.stdout.splitlines()]
+    expected = [line for line in block.splitlines() if line.startswith(("┃", "│"))]
+    got = [line for line in shown if line.startswith(("┃", "│"))]
+    assert len(got) == len(expected)
+    number = re.compile(r"[-+]?\d+(?:\.\d+)?")
+    for want, have in zip(expected, got):
+        words = lambda line: " ".join(number.sub("#", line).split())  # noqa: E731  (padding follows the numbers)
+        assert words(want) == words(have), (want, have)  # columns, rows, verdicts
+        for a, b in zip(number.findall(want), number.findall(have)):
+            if "." in a:
+                assert abs(float(a) - float(b)) <= 0.5, (want, have)
+    assert "final test accuracy (%)" in shown and "every pair of norm levels (paired by seed)" in shown
