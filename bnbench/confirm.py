@@ -87,11 +87,29 @@ def _overrides(run_dir: Path) -> list[str]:
 
 
 def commands(confirmation: Confirmation, extra: list[str]) -> list[list[str]]:
-    """One `bnbench run -m` argument list per arm: its overrides, the new seeds, the folder."""
+    """One `bnbench run -m` argument list per arm: the config folders the sweep read, its
+    overrides, the new seeds, the folder."""
     folder = confirmation.folder
     seeds = ",".join(map(str, confirmation.seeds))
-    return [["run", "-m", *arm["overrides"], f"seed={seeds}", f"results_dir={folder.parent}",
+    sources = config_sources(confirmation.source)
+    return [["run", "-m", *sources, *arm["overrides"], f"seed={seeds}", f"results_dir={folder.parent}",
              f"sweep.name={folder.name}", *extra] for arm in confirmation.arms]
+
+
+def config_sources(sweep_dir: Path) -> list[str]:
+    """The sweep's own config folders, from Hydra's multirun.yaml: ``--config-dir`` (-cd) folders
+    and ``hydra.searchpath``, so that an arm's option from the user's config folder (an
+    ablation, a model size) composes in the rerun as it did in the sweep."""
+    try:
+        hydra = (yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text()) or {}).get("hydra") or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    carried = [f"hydra.searchpath={o.split('=', 1)[1]}" for o in (hydra.get("overrides") or {}).get("hydra") or []
+               if o.startswith("hydra.searchpath=")]
+    for source in (hydra.get("runtime") or {}).get("config_sources") or []:
+        if source.get("provider") == "command-line" and source.get("schema") == "file":
+            carried.insert(0, f"--config-dir={source['path']}")
+    return carried
 
 
 def write_plan(confirmation: Confirmation) -> None:

@@ -255,3 +255,27 @@ def test_a_failed_run_is_not_a_result_but_is_counted_where_it_was():
     none = selection.table.set_index("norm").loc["none"]
     assert none["chosen"] == "0.01", "a value whose runs all failed has no result to choose"
     assert ("0.1", pytest.approx(np.nan, nan_ok=True), 0, 0, 2) in [tuple(v) for v in none["values"]]
+
+
+@pytest.mark.slow
+def test_confirm_reads_the_config_folders_the_sweep_read(tmp_path):
+    """A sweep over an option of the user's own config folder (--config-dir, hydra.searchpath):
+    the confirmation's reruns compose that option too, instead of failing to find it."""
+    from bnbench.confirm import config_sources
+    from conftest import run_cli
+
+    for name, folder in (("cd", "mine_cd"), ("sp", "mine_sp")):
+        (tmp_path / folder / "ablation").mkdir(parents=True)
+        (tmp_path / folder / "ablation" / f"{name}.yaml").write_text(
+            "# @package _global_\ntrainer:\n  epochs: 1\n")
+    common = ("trainer.threads=1", "trainer.log_progress=false", "--quiet")
+    sweep = run_cli("run", "-m", f"--config-dir={tmp_path / 'mine_cd'}",
+                    f"hydra.searchpath=[file://{tmp_path / 'mine_sp'}]", "ablation=cd", "norm=none,bn_before",
+                    "optimizer.lr=0.05,0.1", "seed=0", "sweep.name=own", *common, cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    carried = config_sources(tmp_path / "results" / "own")
+    assert carried == [f"--config-dir={tmp_path / 'mine_cd'}", f"hydra.searchpath=[file://{tmp_path / 'mine_sp'}]"]
+    proc = run_cli("confirm", str(tmp_path / "results" / "own"), "--select", "optimizer.lr", "--seeds", "2",
+                   *common, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "results" / "own_confirm").glob("*/summary.json"))) == 4
