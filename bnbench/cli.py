@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
@@ -73,6 +74,20 @@ def _one_line(err: BaseException) -> str:
 
 # Hydra flags that print instead of running; Hydra refuses them together with --multirun.
 HYDRA_INFO_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+
+
+# errors of writing: the disk or quota is full, or the folder is not ours to write (read-only)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _write_error(err: OSError, folder: Path) -> str:
+    """One line for an error of writing results: what, where, and that nothing finished is lost."""
+    where = err.filename or folder
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "the disk (or quota) is full" if full else f"it cannot be written ({err.strerror})"
+    fix = "free some space" if full else "make it writable, or choose another results_dir"
+    return (f"stopped writing {where}: {what}. Finished runs are kept and unfinished ones resume from their last "
+            f"checkpoint: {fix}, then run the same command again")
 
 
 def _raised_in_launcher(err: BaseException) -> bool:
@@ -234,6 +249,8 @@ def run(
     except ConfigError as err:  # raised in a job before its run started (e.g. a plan that is not there)
         fail(str(err))
     except (RuntimeError, OSError) as err:
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:  # writing, wherever: Hydra's files, a record
+            fail(_write_error(err, _output_dir(overrides, multirun)))
         if not _raised_in_launcher(err):
             raise  # a bug: its traceback is the useful part
         no_slurm = any(word in str(err) for word in ("srun", "sbatch", "slurm"))

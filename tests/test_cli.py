@@ -427,3 +427,37 @@ def test_the_readme_headline_is_what_the_default_sweep_prints(tmp_path):
             if "." in a:
                 assert abs(float(a) - float(b)) <= 0.5, (want, have)
     assert "final test accuracy (%)" in shown and "every pair of norm levels (paired by seed)" in shown
+
+
+@pytest.mark.parametrize("code, said", [(28, "the disk (or quota) is full"), (30, "cannot be written")])
+def test_a_full_or_read_only_disk_is_one_line_that_names_the_path(tmp_path, monkeypatch, capfd, code, said):
+    """ENOSPC from Hydra's own files (.hydra/config.yaml) reached the user as a 60-line traceback;
+    EROFS (a folder made read-only mid-sweep) too. Seen for real on a 60 KB tmpfs."""
+    from bnbench import cli
+    from bnbench.launch import app as hydra_app
+
+    def full(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "s" / "run" / ".hydra"))
+
+    import signal
+
+    import typer
+
+    from bnbench import interrupts
+    from bnbench.launch import channel
+
+    monkeypatch.setattr(hydra_app, "main", full)
+    monkeypatch.setattr(sys, "argv", ["bnbench"])
+    monkeypatch.chdir(tmp_path)
+    for key in ("HYDRA_FULL_ERROR", channel.COMMAND_ENV, interrupts.LAUNCHER_PID, channel.OUTCOME_ENV):
+        monkeypatch.setenv(key, "")  # the command sets them for its jobs: restored after this test
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(interrupts, "terminate_like_ctrl_c", lambda: None)
+
+    with pytest.raises(typer.Exit) as exit_:
+        cli.run(overrides=["seed=0", "sweep.name=s"], multirun=True, fail_fast=False, quiet=True)
+    assert exit_.value.exit_code != 0
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and said in err[0] and str(tmp_path / "s" / "run" / ".hydra") in err[0]
+    assert "run the same command again" in err[0]
+    assert signal.getsignal(signal.SIGTERM) == handler

@@ -43,9 +43,13 @@ class Checkpoint:
         """Write ``state`` with the run's identity, the device type it was trained on (a CPU and a
         CUDA random generator's states differ) and the torch version that wrote it."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({"run_id": self.run_id, "device_type": device.type, "torch_version": str(torch.__version__),
-                    **state}, tmp)
-        os.replace(tmp, self.path)
+        try:
+            torch.save({"run_id": self.run_id, "device_type": device.type, "torch_version": str(torch.__version__),
+                        **state}, tmp)
+            os.replace(tmp, self.path)
+        except BaseException:  # a full disk, Ctrl-C mid-write: the last whole checkpoint stays, no half one beside it
+            tmp.unlink(missing_ok=True)
+            raise
 
     def load(self) -> dict | None:
         """The saved state, on the CPU, or None: no checkpoint, or one that cannot be this run's

@@ -92,9 +92,12 @@ class SweepReport(Callback):
             written = report.write(tables)
         except Exception as err:  # the runs are safe on disk; say why the tables are not
             # Hydra turns an error raised in a callback into a warning: the CLI reads this instead
-            why = str(err) if isinstance(err, report.ReportError) else f"{type(err).__name__}: {err}"
+            expected = isinstance(err, (report.ReportError, OSError))  # said in one line; a bug keeps its trace
+            why = str(err) if isinstance(err, report.ReportError) else \
+                f"cannot write it into {sweep_dir} ({err.strerror or err}); then: bnbench report {sweep_dir}" \
+                if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
             channel.note_outcome(report_error=why)
-            log.error("no report: %s", why, exc_info=not isinstance(err, report.ReportError))
+            log.error("no report: %s", why, exc_info=not expected)
             return
         report.print_tables(tables, Console(width=None if sys.stdout.isatty() else 160))
         # the runs of this sweep's grid the planner found finished with this config; records in the
