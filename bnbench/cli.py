@@ -441,7 +441,7 @@ def export(
     except export_mod.ExportError as err:
         fail(str(err))
     except OSError as err:
-        fail(f"cannot write the export ({err.strerror or err})")
+        fail(f"cannot write the export: {err.filename or 'its folder'} ({err.strerror or err})")
 
 
 @app.command()

@@ -304,6 +304,7 @@ def config_dir() -> Path:
     return package / "conf"  # a wheel ships conf/ as bnbench/conf (pyproject.toml)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
 REQUIRED_NODES = ("model", "norm", "activation", "optimizer", "dataset", "trainer", "diagnostics", "sweep")
 
 
@@ -428,7 +429,8 @@ def _check_ranges(cfg: DictConfig) -> None:
         ("norm.momentum", cfg.norm.momentum, closed(0.0, 1.0),
          "must be in [0, 1] (PyTorch's convention: 0.1 is Keras' 0.9; Keras' 0.99 is 0.01 here)"),
         ("norm.eps", cfg.norm.eps, lambda v: v > 0, "must be greater than 0 (it keeps BN from dividing by zero)"),
-        ("optimizer.lr", cfg.optimizer.lr, lambda v: v > 0, "must be positive"),
+        ("optimizer.lr", cfg.optimizer.lr, lambda v: 0 < v <= FLOAT32_MAX,
+         "must be positive and fit in float32 (at most 3.4e38: the optimizer keeps it in the model's precision)"),
         ("optimizer.weight_decay", cfg.optimizer.weight_decay, lambda v: v >= 0, "must be 0 or more"),
         ("optimizer.momentum", _get(cfg, "optimizer.momentum"), half_open(0.0, 1.0), "must be in [0, 1)"),
         ("optimizer.eps", _get(cfg, "optimizer.eps"), lambda v: v > 0, "must be greater than 0"),

@@ -18,6 +18,7 @@ evaluation of metrics.csv per step, and the final metrics.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,14 @@ def to_tensorboard(sweep_dir: Path, out_dir: Path) -> list[Path]:
         raise ExportError("exporting to TensorBoard needs the tensorboard package: "
                           "pip install 'bnbench[tensorboard]'") from err
     runs, keys = _sweep(sweep_dir)
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(out_dir) / f".bnbench-write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ExportError(f"--tensorboard {out_dir}: cannot write {err.filename or out_dir} ({err.strerror or err}); "
+                          "give a writable folder") from None
     written = []
     for _, run in runs.iterrows():
         folder = out_dir / str(run["run"])
@@ -128,11 +137,36 @@ def to_mlflow(sweep_dir: Path, tracking_uri: str, experiment: str | None = None)
     except ImportError as err:
         raise ExportError("exporting to MLflow needs the mlflow package: pip install 'bnbench[mlflow]'") from err
     runs, keys = _sweep(sweep_dir)
+    _check_local_store(tracking_uri)
     try:
         return _to_mlflow(sweep_dir, runs, keys, tracking_uri, experiment)
     except MlflowException as err:  # an unsupported URI, an unreachable server, a refused write
         first = str(err.message if hasattr(err, "message") else err).strip().splitlines()[0]
         raise ExportError(f"MLflow at {tracking_uri}: {first}") from err
+
+
+def _check_local_store(tracking_uri: str) -> None:
+    """ExportError, at once, when a local store (sqlite:///PATH, file:PATH or a plain folder)
+    cannot be written: MLflow's own client retries a refused sqlite write for about 100 s and
+    then raises a SQLAlchemy traceback."""
+    if tracking_uri.startswith("sqlite:///"):
+        target = Path(tracking_uri[len("sqlite:///"):])
+        folder = target.parent
+    elif "://" in tracking_uri and not tracking_uri.startswith("file:"):
+        return  # a server: its own answer says what is wrong
+    else:
+        target = folder = Path(tracking_uri.removeprefix("file://").removeprefix("file:"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".bnbench-write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+        if target.is_file() and not os.access(target, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(target))
+    except OSError as err:
+        raise ExportError(f"MLflow store {tracking_uri}: cannot write {err.filename or folder} "
+                          f"({err.strerror or err}); give a store in a writable folder, e.g. "
+                          "--mlflow sqlite:///mlflow.db") from None
 
 
 def _to_mlflow(sweep_dir: Path, runs: pd.DataFrame, keys: list[str], tracking_uri: str,

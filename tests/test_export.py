@@ -108,3 +108,28 @@ def test_export_needs_a_target_and_a_sweep(sweep, tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert lines[-1].startswith("error: MLflow at bogus://nowhere:")
+
+
+def test_a_store_or_folder_that_cannot_be_written_is_one_line_at_once(tmp_path):
+    """An unwritable MLflow store cost 106 s of MLflow's retries and a SQLAlchemy traceback; an
+    unwritable TensorBoard folder gave a message without its path."""
+    from bnbench import export
+    from bnbench.export import ExportError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for uri in (f"sqlite:///{blocker / 'mlflow.db'}", str(blocker / "mlruns"), f"file:{blocker / 'mlruns'}"):
+        with pytest.raises(ExportError, match=f"MLflow store .*: cannot write {blocker}"):
+            export._check_local_store(uri)
+    export._check_local_store(f"sqlite:///{tmp_path / 'ok' / 'mlflow.db'}")  # a writable one passes
+    export._check_local_store("http://localhost:5000")  # a server is asked, not probed
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    run = sweep / "norm=none,seed=0"
+    run.mkdir()
+    (run / "summary.json").write_text('{"status": "completed", "run_id": "x", "seed": 0, "params": {"norm": "none"}, '
+                                      '"final": {"test_acc": 0.9}}')
+    if importlib.util.find_spec("tensorboard") is not None:
+        with pytest.raises(ExportError, match=f"--tensorboard .*: cannot write {blocker}"):
+            export.to_tensorboard(sweep, blocker / "tb")

@@ -95,6 +95,8 @@ def test_group_norm_settings_and_bad_groups():
     validate(make_cfg("norm=none", "norm.placement=sideways"))  # no norm: its placement is unused
     with pytest.raises(ConfigError, match=r"trainer.threads=0 must be at least 1 \(or null\)"):
         validate(make_cfg("trainer.threads=0"))
+    with pytest.raises(ConfigError, match=r"optimizer.lr=1e\+300 must be positive and fit in float32"):
+        validate(make_cfg("optimizer.lr=1e300"))  # was torch's overflow error, recorded as a failed run
 
 
 def test_more_threads_than_cores_is_said(caplog):
