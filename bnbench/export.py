@@ -107,6 +107,10 @@ def to_tensorboard(sweep_dir: Path, out_dir: Path) -> list[Path]:
     except OSError as err:
         raise ExportError(f"--tensorboard {out_dir}: cannot write {err.filename or out_dir} ({err.strerror or err}); "
                           "give a writable folder") from None
+    numeric = _numeric_keys(runs, keys)
+    domains = {k: sorted({float(v) for v in runs[k].astype(str)}) if k in numeric
+               else sorted({str(v) for v in runs[k].astype(str)}) for k in keys}
+    domains["status"] = sorted({str(v) for v in runs["status"]})
     written = []
     for _, run in runs.iterrows():
         folder = out_dir / str(run["run"])
@@ -121,10 +125,54 @@ def to_tensorboard(sweep_dir: Path, out_dir: Path) -> list[Path]:
                     if value is not None and not math.isnan(value):
                         writer.add_scalar(tag, value, int(row["step"]))
             finals = _finals(run) or {"final/none": math.nan}  # the HParams view needs a metric
-            # run_name ".": the hparams go into this run's own folder, beside its scalars
-            writer.add_hparams(_hparams(run, keys), finals, run_name=".")
+            _write_hparams(writer, _typed_hparams(run, keys, numeric), finals, domains, _cell_name(run, keys))
         written.append(folder)
     return written
+
+
+def _numeric_keys(runs: pd.DataFrame, keys: list[str]) -> set[str]:
+    """The keys whose every value is a number (optimizer.lr, trainer.epochs): typed as numbers in
+    TensorBoard, so its HParams view can sort them and draw them on a (log) axis."""
+    out = set()
+    for key in keys:
+        try:
+            [float(v) for v in runs[key].astype(str)]
+        except ValueError:
+            continue
+        out.add(key)
+    return out
+
+
+def _typed_hparams(run: pd.Series, keys: list[str], numeric: set[str]) -> dict[str, Any]:
+    """A run's hyperparameters for TensorBoard: numbers as numbers, the rest as text, and its
+    status; no seed (the seeds of a cell are one session group: see :func:`_write_hparams`)."""
+    params: dict[str, Any] = {k: float(run[k]) if k in numeric else str(run[k]) for k in keys}
+    params["status"] = str(run["status"])
+    return params
+
+
+def _cell_name(run: pd.Series, keys: list[str]) -> str:
+    return ",".join(f"{k}={run[k]}" for k in keys) or "all"
+
+
+def _write_hparams(writer, params: dict[str, Any], finals: dict[str, float], domains: dict[str, list],
+                   group: str) -> None:
+    """What SummaryWriter.add_hparams writes, into the run's own folder, with two additions
+    torch's writer lacks: each key's domain (its values in the sweep) and the session group
+    name (the cell), so TensorBoard groups a cell's seeds and aggregates their metrics."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    from torch.utils.tensorboard.summary import hparams
+
+    domains = {k: v for k, v in domains.items() if k in params}
+    experiment, start, end = hparams(params, finals, hparam_domain_discrete=domains)
+    value = start.value[0]
+    data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    data.session_start_info.group_name = group
+    value.metadata.plugin_data.content = data.SerializeToString()
+    for summary in (experiment, start, end):
+        writer.file_writer.add_summary(summary)
+    for tag, metric in finals.items():
+        writer.add_scalar(tag, metric)
 
 
 # ------------------------------------------------------------------ MLflow

@@ -50,6 +50,18 @@ def test_tensorboard_export_reads_back_with_tensorboard(sweep):
                      for c in content.values() if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
         assert start.hparams["status"].string_value == results.loc[name, "status"]
         assert start.hparams["norm"].string_value == results.loc[name, "norm"]
+        # numbers are numbers (a sortable, log-scalable axis), the seed is not an hparam, and the
+        # cell is the session group, so TensorBoard groups a cell's seeds
+        assert start.hparams["trainer.epochs"].number_value == 2.0
+        assert start.hparams["optimizer.lr"].string_value == str(results.loc[name, "optimizer.lr"])  # "(default)" too
+        assert "seed" not in start.hparams
+        assert start.group_name == f"norm={results.loc[name, 'norm']},optimizer.lr={results.loc[name, 'optimizer.lr']}," \
+            "trainer.epochs=2"
+        experiment = next(plugin_data_pb2.HParamsPluginData.FromString(c).experiment for c in content.values()
+                          if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("experiment"))
+        infos = {info.name: info for info in experiment.hparam_infos}
+        assert [v.string_value for v in infos["norm"].domain_discrete.values] == sorted({"none", "bn_before"})
+        assert [v.number_value for v in infos["trainer.epochs"].domain_discrete.values] == [2.0]
         final = events.Scalars("final/final_test_acc")
         assert final[0].value == pytest.approx(results.loc[name, "final_test_acc"])
     again = run_cli("export", str(folder), "--tensorboard", str(out), cwd=cwd)  # replaces, never duplicates
