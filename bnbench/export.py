@@ -219,55 +219,130 @@ def _check_local_store(tracking_uri: str) -> None:
 
 def _to_mlflow(sweep_dir: Path, runs: pd.DataFrame, keys: list[str], tracking_uri: str,
                experiment: str | None) -> dict[str, int]:
-    from mlflow.entities import Metric, Param, RunTag
+    """Idempotent by run: an MLflow run of this sweep's run folder with the same identity and
+    status is left as it is; one of an earlier status (a sweep exported while it ran) is
+    replaced; never a second copy. Another sweep exported into the same experiment gets its own
+    parent run."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     name = experiment or sweep_dir.resolve().name
     found = client.get_experiment_by_name(name)
-    experiment_id = found.experiment_id if found else client.create_experiment(name)
-    done = {(r.data.tags.get("bnbench.run"), r.data.tags.get("bnbench.run_id"), r.data.tags.get("bnbench.status"))
-            for r in client.search_runs([experiment_id], max_results=50000)}
+    experiment_id = found.experiment_id if found else client.create_experiment(
+        name, artifact_location=_artifacts_beside(tracking_uri, name))
+    sweep = str(sweep_dir.resolve())
+    exported = {}  # run folder -> [MLflow runs of this sweep for it]
+    for r in client.search_runs([experiment_id], filter_string=f"tags.`bnbench.sweep` = '{_quoted(sweep)}'",
+                                max_results=50000):
+        if r.data.tags.get("bnbench.run"):
+            exported.setdefault(r.data.tags["bnbench.run"], []).append(r)
     parent = _sweep_parent(client, experiment_id, sweep_dir)
     counts = {"exported": 0, "skipped": 0}
     for _, run in runs.iterrows():
-        run_dir = sweep_dir / str(run["run"])
         identity = (str(run["run"]), str(run["run_id"]), str(run["status"]))
-        if identity in done:
+        earlier = exported.get(identity[0], [])
+        if any((r.data.tags.get("bnbench.run_id"), r.data.tags.get("bnbench.status")) == identity[1:] for r in earlier):
             counts["skipped"] += 1
             continue
-        tags = {"mlflow.parentRunId": parent, "bnbench.run": identity[0], "bnbench.run_id": identity[1],
-                "bnbench.status": identity[2], "bnbench.sweep": str(sweep_dir.resolve())}
-        if isinstance(run.get("error"), str):
-            tags["bnbench.error"] = run["error"][:5000]
-        child = client.create_run(experiment_id, run_name=identity[0], tags=tags)
-        run_id = child.info.run_id
-        params = [Param(k, str(v)[:6000]) for k, v in _hparams(run, keys).items()]
-        now = int(time.time() * 1000)
-        metrics = [Metric(tag, value, now, int(row["step"]))
-                   for _, row in _history(run_dir).iterrows()
-                   for column, tag in SCALARS.items()
-                   if (value := _number(row.get(column))) is not None]
-        metrics += [Metric(tag, value, now, 0) for tag, value in _finals(run).items()]
-        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics a batch
-            client.log_batch(run_id, metrics=metrics[start:start + 1000], params=params if start == 0 else [],
-                             tags=[RunTag("bnbench.stack_size", str(run.get("stack_size")))] if start == 0 else [])
-        for artifact in (records.SUMMARY, records.METRICS):
-            if (run_dir / artifact).is_file():
-                client.log_artifact(run_id, str(run_dir / artifact))
-        client.set_terminated(run_id, status=MLFLOW_STATUS.get(identity[2], "KILLED"))
+        for stale in earlier:  # exported while running, or before a rerun: replaced, not kept beside
+            client.delete_run(stale.info.run_id)
+        _log_run(client, experiment_id, parent, sweep_dir, run, keys, identity)
         counts["exported"] += 1
     return counts
 
 
+def _log_run(client, experiment_id: str, parent: str, sweep_dir: Path, run: pd.Series, keys: list[str],
+             identity: tuple[str, str, str]) -> None:
+    """One bnbench run as an MLflow child run: its real start and end times, the whole config
+    as params (and config.yaml), its cell as a tag, its metrics per step and final ones."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    run_dir = sweep_dir / identity[0]
+    summary = records.read_summary(run_dir) or {}
+    started, finished = _millis(summary.get("started_at")), _millis(summary.get("finished_at"))
+    tags = {"mlflow.parentRunId": parent, "bnbench.run": identity[0], "bnbench.run_id": identity[1],
+            "bnbench.status": identity[2], "bnbench.sweep": str(sweep_dir.resolve()),
+            "bnbench.cell": _cell_name(run, [k for k in keys if k != "seed"])}
+    if isinstance(run.get("error"), str):
+        tags["bnbench.error"] = run["error"][:5000]
+    child = client.create_run(experiment_id, run_name=identity[0], tags=tags, start_time=started)
+    run_id = child.info.run_id
+    config = _config_params(run_dir, summary)
+    config.update({k: str(v) for k, v in _hparams(run, keys).items()})  # the swept keys as the report names them
+    params = [Param(k, v[:6000]) for k, v in sorted(config.items())]
+    begin = started or int(time.time() * 1000)
+    metrics = [Metric(tag, value, begin + int(1000 * (_number(row.get("wall_s")) or 0)), int(row["step"]))
+               for _, row in _history(run_dir).iterrows()
+               for column, tag in SCALARS.items()
+               if (value := _number(row.get(column))) is not None]
+    metrics += [Metric(tag, value, finished or begin, 0) for tag, value in _finals(run).items()]
+    client.log_batch(run_id, tags=[RunTag("bnbench.stack_size", str(run.get("stack_size")))])
+    for at in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
+        client.log_batch(run_id, params=params[at:at + 100])
+    for at in range(0, len(metrics), 1000):  # and 1000 metrics
+        client.log_batch(run_id, metrics=metrics[at:at + 1000])
+    for artifact in (records.SUMMARY, records.METRICS, ".hydra/config.yaml"):
+        if (run_dir / artifact).is_file():
+            client.log_artifact(run_id, str(run_dir / artifact))
+    client.set_terminated(run_id, status=MLFLOW_STATUS.get(identity[2], "KILLED"), end_time=finished)
+
+
+def _config_params(run_dir: Path, summary: dict) -> dict[str, str]:
+    """The run's whole config as flat params: its .hydra/config.yaml (optimizer.lr=0.1, ...) and
+    its group choices (optimizer=sgd, norm=bn_before), so any setting can be searched."""
+    import yaml
+
+    out = {str(k): str(v) for k, v in (summary.get("choices") or {}).items() if not str(k).startswith("hydra")}
+    try:
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return out
+
+    def flatten(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = str(node)
+
+    flatten(config, "")
+    return out
+
+
+def _millis(stamp: Any) -> int | None:
+    """An ISO time of a record (started_at, finished_at) in milliseconds since the epoch."""
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(str(stamp)).timestamp() * 1000)
+    except (TypeError, ValueError):
+        return None
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _artifacts_beside(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a local sqlite store (MLflow's default
+    is ./mlruns of whatever folder the export ran in); a server's or file store's own default
+    otherwise."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / experiment).as_uri()
+    return None
+
+
 def _sweep_parent(client, experiment_id: str, sweep_dir: Path) -> str:
-    """The sweep's parent run (created once), with the report files as artifacts."""
-    existing = client.search_runs([experiment_id], filter_string="tags.`bnbench.kind` = 'sweep'", max_results=1)
+    """The sweep's parent run (created once per sweep folder), with the report files as artifacts."""
+    sweep = str(sweep_dir.resolve())
+    existing = client.search_runs(
+        [experiment_id], filter_string=f"tags.`bnbench.kind` = 'sweep' and tags.`bnbench.sweep` = '{_quoted(sweep)}'",
+        max_results=1)
     if existing:
         parent = existing[0].info.run_id
     else:
         parent = client.create_run(experiment_id, run_name=sweep_dir.resolve().name,
-                                   tags={"bnbench.kind": "sweep", "bnbench.sweep": str(sweep_dir.resolve())}).info.run_id
+                                   tags={"bnbench.kind": "sweep", "bnbench.sweep": sweep}).info.run_id
     for path in sorted(sweep_dir.iterdir()):
         if path.is_file() and (path.suffix in (".md", ".png", ".tex") or path.name.endswith(".csv")
                                or path.name in (records.SWEEP_INFO, "multirun.yaml")):

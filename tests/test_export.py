@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import shutil
+from datetime import datetime
 
 import pandas as pd
 import pytest
@@ -102,10 +105,36 @@ def test_mlflow_export_reads_back_with_mlflow(sweep):
         if status == "diverged":  # its NaN loss is exported as NaN, not left out
             losses = client.get_metric_history(run.info.run_id, "train/loss_running")
             assert any(math.isnan(m.value) for m in losses)
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"summary.json", "metrics.csv"}
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"summary.json", "metrics.csv", "config.yaml"}
+        # the whole config, searchable (params.optimizer = 'sgd'), the cell to group seeds by, and
+        # the times of training, not of the export
+        assert run.data.params["optimizer"] == "sgd" and run.data.params["optimizer.name"] == "sgd"
+        assert run.data.params["trainer.epochs"] == "2"
+        assert run.data.tags["bnbench.cell"].startswith(f"norm={results.loc[name, 'norm']}")
+        record = json.loads((folder / name / "summary.json").read_text())
+        started = datetime.fromisoformat(record["started_at"]).timestamp() * 1000
+        assert abs(run.info.start_time - started) < 1000
+    assert experiment.artifact_location.startswith((cwd / "mlartifacts").as_uri())  # beside the store
     again = run_cli("export", str(folder), "--mlflow", uri, "--experiment", "bn", cwd=cwd)
     assert again.returncode == 0 and "0 runs exported, 3 already there" in again.stdout
     assert len(client.search_runs([experiment.experiment_id])) == 4
+    # a copy of the sweep, exported while one of its runs was still running, then again when done:
+    # its own parent, and that run replaced, never duplicated
+    copy = cwd / "results" / "copy"
+    shutil.copytree(folder, copy)
+    (one,) = [p for p in copy.glob("*/summary.json") if "bn_before" in p.parent.name]
+    finished = one.read_text()
+    one.write_text(json.dumps({**json.loads(finished), "status": "running"}))
+    first = run_cli("export", str(copy), "--mlflow", uri, "--experiment", "bn", cwd=cwd)
+    assert first.returncode == 0 and "3 runs exported" in first.stdout, first.stderr
+    one.write_text(finished)
+    second = run_cli("export", str(copy), "--mlflow", uri, "--experiment", "bn", cwd=cwd)
+    assert second.returncode == 0 and "1 runs exported, 2 already there" in second.stdout, second.stdout
+    found = client.search_runs([experiment.experiment_id])
+    parents = [r for r in found if r.data.tags.get("bnbench.kind") == "sweep"]
+    assert len(parents) == 2 and len(found) == 8  # two sweeps: a parent and 3 runs each
+    copies = [r for r in found if r.data.tags.get("bnbench.sweep") == str(copy.resolve()) and "bnbench.run" in r.data.tags]
+    assert sorted(r.data.tags["bnbench.status"] for r in copies) == sorted(results["status"])
 
 
 @pytest.mark.slow
