@@ -8,7 +8,7 @@ from bnbench.analysis.tables import SweepTables
 from bnbench.records import is_fraction
 from bnbench.render import diagnostics as diagnostics_report
 from bnbench.render.text import (INCOMPLETE_MARK, POLICY, anova_rows, cell_rows, comparison_rows, confidence_pct,
-                                 effect_rows, flip_lines, fmt, learned_nothing, md_table, metric_title, profile_lines,
+                                 effect_rows, flip_lines, fmt, interaction_rows, learned_nothing, md_table, metric_title, profile_lines,
                                  selection_rows, summary_line)
 
 
@@ -116,19 +116,7 @@ def to_markdown(tables: SweepTables) -> str:
     for (a, b), table in tables.interactions.items():
         lines += [f"### {a} × {b}", "", f"Mean {metric_title(m)} per {a} (rows) and {b} (columns): the "
                   "unweighted mean of the matching cells' means, with the divergence rate where runs diverged.", ""]
-        header = [f"{a} \\ {b}", *[str(c) for c in table[b].cat.categories]]
-        rows = []
-        for level_a in table[a].cat.categories:
-            row = [str(level_a)]
-            for _, entry in table[table[a] == level_a].iterrows():
-                text = fmt(entry["mean"], m)
-                if entry["diverged"]:
-                    text += f" ({int(entry['diverged'])}/{int(entry['results'])} div.)"
-                if not entry["complete"]:
-                    text += INCOMPLETE_MARK
-                row.append(text)
-            rows.append(row)
-        lines += [*md_table(header, rows), ""]
+        lines += [*md_table(*interaction_rows(tables, a, b, table)), ""]
     lines += diagnostics_report.markdown_lines(tables.diagnostics, tables.factors)
     if tables.plots:
         lines += ["## Plots", ""]

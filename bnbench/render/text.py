@@ -118,6 +118,29 @@ def profile_lines(tables: SweepTables) -> list[str]:
     m = prof.metric
     within = 100 * prof.within if is_fraction(m) else prof.within
     unit = (" point" if within == 1 else " points") if is_fraction(m) else ""
+    header, rows = profile_rows(tables)
+    per_value_header = [*prof.arms, prof.key, "results", "diverged", "failed / unfinished", "mean",
+                        f"{confidence_pct(tables)} CI"]
+    per_value = [[*(str(c[a]) for a in prof.arms), f"{c['value']:g}", str(int(c["n"])),
+                  f"{int(c['diverged'])}/{int(c['n'])}", str(int(c["failed"]) + int(c["incomplete"])),
+                  fmt(c["mean"], m), interval(c["ci_low"], c["ci_high"], m)]
+                 for _, c in prof.cells.iterrows()]
+    return [f"## Profile over `{prof.key}`", "",
+            f"Per arm, the {metric_title(m)} at every value of `{prof.key}` (mean over seeds, {confidence_pct(tables)} "
+            "t-interval; `profile.png`). Stable range: the unbroken run of values around the best one under "
+            f"which no seed diverged and whose mean is within {within:g}{unit} of the best such mean (`--within`); "
+            "its width is the ratio of its ends; it never crosses a value without results. A width is a ratio of "
+            "grid values, so its uncertainty is shown as how often each width comes back when the seeds are "
+            "resampled (2,000 draws, the same seeds for every value and arm), not as an interval"
+            + _resolution_text(prof) + ".", "",
+            *md_table(header, rows), "", *md_table(per_value_header, per_value), ""]
+
+
+def profile_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
+    """Per arm: its best value, the stable range, its width and how often resamples give each."""
+    prof = tables.profile
+    assert prof is not None
+    m = prof.metric
     header = [*prof.arms, f"best {prof.key}", "its mean", "stable range", "width", "width in resamples of seeds"]
     has_ratio = "width_ratio" in prof.ranges
     if has_ratio:
@@ -132,22 +155,7 @@ def profile_lines(tables: SweepTables) -> list[str]:
             row += [f"{arm['width_ratio']:.3g}×" if np.isfinite(arm["width_ratio"]) else "—",
                     _resampled_text(arm, "ratio")]
         rows.append(row)
-    per_value_header = [*prof.arms, prof.key, "results", "diverged", "failed / unfinished", "mean",
-                        f"{confidence_pct(tables)} CI"]
-    per_value = [[*(str(c[a]) for a in prof.arms), f"{c['value']:g}", str(int(c["n"])),
-                  f"{int(c['diverged'])}/{int(c['n'])}", str(int(c["failed"]) + int(c["incomplete"])),
-                  fmt(c["mean"], m),
-                  interval(c["ci_low"], c["ci_high"], m)]
-                 for _, c in prof.cells.iterrows()]
-    return [f"## Profile over `{prof.key}`", "",
-            f"Per arm, the {metric_title(m)} at every value of `{prof.key}` (mean over seeds, {confidence_pct(tables)} "
-            "t-interval; `profile.png`). Stable range: the unbroken run of values around the best one under "
-            f"which no seed diverged and whose mean is within {within:g}{unit} of the best such mean (`--within`); "
-            "its width is the ratio of its ends; it never crosses a value without results. A width is a ratio of "
-            "grid values, so its uncertainty is shown as how often each width comes back when the seeds are "
-            "resampled (2,000 draws, the same seeds for every value and arm), not as an interval"
-            + _resolution_text(prof) + ".", "",
-            *md_table(header, rows), "", *md_table(per_value_header, per_value), ""]
+    return header, rows
 
 
 def _resampled_text(arm: pd.Series, name: str) -> str:
@@ -230,6 +238,24 @@ def _seeds_text(row: pd.Series) -> str:
         return "—"
     count = lambda v: "—" if pd.isna(v) else (">10⁶" if v > 1e6 else f"{int(v)}")  # noqa: E731  (inf: > a million)
     return f"{count(row['seeds_needed'])} ({count(row['seeds_needed_low'])}–{count(row['seeds_needed_high'])})"
+
+
+def interaction_rows(tables: SweepTables, a: str, b: str, table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The mean per level of ``a`` (rows) and ``b`` (columns), with divergences and marks."""
+    m = tables.metric
+    header = [f"{a} \\ {b}", *[str(c) for c in table[b].cat.categories]]
+    rows = []
+    for level_a in table[a].cat.categories:
+        row = [str(level_a)]
+        for _, entry in table[table[a] == level_a].iterrows():
+            text = fmt(entry["mean"], m)
+            if entry["diverged"]:
+                text += f" ({int(entry['diverged'])}/{int(entry['results'])} div.)"
+            if not entry["complete"]:
+                text += INCOMPLETE_MARK
+            row.append(text)
+        rows.append(row)
+    return header, rows
 
 
 def effect_rows(tables: SweepTables) -> tuple[list[str], list[list[str]]]:
