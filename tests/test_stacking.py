@@ -443,7 +443,7 @@ def test_a_plan_that_is_not_there_is_one_clear_error(tmp_path):
     from bnbench.launch import planning
     from bnbench.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="sweep.plan=nope sweep.stack=0: no such job"):
+    with pytest.raises(ConfigError, match="sweep.plan=nope sweep.stack=0: there is no plan .*not by hand"):
         planning.members(tmp_path, "nope", 0)
 
 
