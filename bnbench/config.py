@@ -206,6 +206,9 @@ class SweepConfig:
     # folder (.plans/PLAN.json) and this job's entry in it, the runs it trains together.
     plan: Optional[str] = None
     stack: Optional[int] = None
+    # Under another sweeper that optimizes (hydra/sweeper=optuna), the number each job returns: a
+    # run metric, on the validation split by default (choosing on the test set would overstate it).
+    objective: str = "final_val_acc"
 
 
 @dataclass

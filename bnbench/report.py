@@ -12,6 +12,7 @@ dropped; failed and unfinished runs are counted and their cells marked wherever 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -130,13 +131,25 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
     comparisons, the ANOVA and interactions, and the provenance. ReportError when it cannot."""
     options = options or ReportOptions()
     runs, factors, constants = collect_runs(sweep_dir)
+    sampler = records.grid_sweeper(sweep_dir)
+    if sampler and options.profile is None and options.select is None:
+        # samples of a search space, not a grid: the metric over a sampled number is a profile
+        numeric = [f for f in factors if _numeric(runs[f])]
+        if numeric:
+            options = dataclasses.replace(options, profile=numeric[0])
     runs, metric = _checked_metric(sweep_dir, runs, options)
     all_runs = runs
     runs, factors, chosen, prof = _select_and_profile(runs, factors, metric, options)
     tables = SweepTables(sweep_dir, runs, factors, constants, metric, cells=pd.DataFrame(), selection=chosen,
                          all_runs=all_runs, profile=prof)
     _caveats(tables)
-    _analyse(tables, options)
+    if sampler:
+        tables.notes.append(
+            f"{len(runs)} runs sampled by {sampler.rsplit('.', 1)[-1]} (hydra.sweeper), not a grid: a combination it "
+            "did not sample is not missing, and cells of sampled values have one run each, so no comparison or "
+            "ANOVA is made by default (--baseline asks for one)"
+            + (f"; the metric over the sampled {options.profile} is the profile below" if options.profile else ""))
+    _analyse(tables, options, grid=sampler is None)
     tables.counts = {status: int((runs["status"] == status).sum()) for status in STATUSES}
     tables.counts["missing cells"] = int((tables.cells["status"] == "missing").sum())
     tables.diagnostics = diagnostics_report.summarize(sweep_dir, runs, factors)
@@ -243,16 +256,26 @@ def _caveats(tables: SweepTables) -> None:
                                    "is readable, and a run without a usable summary.json is retrained by the next sweep")
 
 
-def _analyse(tables: SweepTables, options: ReportOptions) -> None:
+def _numeric(column: pd.Series) -> bool:
+    try:
+        [float(v) for v in column.astype(str)]
+    except ValueError:
+        return False
+    return True
+
+
+def _analyse(tables: SweepTables, options: ReportOptions, grid: bool = True) -> None:
     """Cells (ranked), comparisons with the baseline, and with several factors the ANOVA, main
-    effects, every two-way interaction and its sign flips."""
+    effects, every two-way interaction and its sign flips. A sweep that sampled its runs (not a
+    grid) gets its cells, and comparisons only when asked for."""
     sweep_dir, runs, factors, metric = tables.sweep_dir, tables.runs, tables.factors, tables.metric
-    expected = _expected_cells(sweep_dir, runs, factors)
+    expected = _expected_cells(sweep_dir, runs, factors) if grid else []
     cells = stats.rank_cells(runs, factors, metric, confidence=options.confidence, expected_cells=expected)
     # Tables read best in the sweep's own order (none, bn_before, bn_after); rank says the rest.
     tables.cells = cells.sort_values(factors, kind="stable").reset_index(drop=True) if factors else cells
     tables.cells.attrs.update(cells.attrs)
-    baseline = options.baseline if options.baseline is not None else _default_baseline(runs, factors)
+    baseline = options.baseline if options.baseline is not None else \
+        (_default_baseline(runs, factors) if grid else None)
     if options.pairs not in (None, "all", "baseline"):
         raise ReportError(f"--pairs {options.pairs!r}: choose all (every pair of levels) or baseline")
     if baseline:
@@ -279,7 +302,7 @@ def _analyse(tables: SweepTables, options: ReportOptions) -> None:
         if len(tables.comparisons) and tables.comparisons["n_pairs"].max() <= 5:
             tables.notes.append("With 5 or fewer seed pairs the Wilcoxon signed-rank test cannot reach p < 0.05 "
                                 "(exact minimum p = 1/2^(n-1)); use 6 or more seeds for it to be informative.")
-    if len(factors) > 1:
+    if len(factors) > 1 and grid:
         tables.anova, tables.anova_notes = stats.anova(runs, factors, metric)
         # one cell table (grid cells with no run included, so they mark their marginals) for all of them
         tables.effects = stats.main_effects(runs, factors, metric, cells=tables.cells)

@@ -30,6 +30,7 @@ No torch here: pandas on the runs table of bnbench.report.collect_runs.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,7 +146,8 @@ def _resampled(name: str, boot: np.ndarray, point: float) -> dict:
 def _stable_range(score: np.ndarray, diverged: np.ndarray, values: np.ndarray, within: float,
                   higher: bool) -> dict:
     """The arm's best value and its stable range from seeds x values arrays (NaN: no result)."""
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a value no resampled seed has: NaN, said by `present`
         present = ~np.all(np.isnan(score), axis=0)
         means = np.where(present, np.nanmean(np.where(np.isnan(score), np.nan, score), axis=0), np.nan)
         any_diverged = np.nansum(diverged, axis=0) > 0

@@ -8,9 +8,11 @@ works as Hydra documents it.
 from __future__ import annotations
 
 import logging
-import shutil
+import math
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -76,6 +78,11 @@ def main(cfg: DictConfig) -> records.RunRecord:
         log.info("cancelled: an earlier run failed (--fail-fast)")
         return {"status": "cancelled"}
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    # another sweeper than bnbench's or Hydra's basic grid: one that optimizes, and needs a number
+    optimizing = multirun and str(hydra_cfg.sweeper.get("_target_", "")) not in records.store.GRID_SWEEPERS
+    if optimizing and cfg.sweep.objective not in records.schema.METRIC_FIELDS:
+        raise ConfigError(f"sweep.objective={cfg.sweep.objective} is not a run metric; choose one of: "
+                          f"{', '.join(records.schema.METRIC_FIELDS)} (validation ones to choose on)")
     if multirun:
         interrupts.exit_with_launcher()  # joblib's workers: do not outlive the sweep command
         _quiet_console_in_worker()
@@ -103,7 +110,20 @@ def main(cfg: DictConfig) -> records.RunRecord:
         stop_marker.touch()
         folder, summary = failed[0]
         raise FailFast(f"{folder.name}: {summary['error']} (bnbench report {folder.parent} tabulates what ran)")
+    if optimizing:
+        return _objective(outcomes[0][1], cfg.sweep.objective, hydra_cfg.sweeper.get("direction"))
     return outcomes[0][1]
+
+
+def _objective(summary: records.RunRecord, metric: str, direction: Any) -> float:
+    """The number an optimizing sweeper (Optuna) gets for a run: ``sweep.objective`` of its record.
+    A run without a finite value (a diverged run's loss, a failed run) gets the worst value in
+    the study's direction, so it is a bad trial, not a lost one."""
+    value = records.metric_value(summary, metric) if summary.get("status") in records.RESULTS else float("nan")
+    if math.isfinite(value):
+        return value
+    worst = {"maximize": -math.inf, "minimize": math.inf}
+    return worst.get(str(direction).split(".")[-1].lower(), math.nan)
 
 
 def _say(summary: records.RunRecord, run_dir: Path, multirun: bool) -> None:

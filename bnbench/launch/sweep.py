@@ -19,7 +19,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from rich.console import Console
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnbench import records
 from bnbench.launch import channel
@@ -69,6 +69,10 @@ class SweepReport(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / FAIL_FAST_MARKER).unlink(missing_ok=True)  # left by an earlier --fail-fast sweep
         records.write_json(sweep_dir / records.SWEEP_INFO, records.sweep_info(sys.argv))
+        if str(config.hydra.sweeper.get("_target_", "")) not in records.store.GRID_SWEEPERS:
+            # the grid sweepers save the sweep's config; Optuna's does not, and the report reads
+            # from it which sweeper chose the runs (samples, not a grid)
+            OmegaConf.save(config, sweep_dir / "multirun.yaml")
         # (how many of them this sweep skips is the planner's to say: a record of another config is retrained)
         self.finished_before = finished_runs(sweep_dir) if sweep_dir.is_dir() else {}
         global _monitor

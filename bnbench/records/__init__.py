@@ -11,17 +11,17 @@ from bnbench.records.provenance import git_state, library_versions, sweep_info
 from bnbench.records.schema import (CONFIRM_PLAN, DIAGNOSTICS, DIAGNOSTICS_COLUMNS, EVAL_MODES, FINAL_WEIGHTS, FINISHED,
                                     LEGACY_TRAIN_METRICS, METRIC_COLUMNS, METRICS, RESULTS, RUN_METRICS, RUNTIME_KEYS, STATUSES,
                                     SUMMARY, SWEEP_INFO, AtBestVal, BestMetrics, FinalMetrics, Progress, RunRecord,
-                                    Status, is_finished, is_fraction, is_runtime_key, legacy_metric_names, parse_overrides,
-                                    run_identity)
-from bnbench.records.store import (load_summary, metrics_problem, read_summary, run_folders, sweep_lists, value_order,
-                                   write_csv, write_json, write_text)
+                                    Status, is_finished, is_fraction, is_runtime_key, legacy_metric_names, metric_value,
+                                    parse_overrides, run_identity)
+from bnbench.records.store import (grid_sweeper, load_summary, metrics_problem, read_summary, run_folders, sweep_lists,
+                                   value_order, write_csv, write_json, write_text)
 
 __all__ = [
     "git_state", "library_versions", "sweep_info",
     "CONFIRM_PLAN", "DIAGNOSTICS", "DIAGNOSTICS_COLUMNS", "EVAL_MODES", "FINAL_WEIGHTS", "FINISHED",
     "LEGACY_TRAIN_METRICS", "METRIC_COLUMNS", "METRICS", "RESULTS", "RUN_METRICS", "RUNTIME_KEYS", "STATUSES", "SUMMARY", "SWEEP_INFO",
     "AtBestVal", "BestMetrics", "FinalMetrics", "Progress", "RunRecord", "Status", "is_finished", "is_fraction", "is_runtime_key",
-    "legacy_metric_names", "parse_overrides", "run_identity",
-    "load_summary", "metrics_problem", "read_summary", "run_folders", "sweep_lists", "value_order", "write_csv",
+    "legacy_metric_names", "metric_value", "parse_overrides", "run_identity",
+    "grid_sweeper", "load_summary", "metrics_problem", "read_summary", "run_folders", "sweep_lists", "value_order", "write_csv",
     "write_json", "write_text",
 ]

@@ -210,3 +210,21 @@ def legacy_metric_names(columns: Iterable[str]) -> dict[str, str]:
             if prefix + old in columns and prefix + new not in columns:
                 renames[prefix + old] = prefix + new
     return renames
+
+
+# Where each run metric of the runs table lives in a run record (records.runs reads the same).
+METRIC_FIELDS = {
+    "final_test_acc": ("final", "test_acc"), "final_test_loss": ("final", "test_loss"),
+    "final_train_acc": ("final", "train_acc"), "final_train_loss": ("final", "train_loss"),
+    "final_val_acc": ("final", "val_acc"), "final_val_loss": ("final", "val_loss"),
+    "best_test_acc": ("best", "test_acc"), "best_test_loss": ("best", "test_loss"),
+    "best_val_acc": ("at_best_val", "val_acc"), "best_val_loss": ("at_best_val", "val_loss"),
+    "test_acc_at_best_val": ("at_best_val", "test_acc"), "test_loss_at_best_val": ("at_best_val", "test_loss"),
+}
+
+
+def metric_value(summary: Mapping[str, Any], metric: str) -> float:
+    """A run metric (final_val_acc, ...) from a run record; NaN where the record has none."""
+    table, key = METRIC_FIELDS[metric]
+    value = (summary.get(table) or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) else float("nan")

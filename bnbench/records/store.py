@@ -161,16 +161,32 @@ def sweep_lists(params: Mapping[str, Any] | None, task_overrides: list[str] | No
     return order
 
 
-def value_order(sweep_dir: Path) -> dict[str, list[str]]:
-    """The order in which the sweep listed each key's values (from Hydra's multirun.yaml)."""
+GRID_SWEEPERS = ("hydra_plugins.bnbench_sweeper.PlannedSweeper",
+                 "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
+
+
+def grid_sweeper(sweep_dir: Path) -> str | None:
+    """None when the sweep ran a grid (bnbench's sweeper or Hydra's basic one: every
+    combination of the listed values); else the sweeper that chose its runs (Optuna's: samples,
+    so a combination it did not sample is not missing)."""
+    saved = _multirun(sweep_dir)
+    target = str(((saved.get("hydra") or {}).get("sweeper") or {}).get("_target_") or "")
+    return None if not target or target in GRID_SWEEPERS else target
+
+
+def _multirun(sweep_dir: Path) -> dict:
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return {}
     try:
         # libyaml's loader when PyYAML has it: this file holds the whole config, and every
         # stacked sweep job reads it (about 10x faster: docs/benchmarks.md)
-        saved = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    except yaml.YAMLError:
+        return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    except (OSError, yaml.YAMLError):
         return {}
-    hydra_cfg = saved.get("hydra", {}) or {}
+
+
+def value_order(sweep_dir: Path) -> dict[str, list[str]]:
+    """The order in which the sweep listed each key's values (from Hydra's multirun.yaml)."""
+    hydra_cfg = _multirun(sweep_dir).get("hydra", {}) or {}
     return sweep_lists((hydra_cfg.get("sweeper") or {}).get("params"), (hydra_cfg.get("overrides") or {}).get("task"))

@@ -86,7 +86,7 @@ def to_markdown(tables: SweepTables) -> str:
             lines += [f"Learned nothing: {'; '.join(failed)}.", ""]
         lines += [
                   *md_table(*comparison_rows(tables)), ""]
-        lines += [f"> {note}" for note in tables.notes] + ([""] if tables.notes else [])
+    lines += [f"> {note}" for note in tables.notes] + ([""] if tables.notes else [])  # with or without comparisons
     if tables.anova is not None and len(tables.factors) > 1:
         lines += ["## Factorial ANOVA", "",
                   f"Type-II ANOVA (statsmodels) of the {metric_title(m)} on every swept factor and their "
