@@ -86,7 +86,9 @@ def _provenance(sweep_dir: Path, runs: pd.DataFrame) -> dict[str, Any]:
         "first_run_started": min(started) if started else None,
         "last_run_finished": max(finished) if finished else None,
         "report_built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_total_s": float(wall.sum()) if len(wall) else None,
+        # a stack's seeds each record the stack's wall time: counted once per stack, not once per seed
+        "wall_total_s": float((wall / pd.to_numeric(runs.loc[wall.index, "stack_size"], errors="coerce")
+                               .fillna(1).clip(lower=1)).sum()) if len(wall) else None,
         "wall_per_run_s": (float(wall.mean()), float(wall.min()), float(wall.max())) if len(wall) else None,
     }
 

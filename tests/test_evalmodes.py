@@ -92,6 +92,8 @@ def test_final_weights_are_the_run_s_and_every_mode_is_checked(tmp_path):
     text = "\n".join(lines)
     assert "| norm | runs | diverged | running | batch 2 | batch 16 | precise |" in text
     assert "| none | 2 | 0 |" in text and "| bn_before | 2 | 0 |" in text
+    # batch B beside running on its own samples (the two means shown compare; "64.21 / 62.50 (Δ +0.00)" did not)
+    assert "vs running" in text and "on its samples" in text
 
     # a final.pt of another run (the record was replaced since) is not used
     other = torch.load(run_dir / records.FINAL_WEIGHTS, weights_only=True)

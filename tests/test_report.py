@@ -398,3 +398,14 @@ def test_report_tex_is_a_document_pdflatex_compiles_with_every_table_on_the_page
     assert (tmp_path / "report.pdf").read_bytes()[:4] == b"%PDF"
     assert "Overfull \\hbox" not in log and "Missing character" not in log, \
         [line for line in log.splitlines() if "Overfull" in line or "Missing" in line][:5]
+
+
+def test_wall_time_counts_a_stack_once_not_once_per_seed(tmp_path):
+    """A stack of 3 seeds records the stack's wall time in each seed's record: 3 x 10 s read as
+    30 s of work where the job took 10 s."""
+    rows = [{"run": f"norm={n},seed={s}", "status": "completed", "seed": s, "norm": n, "final_test_acc": 0.9,
+             "wall_s": 10.0, "stack_size": 3} for n in ("none", "bn_before") for s in range(3)]
+    (tmp_path / "results.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
+    tables = report.build(tmp_path)
+    assert tables.provenance["wall_total_s"] == pytest.approx(20.0)
+    assert "wall time: 20.0 s of jobs in all (a stack's time once)" in report.to_markdown(tables)

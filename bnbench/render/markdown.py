@@ -153,5 +153,6 @@ def _provenance_lines(p: Mapping[str, Any]) -> list[str]:
         lines.append("- rebuilt from results.csv: the run folders are not here (no learning curves or diagnostics)")
     if p.get("wall_per_run_s"):
         mean, low, high = p["wall_per_run_s"]
-        lines.append(f"- wall time: {p['wall_total_s']:.1f} s in all; per run {mean:.1f} s (min {low:.1f}, max {high:.1f})")
+        lines.append(f"- wall time: {p['wall_total_s']:.1f} s of jobs in all (a stack's time once); per run "
+                     f"{mean:.1f} s (min {low:.1f}, max {high:.1f}; a stacked seed's is its stack's)")
     return lines
