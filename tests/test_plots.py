@@ -167,3 +167,16 @@ def test_many_levels_wrap_and_many_cells_grow_the_figure_without_overlap(tmp_pat
     boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_yticklabels()]
     assert len(boxes) == 48
     assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))  # neighbouring labels stay apart
+
+
+def test_a_sweep_of_many_values_has_no_legend_that_covers_the_axes(tmp_path, figures):
+    """200 widths drew a legend of 200 entries over the axes; above 24 lines the colours go in
+    order and the title names the ends."""
+    sweep = tmp_path / "wide"
+    for width in range(30):
+        write_run(sweep, {"model.width": f"{width + 1}"}, 0, "completed", epochs=2)
+    runs, factors, _ = report.collect_runs(sweep)
+    plots.learning_curves(sweep, runs, factors, tmp_path / "wide.png")
+    fig = figures[0]
+    assert not fig.legends
+    assert "30 lines of model.width, coloured in order from 1 to 30" in fig._suptitle.get_text()

@@ -99,6 +99,14 @@ def _train_metrics(final: Mapping[str, Any]) -> dict[str, Any]:
             "final_train_acc_running": final.get("train_acc")}
 
 
+def _level_key(value: str) -> tuple:
+    """Values no grid ordered: numbers by value (2 before 10), then the rest by name."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def _factor_sort_key(name: str) -> tuple[int, str]:
     return (_FACTOR_ORDER.index(name), name) if name in _FACTOR_ORDER else (len(_FACTOR_ORDER), name)
 
@@ -148,7 +156,7 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, st
     order = {**records.value_order(sweep_dir), **_confirmed_order(sweep_dir)}
     for k in factors:
         present = set(runs[k].astype(str))
-        seen = list(dict.fromkeys([*order.get(k, []), *sorted(present)]))
+        seen = list(dict.fromkeys([*order.get(k, []), *sorted(present, key=_level_key)]))
         runs[k] = pd.Categorical(runs[k].astype(str), categories=[v for v in seen if v in present], ordered=True)
     runs = runs.sort_values([*factors, "seed"], kind="stable").reset_index(drop=True)
     private = [c for c in runs.columns if c.startswith("_")]

@@ -44,6 +44,9 @@ def _label(metric: str) -> str:
     return _LABELS.get(metric, metric.replace("_", " "))
 
 
+MAX_LEGEND = 24  # lines a learning-curve legend names; beyond, the colours go in order instead
+
+
 def _colors(n: int) -> list:
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
     return [cmap(i) for i in range(n)] if n <= 20 else [cmap(x) for x in np.linspace(0.05, 0.95, n)]
@@ -184,10 +187,18 @@ def learning_curves(
     if (runs["status"] == "diverged").any():
         handles.append(plt.Line2D([], [], color="gray", lw=0.8, ls="--", marker="x"))
         labels.append("diverged run (not in mean)")
-    if line_factors or len(handles) > len(line_keys):
+    title = f"{sweep_dir.name}: mean over completed seeds, {confidence:.0%} confidence band"
+    if len(line_keys) > MAX_LEGEND:
+        # a legend of 200 entries covered the axes: the lines go in order along the colour map
+        # (the sweep's value order), named at its ends
+        first, last = (" / ".join(k) for k in (line_keys[0], line_keys[-1]))
+        title += f"\n{len(line_keys)} lines of {' / '.join(line_factors)}, coloured in order from {first} to {last}"
+        if len(handles) > len(line_keys):
+            fig.legend(handles[-1:], labels[-1:], loc="outside lower center", fontsize=9, frameon=False)
+    elif line_factors or len(handles) > len(line_keys):
         fig.legend(handles, labels, title=" / ".join(line_factors) or None, loc="outside right center",
                    ncols=math.ceil(len(handles) / 24), fontsize=9, title_fontsize=9, frameon=False)
-    fig.suptitle(f"{sweep_dir.name}: mean over completed seeds, {confidence:.0%} confidence band", fontsize=11)
+    fig.suptitle(title, fontsize=11)
     return _save(fig, out_path)
 
 
