@@ -78,6 +78,8 @@ class PlanningSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
 
         templates: Dict[tuple, DictConfig] = {}  # each cell's first composed config (see compose)
+        if len(runs_overrides) > 50:  # about 0.1 s a cell: a large grid would otherwise sit silent for a minute
+            log.info("planning %d runs (composing each cell's config once)...", len(runs_overrides))
         runs = [self._run(run_overrides, number, sweep_dir, templates)
                 for number, run_overrides in enumerate(runs_overrides)]
         done, stale = sum(r.finished for r in runs), sum(r.stale for r in runs)
