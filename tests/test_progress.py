@@ -89,3 +89,21 @@ def test_a_parallel_sweep_on_an_80_column_terminal_keeps_workers_off_the_screen(
     assert "runs · " in text and "running" in text, "the live view was drawn"
     assert "completed: test acc" not in text, "a worker printed into the live view"
     assert "final test accuracy" in text
+
+
+def test_a_running_run_shows_what_varies_and_the_eta_comes_with_the_first_steps(tmp_path):
+    """At 80 columns a long run name showed only its fixed prefix; the ETA was "—" until a run
+    ended, then counted a stack's time once per seed."""
+    import yaml
+
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"params": {
+        "norm": "none,bn_before", "seed": "0,1"}}, "overrides": {"task": ["ablation=placement"]}}}))
+    _write(sweep / LONG.format(0), {"status": "running", "progress": {"step": 50, "total_steps": 100, "epoch": 1.0}})
+    monitor = SweepMonitor(sweep, total=4, finished_before={}, workers=2, console=Console(width=80))
+    monitor.started -= 10.0  # 10 s in, half of one of 4 runs done: 70 s to go at this pace
+    snap = monitor.snapshot()
+    assert snap["eta"] == pytest.approx(70.0, rel=0.05)
+    frame = "\n".join(_frame(sweep, 80))
+    assert "norm=bn_before,seed=0" in frame and "ablation=" not in frame

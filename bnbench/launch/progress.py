@@ -34,10 +34,11 @@ class SweepMonitor:
         self._thread: threading.Thread | None = None
         self._live: Live | None = None
         self.max_rows = 8  # running runs shown, one line each
+        self._varying: set[str] | None = None  # the keys the sweep varies (its grid), read once
 
     def snapshot(self) -> dict:
         counts = {"completed": 0, "diverged": 0, "failed": 0, "skipped": 0}
-        running, durations = [], []
+        running = []
         for path in self.sweep_dir.rglob(records.SUMMARY):
             summary = records.read_summary(path.parent)
             if not summary:
@@ -47,16 +48,32 @@ class SweepMonitor:
                 counts["skipped"] += 1
             elif status in counts:
                 counts[status] += 1
-                if summary.get("wall_s"):
-                    durations.append(float(summary["wall_s"]))
             elif status == "running":
                 running.append((path.parent.name, summary.get("progress") or {}))
         done = sum(counts.values())
-        remaining = max(0, self.total - done)
-        eta = None
-        if durations and remaining:
-            eta = sum(durations) / len(durations) * remaining / self.workers
-        return {"counts": counts, "done": done, "running": running, "eta": eta}
+        return {"counts": counts, "done": done, "running": running,
+                "eta": self._eta(done - counts["skipped"], counts["skipped"], running)}
+
+    def _short(self, name: str) -> str:
+        """A run folder's name with only what varies in this sweep (and the seed): at 80 columns
+        "ablation=placement,activation=leaky_relu,dataset.train_size=6000,norm=bn_b…" hid the
+        values that tell the running runs apart."""
+        if self._varying is None:
+            self._varying = {k for k, v in records.value_order(self.sweep_dir).items() if len(v) > 1} | {"seed"}
+        parts = [p for p in name.split(",") if p.split("=", 1)[0] in self._varying]
+        return ",".join(parts) if parts and len(self._varying) > 1 else name
+
+    def _eta(self, trained: int, skipped: int, running: list) -> float | None:
+        """Time left at the pace so far: work is runs, a running one counted by its share of steps
+        (so a stack, or runs in parallel, count as they progress, and an estimate comes before the
+        first run ends); None before any step."""
+        partial = sum(min(1.0, p.get("step", 0) / p["total_steps"]) for _, p in running if p.get("total_steps"))
+        work_done = trained + partial
+        work_left = max(0.0, self.total - skipped - work_done)
+        elapsed = time.monotonic() - self.started
+        if work_done <= 0 or elapsed <= 0:
+            return None
+        return elapsed * work_left / work_done
 
     def render(self) -> Group:
         """One frame of a fixed height (two status lines, then one line per worker, idle ones
@@ -95,7 +112,7 @@ class SweepMonitor:
                 score = f"test acc {100 * progress['test_acc']:.2f}%"
             else:
                 score = f"test loss {progress['test_loss']:.4f}" if progress.get("test_loss") is not None else ""
-            rows.add_row(Text(name, no_wrap=True, overflow="ellipsis"), where, score)
+            rows.add_row(Text(self._short(name), no_wrap=True, overflow="ellipsis"), where, score)
         for _ in range(lines - min(lines, len(snap["running"]))):
             rows.add_row("", "", "")  # idle workers: blank lines keep the frame's height
         return Group(top, counts, rows)
