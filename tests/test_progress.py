@@ -107,3 +107,19 @@ def test_a_running_run_shows_what_varies_and_the_eta_comes_with_the_first_steps(
     assert snap["eta"] == pytest.approx(70.0, rel=0.05)
     frame = "\n".join(_frame(sweep, 80))
     assert "norm=bn_before,seed=0" in frame and "ablation=" not in frame
+
+
+def test_the_end_of_sweep_tables_at_80_columns_cut_no_value_and_say_what_they_left_out():
+    """At 80 columns the tables cut factor values ("bn_bef…"), wrapped intervals onto three
+    lines and dropped columns silently. Now each shown column is whole, and the rest are named."""
+    from bnbench import report
+
+    reference = Path(__file__).resolve().parent.parent / "results" / "reference" / "placement"
+    tables = report.build(reference, report.ReportOptions(margin=0.5))
+    buffer = io.StringIO()
+    report.print_tables(tables, Console(file=buffer, width=80, color_system=None))
+    text = buffer.getvalue()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "…" not in text and "bn_before" in text and "leaky_relu" in text and "baseline did not learn" in text
+    assert "left out at 80 columns:" in text and "report.md has every column" in text
+    assert "│ bn_after  │ sigmoid    │ bn_before │      +4.18 │" in text
