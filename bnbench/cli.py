@@ -239,7 +239,12 @@ def run(
     # Let Hydra's exceptions reach us, so each ends as one line here rather than a trace.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        hydra_app.main()
+        try:
+            hydra_app.main()
+        finally:
+            # the live view goes first: the line an error or Ctrl-C ends with must be the last on the
+            # terminal, not drawn over by the view's last frame
+            sweep.stop_monitor()
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (interrupts.terminate_like_ctrl_c)
         fail(interrupts.describe(err), code=interrupts.exit_code(err))
     except hydra_app.FailFast as err:
@@ -257,7 +262,6 @@ def run(
         fail(f"the launcher could not start the jobs: {err}"
              + (" (on a machine without Slurm use hydra/launcher=slurm_local or parallel)" if no_slurm else ""))
     finally:
-        sweep.stop_monitor()  # the live view, if an error ended the sweep before its last callback
         outcome = channel.read_outcome(outcome_file)
         outcome_file.unlink(missing_ok=True)
         os.environ.pop(channel.OUTCOME_ENV, None)
