@@ -209,6 +209,9 @@ class SweepConfig:
     # Under another sweeper that optimizes (hydra/sweeper=optuna), the number each job returns: a
     # run metric, on the validation split by default (choosing on the test set would overstate it).
     objective: str = "final_val_acc"
+    # ... as the mean over this many seeds of one trial (seed, seed+1, ...), trained as one stack,
+    # each in its own folder: a trial's value is then less a draw of one seed's noise.
+    objective_seeds: int = 1
 
 
 @dataclass

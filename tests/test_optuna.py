@@ -41,3 +41,22 @@ def test_an_optuna_sweep_optimizes_the_validation_objective_resumes_and_reports(
     assert [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")] == summaries
     bad = run_cli(*args[:-2], "sweep.name=bad", "sweep.objective=accuracy", "--quiet", cwd=tmp_path)
     assert bad.returncode != 0 and "sweep.objective=accuracy is not a run metric" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_trial_can_be_the_mean_over_several_seeds(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    proc = run_cli("run", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize",
+                   "hydra.sweeper.sampler.seed=0", "optimizer.lr=interval(0.05,0.5)", "sweep.objective_seeds=2",
+                   "trainer.epochs=1", "trainer.threads=1", "sweep.name=seeds", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "results" / "seeds"
+    records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert len(records) == 4 and sorted(r["seed"] for r in records.values()) == [0, 0, 1, 1]
+    trials = {}
+    for name, record in records.items():
+        trials.setdefault(name.split(",seed=")[0], []).append(record["final"]["val_acc"])
+    assert all(len(v) == 2 for v in trials.values())
+    assert all(r.get("stacked_seeds") == [0, 1] for r in records.values()), "a trial's seeds train as one stack"
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    assert best == pytest.approx(max(sum(v) / 2 for v in trials.values()))

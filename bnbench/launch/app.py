@@ -95,6 +95,8 @@ def main(cfg: DictConfig) -> records.RunRecord:
     # The sweeper planned which runs this job trains (bnbench/launch/planning.py): one, or a stack of seeds.
     members = planning.members(sweep_dir, cfg.sweep.plan, cfg.sweep.stack) \
         if multirun and cfg.sweep.plan is not None else []
+    if optimizing and cfg.sweep.objective_seeds > 1:
+        members = _trial_seeds(cfg, run_dir, sweep_dir, list(hydra_cfg.overrides.task))
     if members:  # the first member is this job's own config; the others differ from it by the seed alone
         planning.check_planned(members[0], records.run_identity(cfg), run_dir.name)
     if len(members) > 1:
@@ -111,8 +113,24 @@ def main(cfg: DictConfig) -> records.RunRecord:
         folder, summary = failed[0]
         raise FailFast(f"{folder.name}: {summary['error']} (bnbench report {folder.parent} tabulates what ran)")
     if optimizing:
-        return _objective(outcomes[0][1], cfg.sweep.objective, hydra_cfg.sweeper.get("direction"))
+        values = [_objective(summary, cfg.sweep.objective, hydra_cfg.sweeper.get("direction"))
+                  for _, summary in outcomes]
+        return sum(values) / len(values)  # one seed's, or the mean over the trial's seeds
     return outcomes[0][1]
+
+
+def _trial_seeds(cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
+    """The runs of one trial of an optimizing sweeper with sweep.objective_seeds > 1: this job's
+    own folder for its seed, and a sibling folder ``<its name>,seed=S`` for each further seed."""
+    if cfg.sweep.objective_seeds < 1:
+        raise ConfigError(f"sweep.objective_seeds={cfg.sweep.objective_seeds} must be at least 1")
+    base = [o for o in overrides if not o.startswith("seed=")]
+    first = int(cfg.seed)
+    out = [{"seed": first, "folder": str(run_dir.relative_to(sweep_dir)), "overrides": overrides}]
+    for seed in range(first + 1, first + cfg.sweep.objective_seeds):
+        out.append({"seed": seed, "folder": f"{run_dir.relative_to(sweep_dir)},seed={seed}",
+                    "overrides": [*base, f"seed={seed}"]})
+    return out
 
 
 def _objective(summary: records.RunRecord, metric: str, direction: Any) -> float:
