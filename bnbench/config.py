@@ -54,7 +54,8 @@ class AlexNetConfig(ModelConfig):
 class NormConfig:
     # What normalizes (bnbench/job/models.py NORMS): bn (batch norm), ln (layer norm: all channels
     # and positions of one sample, GroupNorm with one group as in Wu & He 2018), gn (group
-    # norm: `groups` groups of channels per sample), none.
+    # norm: `groups` groups of channels per sample), rms (RMSNorm: one sample's features, or
+    # channels and positions, over their root mean square, no centring; torch.nn.RMSNorm), none.
     kind: str = "bn"
     # before (Linear/Conv -> norm -> act, Ioffe & Szegedy 2015) | after (Linear/Conv -> act -> norm)
     placement: str = "before"
@@ -351,9 +352,10 @@ def validate(cfg: DictConfig) -> None:
     for key, value, allowed in checks:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(sorted(allowed))}")
-    if cfg.norm.drop_bias and cfg.norm.kind in ("ln", "gn"):
-        raise ConfigError(f"norm.drop_bias=true applies to batch norm only: {cfg.norm.kind} subtracts a mean "
-                          "over channels, which does not cancel a per-channel bias")
+    if cfg.norm.drop_bias and cfg.norm.kind in ("ln", "gn", "rms"):
+        why = "subtracts no mean at all" if cfg.norm.kind == "rms" else "subtracts a mean over channels"
+        raise ConfigError(f"norm.drop_bias=true applies to batch norm only: {cfg.norm.kind} {why}, which does not "
+                          "cancel a per-channel bias")
     noise = (cfg.norm.get("noise_mean", 0.0), cfg.norm.get("noise_std", 0.0))
     if min(noise) < 0:
         raise ConfigError(f"norm.noise_mean={noise[0]} and norm.noise_std={noise[1]} must be 0 or more "

@@ -10,7 +10,7 @@ from bnbench.job.models import ACTIVATIONS, build_model
 from bnbench.job.optim import OPTIMIZERS, make_optimizer
 from conftest import make_cfg
 
-NORMS = ["none", "bn_before", "bn_after", "ln_before", "ln_after", "gn_before", "gn_after"]
+NORMS = ["none", "bn_before", "bn_after", "ln_before", "ln_after", "gn_before", "gn_after", "rms_before", "rms_after"]
 SHAPES = {"mlp": [(1, 8, 8)], "alexnet": [(1, 8, 8), (1, 28, 28), (3, 32, 32)]}
 
 # small versions of each model: every option has its own keys (bnbench/config.py schemas)
@@ -196,3 +196,25 @@ def test_default_init_has_pytorchs_distribution():
     assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
     assert layer.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.02)
     assert layer.bias.abs().max() <= bound and layer.bias.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.15)
+
+
+def test_rms_norm_is_torchs_on_features_and_its_conv_form_divides_by_the_root_mean_square():
+    mlp = build_model(make_cfg("norm=rms_before", "model.width=12"), (1, 8, 8), 10)
+    norms = [m for m in mlp.modules() if isinstance(m, nn.RMSNorm)]
+    assert norms and norms[0].normalized_shape == (12,) and norms[0].eps == 1e-5
+    from bnbench.job.models import RMSNorm2d
+
+    cnn = build_model(make_cfg("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=rms_after"),
+                      (1, 28, 28), 10)
+    conv_norm = next(m for m in cnn.modules() if isinstance(m, RMSNorm2d))
+    x = torch.randn(3, conv_norm.weight.numel(), 5, 5) * 4 + 1
+    with torch.no_grad():
+        conv_norm.weight.uniform_(0.5, 2)
+        rms = x.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-5).sqrt()
+        assert torch.allclose(conv_norm(x), x / rms * conv_norm.weight.view(1, -1, 1, 1), atol=1e-6)
+    from bnbench.config import validate
+    from bnbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rms subtracts no mean at all"):
+        validate(make_cfg("norm=rms_before", "norm.drop_bias=true"))
+

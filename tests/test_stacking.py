@@ -78,6 +78,9 @@ def float64():
      "trainer.steps=30", "trainer.eval_every=10"),
     ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=ln_after", "optimizer=adam",
      "optimizer.lr=0.003", "trainer.steps=30", "trainer.eval_every=10"),
+    ("norm=rms_before", "optimizer=adam", "optimizer.lr=0.003"),
+    ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=rms_after", "trainer.steps=30",
+     "trainer.eval_every=10"),
     ("norm=noisy_bn_before", "activation=sigmoid", "trainer.dropout=0.2"),  # noise and dropout streams per copy
     ("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", "norm=noisy_bn_before", "trainer.steps=30",
      "trainer.eval_every=10"),
@@ -97,7 +100,7 @@ def test_stacked_seeds_in_float32_agree_within_rounding():
     _assert_same_runs(_separate(cfg, data, SEEDS), stacked, rel=1e-4)
 
 
-@pytest.mark.parametrize("norm", ["bn_before", "ln_after", "gn_before"])
+@pytest.mark.parametrize("norm", ["bn_before", "ln_after", "gn_before", "rms_before"])
 def test_stacked_model_holds_each_copy_unchanged(norm):
     cfg = make_cfg("model=alexnet", "model.channels=[4,8,8,8,4]", "model.fc_width=16", f"norm={norm}")
     models = [build_model(cfg, (1, 28, 28), 10) for _ in SEEDS]

@@ -46,6 +46,28 @@ def _group_norm(groups: int, channels: int, norm_cfg) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=norm_cfg.eps, affine=norm_cfg.affine)
 
 
+class RMSNorm2d(nn.Module):
+    """RMSNorm of a conv layer's output (Zhang & Sennrich 2019): each sample divided by the root
+    mean square of all its channels and positions, then scaled per channel; no mean is
+    subtracted and there is no shift. The conv form of layer norm's GroupNorm(1, C), without
+    centring; on an MLP's (batch, features) bnbench uses torch.nn.RMSNorm itself."""
+
+    def __init__(self, channels: int, eps: float, affine: bool):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.rsqrt(x.pow(2).mean(dim=(1, 2, 3), keepdim=True) + self.eps)
+        return x if self.weight is None else x * self.weight.view(1, -1, 1, 1)
+
+
+def _rms_norm(channels: int, cfg, conv: bool) -> nn.Module:
+    if conv:
+        return RMSNorm2d(channels, cfg.eps, cfg.affine)
+    return nn.RMSNorm(channels, eps=cfg.eps, elementwise_affine=cfg.affine)
+
+
 # norm.kind -> (channels, norm config, conv: whether it follows a convolution) -> module; a new
 # kind is one entry here, plus its stacked form in bnbench/job/stacking.py and conf/norm/ files.
 # Layer norm is GroupNorm with one group (Wu & He 2018's definition: every channel and position
@@ -56,6 +78,7 @@ NORMS: dict[str, Callable[[int, object, bool], nn.Module] | None] = {
         c, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine),
     "ln": lambda c, cfg, conv: _group_norm(1, c, cfg),
     "gn": lambda c, cfg, conv: _group_norm(cfg.groups, c, cfg),
+    "rms": _rms_norm,
 }
 
 

@@ -11,6 +11,8 @@ copies side by side:
                  copy's batch only, with its own running statistics, as S separate BNs would
     GroupNorm    (layer norm and group norm) one GroupNorm with S x groups over S x channels:
                  the groups never straddle two copies, so each is normalized as its own was
+    RMSNorm      each copy's features (or channels and positions) over their own root mean
+                 square, with its own scale
     Dropout      each copy's mask from that copy's own stream (bnbench.job.models.Dropout), so a
                  seed's masks do not depend on which stack it is in
     noisy BN     likewise: each copy's noise from its own stream (bnbench.job.models.CovariateNoise)
@@ -35,7 +37,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bnbench.job.models import ACTIVATIONS, CovariateNoise, Dropout
+from bnbench.job.models import ACTIVATIONS, CovariateNoise, Dropout, RMSNorm2d
 
 
 class NotStackable(Exception):
@@ -100,6 +102,29 @@ def _grouped_groupnorm(gns: Sequence[nn.GroupNorm], cls: type[nn.GroupNorm] = nn
             grouped.weight.copy_(torch.cat([gn.weight for gn in gns]))
             grouped.bias.copy_(torch.cat([gn.bias for gn in gns]))
     return grouped
+
+
+class StackedRMSNorm(nn.Module):
+    """The RMSNorm layers of S copies: each copy's features (rows: (S, B, C)) or its channels and
+    positions (conv: (B, S*C, H, W)) divided by their own root mean square, then scaled by that
+    copy's weights, held concatenated (S*C,) like a norm's."""
+
+    def __init__(self, norms: Sequence[nn.Module], conv_layout: bool):
+        super().__init__()
+        first = norms[0]
+        self.copies, self.conv_layout = len(norms), conv_layout
+        self.eps = first.eps
+        has_weight = getattr(first, "weight", None) is not None
+        self.weight = nn.Parameter(torch.cat([n.weight.detach() for n in norms]).clone()) if has_weight else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_layout:
+            b, sc = x.shape[:2]
+            per_copy = x.reshape(b, self.copies, -1)
+            x = (per_copy * torch.rsqrt(per_copy.pow(2).mean(dim=2, keepdim=True) + self.eps)).reshape(x.shape)
+            return x if self.weight is None else x * self.weight.view(1, sc, 1, 1)
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return x if self.weight is None else x * self.weight.view(self.copies, 1, -1)
 
 
 def _grouped_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
@@ -169,6 +194,8 @@ def _grouped_sequential(blocks: Sequence[nn.Module], conv_layout: bool) -> nn.Se
             out.append(_grouped_batchnorm(parts, RowsBatchNorm))
         elif isinstance(first, nn.GroupNorm):
             out.append(_grouped_groupnorm(parts, nn.GroupNorm if conv_layout else RowsGroupNorm))
+        elif isinstance(first, (nn.RMSNorm, RMSNorm2d)):
+            out.append(StackedRMSNorm(parts, conv_layout))
         elif isinstance(first, Dropout):
             if conv_layout:
                 raise NotStackable("dropout between convolutions has no stacked form")
