@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM, handled the same way (no torch here: the CLI imports this module).
+"""Ctrl-C, SIGTERM and a cluster's time-limit signals, handled the same way (no torch here: the
+CLI imports this module).
 
 Schedulers (Slurm, Kubernetes) send SIGTERM before SIGKILL; a user presses Ctrl-C. Either
 way a run that is training stops between two steps, saves its checkpoint and records itself
@@ -16,15 +17,31 @@ from contextlib import contextmanager
 from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What a cluster sends before a time limit: submitit asks Slurm for SIGUSR2 (--signal=USR2@90) and
+# requeues the job from its own handler; Slurm's --signal may name SIGUSR1. Training saves a
+# checkpoint between two steps first, then hands the signal to that handler (or, with none,
+# stops as SIGTERM does).
+HANDOVER = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
 
 class Interrupted(KeyboardInterrupt):
     """A run was stopped by ``signum``; ``step`` is the last finished step (None: before training
-    started) and ``saved`` says whether its checkpoint holds that step."""
+    started) and ``saved`` says whether its checkpoint holds that step; ``handover`` is the
+    handler the signal belongs to after bnbench saved (submitit's), or None."""
 
-    def __init__(self, message: str, signum: int = signal.SIGINT, step: int | None = None, saved: bool = False):
+    def __init__(self, message: str, signum: int = signal.SIGINT, step: int | None = None, saved: bool = False,
+                 handover=None):
         super().__init__(message)
-        self.signum, self.step, self.saved = signum, step, saved
+        self.signum, self.step, self.saved, self.handover = signum, step, saved, handover
+
+
+def hand_over(err: BaseException) -> None:
+    """Pass a cluster's time-limit signal on to the handler it was meant for (submitit's requeue),
+    once the run saved its checkpoint and recorded itself: that handler requeues the job and
+    exits, or, out of requeues, raises; either way the record says interrupted."""
+    handover = getattr(err, "handover", None)
+    if callable(handover):
+        handover(err.signum, None)
 
 
 def _raise(signum, frame) -> None:
@@ -54,7 +71,8 @@ def deferred() -> Iterator[dict]:
     def handler(signum, frame):
         flag["signum"] = signum
 
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    previous = {s: signal.signal(s, handler) for s in (*SIGNALS, *HANDOVER)}
+    flag["previous"] = previous
     try:
         yield flag
     finally:
@@ -95,7 +113,9 @@ def exit_code(err: BaseException) -> int:
 
 def describe(err: BaseException) -> str:
     """One line for the user: what stopped, and whether anything was saved."""
-    what = "terminated (SIGTERM)" if getattr(err, "signum", None) == signal.SIGTERM else "interrupted"
+    signum = getattr(err, "signum", None)
+    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else \
+        f"stopped by {signal.Signals(signum).name} (a time limit)" if signum in HANDOVER else "interrupted"
     if getattr(err, "saved", False):
         return (f"{what} at step {err.step}; the run saved a checkpoint there, and finished runs are kept: run the "
                 "same command again to resume")

@@ -391,3 +391,61 @@ def test_a_summary_of_the_wrong_shape_is_not_a_phantom_cell(tmp_path):
     assert sorted(tables.cells["norm"].astype(str)) == ["bn_before", "none"]  # no "(default)" cell
     assert any("stray: summary.json is corrupt (not a run record: a finished record without its run_id)" in w
                for w in tables.warnings)
+
+
+class UncompletedJobError(RuntimeError):
+    """Named as submitit's: what its SIGUSR2 handler raises when a job is out of requeues."""
+
+
+@pytest.mark.parametrize("submitit_handler", [True, False])
+def test_a_time_limit_signal_saves_between_steps_then_goes_to_submitit(tmp_path, submitit_handler):
+    """SIGUSR2 (submitit's time-limit signal): nothing was saved at it, so each requeue retrained
+    from the last per-epoch checkpoint; out of requeues the run was recorded failed and its
+    metrics.csv rewritten with only a header. Now the run saves between two steps, records
+    itself interrupted, and only then hands the signal to submitit's handler."""
+    import threading
+    import time
+
+    import torch
+
+    from bnbench.config import compose_config
+    from bnbench.interrupts import Interrupted
+    from bnbench.job.experiment import run_experiment
+
+    calls = []
+
+    def submitit(signum, frame):  # out of requeues
+        calls.append(signum)
+        raise UncompletedJobError("job 1 exceeded its time limit, no requeue left")
+
+    previous = signal.signal(signal.SIGUSR2, submitit if submitit_handler else signal.SIG_DFL)
+    cfg = compose_config("trainer.epochs=400", "trainer.threads=1", "trainer.log_progress=false",
+                         "trainer.checkpoint_every_s=0")
+
+    def send_when_training():
+        for _ in range(600):
+            time.sleep(0.02)
+            try:
+                if json.loads((tmp_path / "summary.json").read_text()).get("progress"):
+                    os.kill(os.getpid(), signal.SIGUSR2)
+                    return
+            except (OSError, ValueError):
+                continue
+
+    sender = threading.Thread(target=send_when_training)
+    sender.start()
+    try:
+        with pytest.raises(UncompletedJobError if submitit_handler else Interrupted) as stopped:
+            run_experiment(cfg, tmp_path)
+    finally:
+        sender.join()
+        signal.signal(signal.SIGUSR2, previous)
+    record = json.loads((tmp_path / "summary.json").read_text())
+    assert record["status"] == "interrupted" and "stopped by SIGUSR2 (a time limit)" in record["error"]
+    assert "saved a checkpoint" in record["error"]
+    step = int(record["error"].split(" at step ")[1].split(";")[0])
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == step > 0, "saved at the signal, between two steps"
+    assert calls == ([signal.SIGUSR2] if submitit_handler else []), "handed to submitit once, after saving"
+    if not submitit_handler:  # no scheduler's handler: it stops as SIGTERM does (exit 128 + 12)
+        assert stopped.value.signum == signal.SIGUSR2

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bnbench.errors import ConfigError
-from bnbench.interrupts import Interrupted, deferred
+from bnbench.interrupts import HANDOVER, Interrupted, deferred
 from bnbench.job.checkpoint import Checkpoint, restore, save_all
 from bnbench.job.data import TensorDataset
 from bnbench.job.optim import learning_rate, make_optimizer, make_schedule
@@ -215,8 +215,9 @@ def train_copies(models: Sequence[nn.Module], seeds: Sequence[int], data: Tensor
                         save()
                 if stop["signum"] is not None:
                     saved = save()
+                    handover = stop["previous"].get(stop["signum"]) if stop["signum"] in HANDOVER else None
                     raise Interrupted(f"interrupted at step {loop.step}", signum=stop["signum"], step=loop.step,
-                                      saved=saved)
+                                      saved=saved, handover=handover if callable(handover) else None)
                 if loop.pos == 0:
                     break  # new epoch: new permutations
     return results

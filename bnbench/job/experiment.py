@@ -214,21 +214,29 @@ def _train_group(members: list[Member], choices: Mapping[str, Any] | None, conso
     except NotStackable as err:
         log.info("seeds %s not stacked: %s; training them one by one", ",".join(map(str, seeds)), err)
         return [_train_group([m], choices, console_progress, cpu_threads, gpu_slots)[0] for m in members]
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM, in training (Interrupted) or before it
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM or a time limit, in training (Interrupted) or before it
         for m, summary in zip(members, summaries):
             summary.update(status="interrupted", error=interrupts.describe(err))
             records.write_json(m.folder / records.SUMMARY, summary)
+        interrupts.hand_over(err)  # a time limit: submitit's handler requeues (and exits) now that all is saved
         raise
     except USER_ERRORS as err:
         for summary in summaries:
             summary.update(status="failed", error=str(err))
     except Exception as err:  # a bug or an environment problem: keep the traceback next to the record
+        if type(err).__name__ == "UncompletedJobError":  # submitit: the time limit, out of requeues
+            for m, summary in zip(members, summaries):
+                summary.update(status="interrupted", error=f"stopped by the cluster's time limit, out of requeues "
+                               f"({err}); its checkpoint is kept: run the sweep again to resume")
+                records.write_json(m.folder / records.SUMMARY, summary)
+            raise
         for m, summary in zip(members, summaries):
             summary.update(status="failed", error=f"{type(err).__name__}: {err}")
             records.write_text(m.folder / "error.txt", traceback.format_exc())
     for m, summary, result in zip(members, summaries, results):
         _save_final(m.folder, summary, result)
-        _finish(m.folder, summary, result.history if result else [], result.diagnostics if result else [], started)
+        # no result: training raised; its metrics.csv (and the checkpoint it belongs to) stay as they are
+        _finish(m.folder, summary, result.history if result else None, result.diagnostics if result else [], started)
     return summaries
 
 
@@ -286,13 +294,16 @@ def _start_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[
     return summary
 
 
-def _finish(run_dir: Path, summary: records.RunRecord, history: list[dict], diagnostics_rows: list[dict],
+def _finish(run_dir: Path, summary: records.RunRecord, history: list[dict] | None, diagnostics_rows: list[dict],
             started: float) -> None:
+    """The run's final record. ``history`` None: training raised before it had one, and an
+    earlier part's metrics.csv is never rewritten shorter than its checkpoint."""
     summary.pop("progress", None)
     summary["wall_s"] = round(time.perf_counter() - started, 3)
     summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    summary.update(_outcome(history))
-    records.write_csv(run_dir / records.METRICS, history, records.METRIC_COLUMNS)
+    summary.update(_outcome(history or []))
+    if history is not None or not (run_dir / records.METRICS).is_file():
+        records.write_csv(run_dir / records.METRICS, history or [], records.METRIC_COLUMNS)
     if diagnostics_rows:  # bnbench/job/diagnostics.py; a stale file of an earlier run is removed
         records.write_csv(run_dir / records.DIAGNOSTICS, diagnostics_rows, records.DIAGNOSTICS_COLUMNS)
     else:
