@@ -284,6 +284,11 @@ def _exit_with_outcome(outcome: dict, multirun: bool) -> None:
         failed = [s for s in map(records.read_summary, folders) if s and s.get("status") == "failed"]
         if failed:
             fail(f"{len(failed)} of {len(folders)} runs failed; first error: {failed[0].get('error')}")
+        held = [f for f in folders if records.store.held_by_another(f)]
+        if held:  # a racing sweep command on this folder: this one did not train them
+            fail(f"{len(held)} of {len(folders)} runs are being trained by another process right now (another sweep "
+                 f"command on {outcome['sweep_dir']}, e.g. {held[0].name}); this command left them to it: run it again "
+                 "when that one ends, or add sweep.wait_for_others=true to wait", code=75)
     elif not multirun and outcome.get("run_dir"):
         summary = records.read_summary(Path(outcome["run_dir"]))
         if summary is not None and summary["status"] == "failed":

@@ -213,6 +213,9 @@ class SweepConfig:
     # ... as the mean over this many seeds of one trial (seed, seed+1, ...), trained as one stack,
     # each in its own folder: a trial's value is then less a draw of one seed's noise.
     objective_seeds: int = 1
+    # A run another process is training right now (two sweep commands on one folder): false, leave
+    # it to that process (the command then ends saying so, exit 75); true, wait for it to finish.
+    wait_for_others: bool = False
 
 
 @dataclass

@@ -461,3 +461,29 @@ def test_a_full_or_read_only_disk_is_one_line_that_names_the_path(tmp_path, monk
     assert len(err) == 1 and said in err[0] and str(tmp_path / "s" / "run" / ".hydra") in err[0]
     assert "run the same command again" in err[0]
     assert signal.getsignal(signal.SIGTERM) == handler
+
+
+@pytest.mark.slow
+def test_a_sweep_that_left_its_runs_to_another_process_says_so_or_waits(tmp_path):
+    """The losing one of two racing sweeps exited 0 with every run "incomplete" and an empty
+    table; why was only in the logs. Now: one line and exit 75, or sweep.wait_for_others=true."""
+    import fcntl
+    import threading
+
+    folder = tmp_path / "results" / "race" / "norm=none,seed=0,trainer.epochs=1"
+    folder.mkdir(parents=True)
+    handle = open(folder / ".run.lock", "w")
+    fcntl.flock(handle, fcntl.LOCK_EX)  # another process is training seed=0
+    try:
+        proc = run_cli("run", "-m", "norm=none", "seed=0", "sweep.name=race", *FAST, cwd=tmp_path)
+        assert proc.returncode == 75, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "being trained by another process right now" in lines[0]
+        assert "sweep.wait_for_others=true" in lines[0]
+        threading.Timer(3.0, handle.close).start()  # the other process ends in 3 s
+        waited = run_cli("run", "-m", "norm=none", "seed=0", "sweep.name=race", "sweep.wait_for_others=true", *FAST,
+                         cwd=tmp_path)
+        assert waited.returncode == 0, waited.stderr[-2000:]
+        assert json.loads((folder / "summary.json").read_text())["status"] == "completed"
+    finally:
+        handle.close()

@@ -57,23 +57,27 @@ def _format_row(row: Mapping[str, Any]) -> str:
             f"{scores}  ({row['wall_s']:.1f}s)")
 
 
-def _lock(run_dir: Path, name: str = ".run.lock") -> IO | None:
+def _lock(run_dir: Path, name: str = ".run.lock", wait: bool = False) -> IO | None:
     """An exclusive lock on the run folder (held until the handle closes), or None if another
-    process holds it."""
+    process holds it; with ``wait`` (sweep.wait_for_others), the lock once that process lets go
+    (the caller then finds its record finished, and skips the run)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / name, "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.close()
-        return None
+        if not wait:
+            handle.close()
+            return None
+        log.info("waiting: another process is running %s (sweep.wait_for_others=true)", run_dir.name)
+        fcntl.flock(handle, fcntl.LOCK_EX)
     return handle
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> records.RunRecord:
     """:func:`_run` under a lock on the run folder, so two processes given the same run (two
     sweep commands racing on one sweep folder) never train it twice: the second skips it."""
-    handle = _lock(run_dir)
+    handle = _lock(run_dir, wait=bool(cfg.sweep.get("wait_for_others", False)))
     if handle is None:
         log.info("skipped: another process is running %s right now", run_dir.name)
         return {"status": "running", "skipped": True, "run_id": records.run_identity(cfg)}
@@ -365,7 +369,7 @@ def run_stacked(cfg: DictConfig, sweep_dir: Path, planned: list[dict[str, Any]],
             seed, folder = int(entry["seed"]), sweep_dir / entry["folder"]
             seed_cfg = copy.deepcopy(cfg)
             seed_cfg.seed = seed
-            handle = _lock(folder)
+            handle = _lock(folder, wait=bool(cfg.sweep.get("wait_for_others", False)))
             if handle is None:
                 log.info("skipped: another process is running %s right now", folder.name)
                 outcomes[folder] = {"status": "running", "skipped": True, "run_id": records.run_identity(seed_cfg)}

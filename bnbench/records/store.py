@@ -118,6 +118,26 @@ def run_folders(sweep_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def held_by_another(run_dir: Path) -> bool:
+    """Whether another process holds the run folder's lock (.run.lock) right now: it is
+    training that run."""
+    import fcntl
+
+    path = run_dir / ".run.lock"
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
 def metrics_problem(run_dir: Path) -> str | None:
     """Why the run's metrics.csv cannot be read, or None when it can: absent, not text, or
     without the header bnbench writes."""
