@@ -243,7 +243,9 @@ class DiagnosticsConfig:
 class Config:
     # model, optimizer, dataset: each option of the group names its schema (conf/model/mlp.yaml:
     # /schema/model/mlp), following Hydra's structured_configs tutorial 5.1
-    model: ModelConfig = MISSING
+    # Any: a built-in option types itself (its schema in its defaults); a user's option with a
+    # _target_ (bnbench/job/models.py build_model) carries keys of its own network
+    model: Any = MISSING
     norm: NormConfig = field(default_factory=NormConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     optimizer: OptimizerConfig = MISSING
@@ -338,14 +340,15 @@ def validate(cfg: DictConfig) -> None:
     from bnbench.job.models import ACTIVATIONS, MODELS, NORMS, PLACEMENTS
     from bnbench.job.optim import LR_SCHEDULES, OPTIMIZERS
 
+    custom = "_target_" in cfg.model  # the user's own network (bnbench/job/models.py build_model)
     checks = [
-        ("model.name", cfg.model.name, MODELS),
+        *([] if custom else [("model.name", cfg.model.name, MODELS)]),
         ("norm.kind", cfg.norm.kind, NORMS),
         ("activation.name", cfg.activation.name, ACTIVATIONS),
         ("optimizer.name", cfg.optimizer.name, OPTIMIZERS),
         ("dataset.name", cfg.dataset.name, DATASETS),
         ("trainer.lr_schedule", cfg.trainer.lr_schedule, LR_SCHEDULES),
-        ("model.init", cfg.model.init, ("default", "gaussian")),
+        ("model.init", cfg.model.get("init", "default"), ("default", "gaussian")),
     ]
     if cfg.norm.placement == "none":  # the 0.1/0.2 spelling of "no normalization"
         raise ConfigError("norm.placement=none is not a placement: no normalization is norm=none "
@@ -395,7 +398,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.widths={list(widths)} must list at least one width, each at least 1")
     if cfg.dataset.get("noise", 0) < 0:
         raise ConfigError(f"dataset.noise={cfg.dataset.noise} must be 0 or more")
-    if "channels" in cfg.model and len(cfg.model.channels) != 5:
+    if not custom and "channels" in cfg.model and len(cfg.model.channels) != 5:
         raise ConfigError("model.channels must list 5 conv widths (AlexNet-style: 5 conv layers)")
     _check_ranges(cfg)
     from bnbench.launch.resources import check_device_name
@@ -446,7 +449,7 @@ def _check_ranges(cfg: DictConfig) -> None:
         ("optimizer.momentum", _get(cfg, "optimizer.momentum"), half_open(0.0, 1.0), "must be in [0, 1)"),
         ("optimizer.eps", _get(cfg, "optimizer.eps"), lambda v: v > 0, "must be greater than 0"),
         ("optimizer.alpha", _get(cfg, "optimizer.alpha"), half_open(0.0, 1.0), "must be in [0, 1)"),
-        ("model.init_std", cfg.model.init_std, lambda v: v > 0, "must be greater than 0"),
+        ("model.init_std", cfg.model.get("init_std", 0.01), lambda v: v > 0, "must be greater than 0"),
         ("trainer.diverge_above", cfg.trainer.diverge_above, lambda v: v is None or v > 0,
          "must be greater than 0 (or null: only NaN and inf count as diverged)"),
     ]

@@ -376,6 +376,53 @@ def _init_weights(model: nn.Module, seed: int, init: str, std: float) -> None:
             nn.init.uniform_(layer.bias, -bound, bound, generator=_layer_generator(seed, place, "bias"))
 
 
+# Keys of a model option that are bnbench's, not the user's factory's.
+OWN_MODEL_KEYS = ("_target_", "name", "init", "init_std")
+
+
+class NormFactory:
+    """What a user's model factory gets as ``norm``: ``norm(num_features)`` is the run's norm layer
+    over that many features (``conv=True`` after a Conv2d), an identity for norm=none, with
+    noisy BN's noise after it when asked; ``norm.placement`` is where the run puts it
+    (before/after the activation: bnbench.blocks.norm_act honours it)."""
+
+    def __init__(self, norm_cfg, make_noise: Callable[[], nn.Module | None]):
+        self.cfg, self.placement, self.kind, self._noise = norm_cfg, str(norm_cfg.placement), str(norm_cfg.kind), make_noise
+
+    def __call__(self, num_features: int, conv: bool = False) -> nn.Module:
+        layer = create_norm(self.cfg, num_features, conv)
+        if layer is None:
+            return nn.Identity()
+        noise = self._noise()
+        return layer if noise is None else nn.Sequential(layer, noise)
+
+
+def _own_model(cfg, in_shape: Sequence[int], num_outputs: int, make_act: Callable[[], nn.Module],
+               make_noise: Callable[[], nn.Module | None]) -> nn.Module:
+    """The user's network: ``model._target_`` names an importable callable (Hydra's convention),
+    called as factory(in_shape=..., num_classes=..., norm=..., activation=..., **the option's own
+    keys); ``norm`` is a :class:`NormFactory`, ``activation()`` a new activation module."""
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    target = str(cfg.model["_target_"])
+    try:
+        factory = get_object(target)
+    except Exception as err:  # ImportError, AttributeError: not importable from here
+        raise ConfigError(f"model._target_={target} cannot be imported ({type(err).__name__}: {err}); put its module "
+                          "on PYTHONPATH (or install it) and name it as package.module.function") from None
+    keys = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in OWN_MODEL_KEYS}
+    try:
+        model = factory(in_shape=tuple(in_shape), num_classes=num_outputs, norm=NormFactory(cfg.norm, make_noise),
+                        activation=make_act, **keys)
+    except TypeError as err:  # the factory does not take these arguments
+        raise ConfigError(f"model._target_={target}: {err}; it is called as factory(in_shape=..., num_classes=..., "
+                          f"norm=..., activation=..., **its option's keys: {', '.join(keys) or 'none'})") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model._target_={target} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def build_model(cfg, in_shape: Sequence[int], num_outputs: int) -> nn.Module:
     """Build the model a run config describes; its initial weights, dropout masks and noisy-BN
     noise depend on ``cfg.seed`` and each layer's place only (:func:`_layer_generator`), not on the
@@ -405,8 +452,11 @@ def build_model(cfg, in_shape: Sequence[int], num_outputs: int) -> nn.Module:
         noises += 1  # the place of this noise layer among the model's noise layers
         return CovariateNoise(noise_mean, noise_std, _stream_seed(cfg.seed, noises - 1, "noise"))
 
-    model = MODELS[cfg.model.name](in_shape, num_outputs, cfg.model, cfg.norm, make_act, make_dropout, make_noise)
-    _init_weights(model, cfg.seed, cfg.model.init, cfg.model.init_std)
+    if "_target_" in cfg.model:
+        model = _own_model(cfg, in_shape, num_outputs, make_act, make_noise)
+    else:
+        model = MODELS[cfg.model.name](in_shape, num_outputs, cfg.model, cfg.norm, make_act, make_dropout, make_noise)
+    _init_weights(model, cfg.seed, cfg.model.get("init", "default"), cfg.model.get("init_std", 0.01))
     return model
 
 
