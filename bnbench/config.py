@@ -249,7 +249,7 @@ class Config:
     norm: NormConfig = field(default_factory=NormConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     optimizer: OptimizerConfig = MISSING
-    dataset: DatasetConfig = MISSING
+    dataset: Any = MISSING  # like model: a user's option with a _target_ carries keys of its own
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
@@ -346,7 +346,7 @@ def validate(cfg: DictConfig) -> None:
         ("norm.kind", cfg.norm.kind, NORMS),
         ("activation.name", cfg.activation.name, ACTIVATIONS),
         ("optimizer.name", cfg.optimizer.name, OPTIMIZERS),
-        ("dataset.name", cfg.dataset.name, DATASETS),
+        *([] if "_target_" in cfg.dataset else [("dataset.name", cfg.dataset.name, DATASETS)]),
         ("trainer.lr_schedule", cfg.trainer.lr_schedule, LR_SCHEDULES),
         ("model.init", cfg.model.get("init", "default"), ("default", "gaussian")),
     ]
@@ -381,8 +381,8 @@ def validate(cfg: DictConfig) -> None:
         "trainer.threads": (cfg.trainer.threads, True),
         "trainer.lr_reference_batch": (cfg.trainer.get("lr_reference_batch"), True),
         "norm.groups": (cfg.norm.groups, False),
-        "dataset.train_size": (cfg.dataset.train_size, True),
-        "dataset.test_size": (cfg.dataset.test_size, True),
+        "dataset.train_size": (cfg.dataset.get("train_size"), True),
+        "dataset.test_size": (cfg.dataset.get("test_size"), True),
     }
     for key, (value, nullable) in at_least_one.items():  # None also: a key this option does not have
         if value is not None and value < 1:

@@ -24,6 +24,18 @@ MODULE = textwrap.dedent('''
             features = width
         return nn.Sequential(*layers, nn.Linear(features, num_classes))
 
+    def blobs(n=240, features=6, classes=3, shift=2.0):
+        import torch
+        g = torch.Generator().manual_seed(0)
+        y = torch.randint(0, classes, (n,), generator=g)
+        x = torch.randn(n, features, generator=g) + shift * torch.nn.functional.one_hot(y, features).float()
+        return x[: n * 3 // 4], y[: n * 3 // 4], x[n * 3 // 4:], y[n * 3 // 4:]
+
+    def line(n=200):
+        import numpy as np
+        x = np.linspace(-1, 1, n, dtype=np.float32)[:, None]
+        return x[:150], 3 * x[:150, 0] + 1, x[150:], 3 * x[150:, 0] + 1
+
     def tiny_cnn(in_shape, num_classes, norm, activation, channels=4):
         return nn.Sequential(nn.Conv2d(in_shape[0], channels, 3, padding=1),
                              *norm_act(norm, activation, channels, conv=True),
@@ -39,6 +51,8 @@ def own(tmp_path, monkeypatch):
     conf.mkdir(parents=True)
     (conf / "tiny.yaml").write_text("_target_: mynets.tiny_net\nwidth: 12\ndepth: 2\n")
     (conf / "tinycnn.yaml").write_text("_target_: mynets.tiny_cnn\nchannels: 3\n")
+    (tmp_path / "myconf" / "dataset").mkdir()
+    (tmp_path / "myconf" / "dataset" / "blobs.yaml").write_text("_target_: mynets.blobs\nclasses: 3\nval_size: 0.2\n")
     return tmp_path
 
 
@@ -91,3 +105,33 @@ def test_a_sweep_over_norm_and_activation_reaches_a_network_of_your_own(own):
     report_md = (sweep / "report.md").read_text()
     assert "## Every pair" in report_md or "## Against the baseline" in report_md
     assert "tinycnn" in report_md and "tanh" in report_md
+    # and data of one's own: the model and the dataset both from the user's module and folder
+    data = run_cli("run", "-m", f"--config-dir={own / 'myconf'}", "model=tiny", "dataset=blobs", "norm=none,bn_before",
+                   "activation=relu,tanh", "seed=0,1", "trainer.epochs=2", "trainer.threads=1", "sweep.name=owndata",
+                   "--quiet", cwd=own, env=env)
+    assert data.returncode == 0, data.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in (own / "results" / "owndata").glob("*/summary.json")]
+    assert len(records) == 8 and all(r["status"] == "completed" and r["classes"] == 3 for r in records)
+    assert all(r["final"]["val_acc"] is not None for r in records), "bnbench's validation split"
+    assert (own / "results" / "owndata" / "report.md").is_file()
+
+
+def test_your_own_data_gets_the_validation_split_and_standardization_of_bnbenchs_own(own):
+    from omegaconf import OmegaConf
+
+    from bnbench.job.data import DataError, load_dataset
+
+    cpu = torch.device("cpu")
+    cfg = make_cfg()
+    cfg.dataset = OmegaConf.create({"_target_": "mynets.blobs", "classes": 3, "val_size": 0.2})
+    data = load_dataset(cfg, cpu)
+    assert data.task == "classification" and data.num_outputs == 3
+    assert len(data.train_x) + len(data.val_x) == 180 and len(data.test_x) == 60 and len(data.val_x) == 36
+    assert data.train_x.mean(0).abs().max() < 1e-5 and (data.train_x.std(0) - 1).abs().max() < 0.05
+    cfg.dataset = OmegaConf.create({"_target_": "mynets.line", "task": "regression", "val_size": 0})
+    line = load_dataset(cfg, cpu)
+    assert line.task == "regression" and line.num_outputs == 1 and line.train_y.shape == (150, 1)
+    cfg.dataset = OmegaConf.create({"_target_": "mynets.line", "val_size": 0})  # float targets, no task given
+    with pytest.raises(DataError, match="class labels are integers .*task: regression"):
+        load_dataset(cfg, cpu)
+

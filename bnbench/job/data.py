@@ -311,11 +311,12 @@ def load_dataset(cfg, device: torch.device) -> TensorDataset:
     write into them, so runs of one process can share them)."""
     global _last_loaded
     ds_cfg = cfg.dataset
-    if ds_cfg.name not in DATASETS:
+    own = "_target_" in ds_cfg
+    if not own and ds_cfg.name not in DATASETS:
         raise DataError(f"unknown dataset {ds_cfg.name!r}; choose one of: {', '.join(sorted(DATASETS))}")
     from omegaconf import OmegaConf
 
-    loader = DATASETS[ds_cfg.name]
+    loader = _own_loader if own else DATASETS[ds_cfg.name]
     try:
         files = loader.files(ds_cfg) if hasattr(loader, "files") else []
         key: tuple | None = (json.dumps(OmegaConf.to_container(ds_cfg, resolve=True), sort_keys=True, default=str),
@@ -331,20 +332,64 @@ def load_dataset(cfg, device: torch.device) -> TensorDataset:
     return data
 
 
+# Keys of a dataset option that are bnbench's (split, subset, standardization), not the user's loader's.
+OWN_DATA_KEYS = ("_target_", "name", "root", "download", "train_size", "test_size", "normalize", "val_size", "task")
+
+
+def _own_loader(ds_cfg) -> RawData:
+    """The user's data: ``dataset._target_`` names a callable (called with the option's own keys)
+    that returns (train_x, train_y, test_x, test_y), tensors or arrays: x float, N x C x H x W
+    or N x F; y integer class labels, or float targets with ``task: regression``. bnbench then
+    splits off validation, takes subsets and standardizes as for its own sets."""
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    target = str(ds_cfg["_target_"])
+    try:
+        factory = get_object(target)
+    except Exception as err:
+        raise DataError(f"dataset._target_={target} cannot be imported ({type(err).__name__}: {err}); put its "
+                        "module on PYTHONPATH (or install it) and name it as package.module.function") from None
+    keys = {k: v for k, v in OmegaConf.to_container(ds_cfg, resolve=True).items() if k not in OWN_DATA_KEYS}
+    parts = factory(**keys)
+    if not (isinstance(parts, (tuple, list)) and len(parts) == 4):
+        raise DataError(f"dataset._target_={target} must return (train_x, train_y, test_x, test_y), not a "
+                        f"{type(parts).__name__}")
+    arrays = [p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p) for p in parts]
+    (tx, ty), (vx, vy) = arrays[:2], arrays[2:]
+    task = str(ds_cfg.get("task", "classification"))
+    for x, y, split in ((tx, ty, "train"), (vx, vy, "test")):
+        if x.ndim not in (2, 4) or len(x) != len(y) or not len(x):
+            raise DataError(f"dataset._target_={target}: {split}_x must be N x F or N x C x H x W with one "
+                            f"{split}_y per row; got {x.shape} and {y.shape}")
+        if task == "classification" and not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"dataset._target_={target}: {split}_y holds {y.dtype} values; class labels are integers "
+                            "(int64), or set task: regression for float targets")
+    if task == "classification":
+        classes = int(max(ty.max(), vy.max())) + 1
+        return RawData((tx.astype(np.float32), ty.astype(np.int64)), (vx.astype(np.float32), vy.astype(np.int64)),
+                       classes)
+    if task != "regression":
+        raise DataError(f"dataset.task={task}: choose classification or regression")
+    shape = lambda y: y.astype(np.float32).reshape(len(y), -1)  # noqa: E731  (N x outputs)
+    return RawData((tx.astype(np.float32), shape(ty)), (vx.astype(np.float32), shape(vy)), shape(ty).shape[1],
+                   task="regression")
+
+
 def _load(ds_cfg, loader: Callable[..., RawData], device: torch.device) -> TensorDataset:
     raw = loader(ds_cfg)
     # validation first, from all the training files; then the optional subset of what is left
     rest, val = _split_val(raw.train, ds_cfg.get("val_size", 0))
-    train, test = _subset(rest, ds_cfg.train_size), _subset(raw.test, ds_cfg.test_size)
+    train, test = _subset(rest, ds_cfg.get("train_size")), _subset(raw.test, ds_cfg.get("test_size"))
     xs = [_to_float(train[0]), _to_float(test[0])] + ([_to_float(val[0])] if val else [])
     ys = [torch.from_numpy(train[1]), torch.from_numpy(test[1])] + ([torch.from_numpy(val[1])] if val else [])
-    if ds_cfg.normalize:  # statistics of the training images only (not validation, not test)
+    if ds_cfg.get("normalize", True):  # statistics of the training images only (not validation, not test)
         xs = _standardize(xs, dims=(0, 2, 3) if xs[0].dim() == 4 else (0,))
         if raw.task == "regression":  # an MSE of 1.0 then means "no better than the mean"
             ys = _standardize(ys, dims=(0,))
     xs, ys = [x.to(device) for x in xs], [y.to(device) for y in ys]
     return TensorDataset(
-        name=ds_cfg.name,
+        name=str(ds_cfg.get("name") or ds_cfg.get("_target_")),
         train_x=xs[0],
         train_y=ys[0],
         test_x=xs[1],

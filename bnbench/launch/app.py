@@ -68,7 +68,7 @@ def main(cfg: DictConfig) -> records.RunRecord:
     # starts in its run folder, so they are made absolute here (runtime keys: identity unchanged).
     started_in = Path(hydra_cfg.runtime.cwd)
     sweep_dir = started_in / hydra_cfg.sweep.dir
-    if hydra_cfg.job.chdir and not Path(cfg.dataset.root).expanduser().is_absolute():
+    if hydra_cfg.job.chdir and "root" in cfg.dataset and not Path(cfg.dataset.root).expanduser().is_absolute():
         with open_dict(cfg):
             cfg.dataset.root = str(started_in / cfg.dataset.root)
     # --fail-fast: launchers start a whole batch of jobs at once, so the first failure leaves a
