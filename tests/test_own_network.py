@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 import textwrap
 
 import pytest
@@ -135,3 +137,27 @@ def test_your_own_data_gets_the_validation_split_and_standardization_of_bnbenchs
     with pytest.raises(DataError, match="class labels are integers .*task: regression"):
         load_dataset(cfg, cpu)
 
+
+
+@pytest.mark.slow
+def test_the_worked_example_of_docs_own_network_runs_as_written(tmp_path):
+    """docs/own-network.md's commands, run as written in a copy of examples/own_network/."""
+    import re
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "own-network.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", doc, flags=re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip() and not line.startswith("cd ")]
+    work = tmp_path / "own_network"
+    shutil.copytree(root / "examples" / "own_network", work)
+    env = {k: v for k, v in os.environ.items() if k not in ("BNBENCH_RESULTS", "HYDRA_FULL_ERROR")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # this venv's bnbench
+    for command in commands:
+        proc = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+    records = [json.loads(p.read_text()) for p in (work / "results" / "mine").glob("*/summary.json")]
+    assert len(records) == 18 and all(r["status"] == "completed" for r in records)
+    report_md = (work / "results" / "mine" / "report.md").read_text()
+    assert "## Every pair of `norm` levels" in report_md
