@@ -337,8 +337,12 @@ def validate(cfg: DictConfig) -> None:
     the job (torch side): the tables it checks against are imported here, not at the top, so
     that the launching side (CLI, sweeper) reads configs without importing torch."""
     from bnbench.job.data import DATASETS
-    from bnbench.job.models import ACTIVATIONS, MODELS, NORMS, PLACEMENTS
+    from bnbench.job.models import ACTIVATIONS, MODELS, NORMS, PLACEMENTS, registered
     from bnbench.job.optim import LR_SCHEDULES, OPTIMIZERS
+
+    # names other packages register (entry points bnbench.models / bnbench.datasets) are known too
+    MODELS = {**MODELS, **registered("bnbench.models")}  # noqa: N806
+    DATASETS = {**DATASETS, **registered("bnbench.datasets")}  # noqa: N806
 
     custom = "_target_" in cfg.model  # the user's own network (bnbench/job/models.py build_model)
     checks = [

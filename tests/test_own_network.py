@@ -161,3 +161,26 @@ def test_the_worked_example_of_docs_own_network_runs_as_written(tmp_path):
     assert len(records) == 18 and all(r["status"] == "completed" for r in records)
     report_md = (work / "results" / "mine" / "report.md").read_text()
     assert "## Every pair of `norm` levels" in report_md
+
+
+def test_a_package_registers_its_network_and_data_under_entry_points(own):
+    """A package of networks lists them under the entry point groups bnbench.models and
+    bnbench.datasets; model.name / dataset.name then find them, as they find the built-in ones."""
+    from omegaconf import OmegaConf
+
+    from bnbench.config import validate
+    from bnbench.job.data import load_dataset
+    from bnbench.job.models import build_model
+
+    info = own / "mynets-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mynets\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[bnbench.models]\ntiny = mynets:tiny_net\n\n"
+                                           "[bnbench.datasets]\nblobs = mynets:blobs\n")
+    cfg = make_cfg("norm=bn_after")
+    cfg.model = OmegaConf.create({"name": "tiny", "width": 10, "depth": 1})
+    cfg.dataset = OmegaConf.create({"name": "blobs", "classes": 3, "val_size": 0})
+    validate(cfg)
+    data = load_dataset(cfg, torch.device("cpu"))
+    model = build_model(cfg, data.in_shape, data.num_outputs)
+    assert [type(m) for m in model][1:4] == [nn.Linear, nn.ReLU, nn.BatchNorm1d] and model[1].out_features == 10

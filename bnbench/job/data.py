@@ -311,7 +311,9 @@ def load_dataset(cfg, device: torch.device) -> TensorDataset:
     write into them, so runs of one process can share them)."""
     global _last_loaded
     ds_cfg = cfg.dataset
-    own = "_target_" in ds_cfg
+    from bnbench.job.models import registered
+
+    own = "_target_" in ds_cfg or (ds_cfg.name not in DATASETS and ds_cfg.name in registered("bnbench.datasets"))
     if not own and ds_cfg.name not in DATASETS:
         raise DataError(f"unknown dataset {ds_cfg.name!r}; choose one of: {', '.join(sorted(DATASETS))}")
     from omegaconf import OmegaConf
@@ -344,9 +346,11 @@ def _own_loader(ds_cfg) -> RawData:
     from hydra.utils import get_object
     from omegaconf import OmegaConf
 
-    target = str(ds_cfg["_target_"])
+    from bnbench.job.models import registered
+
+    target = str(ds_cfg["_target_"]) if "_target_" in ds_cfg else registered("bnbench.datasets")[ds_cfg.name]
     try:
-        factory = get_object(target)
+        factory = get_object(target.replace(":", "."))
     except Exception as err:
         raise DataError(f"dataset._target_={target} cannot be imported ({type(err).__name__}: {err}); put its "
                         "module on PYTHONPATH (or install it) and name it as package.module.function") from None

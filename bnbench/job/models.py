@@ -397,6 +397,14 @@ class NormFactory:
         return layer if noise is None else nn.Sequential(layer, noise)
 
 
+def registered(group: str) -> dict[str, str]:
+    """Factories other packages register under an entry point group (``bnbench.models``,
+    ``bnbench.datasets``): name -> "module:attribute", usable as model.name / dataset.name."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=group)}
+
+
 def _own_model(cfg, in_shape: Sequence[int], num_outputs: int, make_act: Callable[[], nn.Module],
                make_noise: Callable[[], nn.Module | None]) -> nn.Module:
     """The user's network: ``model._target_`` names an importable callable (Hydra's convention),
@@ -405,9 +413,9 @@ def _own_model(cfg, in_shape: Sequence[int], num_outputs: int, make_act: Callabl
     from hydra.utils import get_object
     from omegaconf import OmegaConf
 
-    target = str(cfg.model["_target_"])
+    target = str(cfg.model["_target_"]) if "_target_" in cfg.model else registered("bnbench.models")[cfg.model.name]
     try:
-        factory = get_object(target)
+        factory = get_object(target.replace(":", "."))
     except Exception as err:  # ImportError, AttributeError: not importable from here
         raise ConfigError(f"model._target_={target} cannot be imported ({type(err).__name__}: {err}); put its module "
                           "on PYTHONPATH (or install it) and name it as package.module.function") from None
@@ -452,7 +460,7 @@ def build_model(cfg, in_shape: Sequence[int], num_outputs: int) -> nn.Module:
         noises += 1  # the place of this noise layer among the model's noise layers
         return CovariateNoise(noise_mean, noise_std, _stream_seed(cfg.seed, noises - 1, "noise"))
 
-    if "_target_" in cfg.model:
+    if "_target_" in cfg.model or cfg.model.get("name") not in MODELS:  # the user's (validate checked the name)
         model = _own_model(cfg, in_shape, num_outputs, make_act, make_noise)
     else:
         model = MODELS[cfg.model.name](in_shape, num_outputs, cfg.model, cfg.norm, make_act, make_dropout, make_noise)
