@@ -487,3 +487,16 @@ def test_a_sweep_that_left_its_runs_to_another_process_says_so_or_waits(tmp_path
         assert json.loads((folder / "summary.json").read_text())["status"] == "completed"
     finally:
         handle.close()
+
+
+@pytest.mark.slow
+def test_torchs_own_info_lines_stay_out_of_the_console(tmp_path):
+    """torch logs its FakeTensor cache statistics at INFO when the process exits; under bnbench's
+    logging (root at INFO) they appeared under the line Ctrl-C ends with."""
+    code = ("import logging, sys; sys.argv = ['bnbench', 'run', 'trainer.epochs=1', 'trainer.threads=1']\n"
+            "from bnbench.cli import app\n"
+            "try:\n    app()\nexcept SystemExit:\n    pass\n"
+            "print('ENABLED', logging.getLogger('torch._subclasses.fake_tensor').isEnabledFor(logging.INFO))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "BNBENCH_RESULTS": str(tmp_path / "results")})
+    assert "ENABLED False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
