@@ -343,7 +343,7 @@ def test_shell_completion_of_commands_options_groups_and_their_options(tmp_path)
     assert "--margin" in _complete(tmp_path, "bash", "bnbench report --ma")
     assert _complete(tmp_path, "bash", "bnbench run norm=") == ["bn_after", "bn_before", "gn_after", "gn_before",
                                                                 "ln_after", "ln_before", "noisy_bn_before",
-                                                                "none"]
+                                                                "none", "rms_after", "rms_before"]
     assert _complete(tmp_path, "bash", "bnbench run activation=t") == ["tanh"]
     assert _complete(tmp_path, "bash", "bnbench run hydra/launc") == ["hydra/launcher="]
     assert "parallel" in _complete(tmp_path, "bash", "bnbench run hydra/launcher=")
