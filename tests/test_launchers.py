@@ -166,3 +166,14 @@ def test_parallel_workers_exit_when_the_sweep_command_is_killed(tmp_path):
     records = summaries()
     assert all(r["status"] == "interrupted" and "SIGTERM" in r["error"] for r in records), records
     assert len(list(sweep_dir.glob("*/checkpoint.pt"))) == 2
+
+
+@pytest.mark.slow
+def test_quiet_under_slurm_local_prints_a_line_per_finished_run(tmp_path):
+    """--quiet under slurm_local printed no line per finished run (the jobs' lines went to
+    .submitit/*_log.out): the sweep prints them from the records."""
+    proc = bnbench("run", "-m", "hydra/launcher=slurm_local", f"results_dir={tmp_path}", "sweep.name=quiet", *GRID,
+                   "--quiet", cwd=tmp_path)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("completed: test acc")]
+    assert len(lines) == 4, proc.stdout[-3000:]
+    assert len(set(lines)) == 4, "each run once"

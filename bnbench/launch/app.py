@@ -25,6 +25,7 @@ from bnbench.config import check_complete, config_dir, register_configs
 from bnbench.errors import ConfigError
 from bnbench.launch import channel
 from bnbench.launch.channel import FAIL_FAST_MARKER, LIVE_VIEW
+from bnbench.launch.progress import outcome_line
 from bnbench.launch.resources import cpu_share, uses_gpu_slots
 
 log = logging.getLogger("bnbench")
@@ -146,16 +147,7 @@ def _objective(summary: records.RunRecord, metric: str, direction: Any) -> float
 
 def _say(summary: records.RunRecord, run_dir: Path, multirun: bool) -> None:
     """One log line with a finished run's outcome (a single run's error is printed by the CLI)."""
-    if summary.get("skipped"):
+    if summary.get("skipped") or (summary["status"] == "failed" and not multirun):
         return
-    if summary["status"] == "failed":
-        if multirun:
-            log.error("failed: %s (%s)", summary["error"], run_dir.name)
-        return
-    final, best = summary["final"], summary["best"]
-    if final.get("test_acc") is None:  # regression
-        score = f"test loss {final['test_loss']:.4f} (best {best['test_loss']:.4f} at epoch {best['epoch']:.2f})"
-    else:
-        score = f"test acc {100 * final['test_acc']:.2f}% (best {100 * best['test_acc']:.2f}% at epoch {best['epoch']:.2f})"
-    log.info("%s: %s, train loss %.4f, %.1fs, %s", summary["status"], score, final["train_loss"], summary["wall_s"],
-             run_dir.name if multirun else run_dir)
+    line = outcome_line(summary, run_dir.name if multirun else str(run_dir))
+    (log.error if summary["status"] == "failed" else log.info)("%s", line)

@@ -138,3 +138,57 @@ class SweepMonitor:
         if self._live is not None:
             self._live.stop()
             self._live = None
+
+
+def outcome_line(summary: records.RunRecord, name: str) -> str:
+    """"completed: test acc 95.82% (best ... at epoch ...), train loss ..., 6.8s, NAME": the line a
+    finished run gets on the console (the job says it; under a cluster launcher, the sweep)."""
+    if summary["status"] == "failed":
+        return f"failed: {summary['error']} ({name})"
+    final, best = summary["final"], summary["best"]
+    if final.get("test_acc") is None:  # regression
+        score = f"test loss {final['test_loss']:.4f} (best {best['test_loss']:.4f} at epoch {best['epoch']:.2f})"
+    else:
+        score = f"test acc {100 * final['test_acc']:.2f}% (best {100 * best['test_acc']:.2f}% at epoch {best['epoch']:.2f})"
+    return f"{summary['status']}: {score}, train loss {final['train_loss']:.4f}, {summary['wall_s']:.1f}s, {name}"
+
+
+class FinishedLines:
+    """--quiet (or piped) under a launcher whose jobs do not write to this terminal (submitit's,
+    local or Slurm: their lines go to .submitit/*_log.out): the sweep prints each run's line
+    itself, as it finishes, from the records."""
+
+    def __init__(self, sweep_dir: Path, finished_before: dict[Path, str], interval: float = 1.0):
+        self.sweep_dir, self.finished_before, self.interval = sweep_dir, finished_before, interval
+        self.said: set[Path] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> None:
+        for path in sorted(self.sweep_dir.rglob(records.SUMMARY)):
+            folder = path.parent
+            summary = records.read_summary(folder)
+            if not summary or folder in self.said or summary.get("status") not in ("completed", "diverged", "failed"):
+                continue
+            if self.finished_before.get(folder) == str(summary.get("finished_at")):
+                continue  # finished before this sweep: skipped, not said
+            self.said.add(folder)
+            try:
+                print(outcome_line(summary, folder.name), flush=True)
+            except (KeyError, TypeError, ValueError):  # a record of an older shape: its name is enough
+                print(f"{summary.get('status')}: {folder.name}", flush=True)
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, name="bnbench-finished-lines", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.poll()  # the last ones
+

@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from bnbench import records
 from bnbench.launch import channel
 from bnbench.launch.channel import FAIL_FAST_MARKER, LIVE_VIEW
-from bnbench.launch.resources import parallel_jobs
-from bnbench.launch.progress import SweepMonitor
+from bnbench.launch.resources import launcher_kind, parallel_jobs
+from bnbench.launch.progress import FinishedLines, SweepMonitor
 
 log = logging.getLogger("bnbench")
 
@@ -82,6 +82,10 @@ class SweepReport(Callback):
             os.environ[LIVE_VIEW] = "1"
             _monitor = SweepMonitor(sweep_dir, planned_runs(config), self.finished_before, parallel_jobs(config.hydra.get("launcher")),
                                     console)
+            _monitor.start()
+        elif launcher_kind(config.hydra.get("launcher")) in ("submitit_local", "slurm"):
+            # their jobs write to .submitit/*_log.out, not here: one line per finished run from the records
+            _monitor = FinishedLines(sweep_dir, self.finished_before)
             _monitor.start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
