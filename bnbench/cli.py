@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
 import traceback
@@ -88,6 +89,44 @@ def _write_error(err: OSError, folder: Path) -> str:
     fix = "free some space" if full else "make it writable, or choose another results_dir"
     return (f"stopped writing {where}: {what}. Finished runs are kept and unfinished ones resume from their last "
             f"checkpoint: {fix}, then run the same command again")
+
+
+def _stopped_job(err: BaseException, sweep_dir: str | None) -> tuple[str, int] | None:
+    """(one line, exit code) when a launcher's error is a job that a signal stopped (submitit
+    re-raises the job's Interrupted as a FailedJobError whose text is the job's traceback): which
+    run, what stopped it and what was saved, from its record; the job's log where the error
+    names it. None for any other error."""
+    from bnbench import records
+
+    text = str(err)
+    if "bnbench.interrupts.Interrupted" not in text and "KeyboardInterrupt" not in text:
+        return None
+    stopped = []
+    if sweep_dir:
+        for folder in records.run_folders(Path(sweep_dir)):
+            summary = records.read_summary(folder)
+            if summary and summary.get("status") == "interrupted":
+                stopped.append((folder.name, str(summary.get("error") or "")))
+    said = stopped[0][1] if stopped else ""
+    signum = signal.SIGTERM if "SIGTERM" in said or "SIGTERM" in text else signal.SIGINT
+    log = re.search(r"at paths:\s*-\s*(\S+)", text)
+    where = f"; its log: {log.group(1)}" if log else ""
+    run = f" ({stopped[0][0]}: {said.split(';')[0]})" if stopped else ""
+    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    return (f"a job of the sweep was {what}{run}; its run recorded itself interrupted, finished runs are kept and "
+            f"the report is rebuilt from them{where}. Run the same command again to resume", 128 + int(signum))
+
+
+def _report_what_is_there(outcome: dict) -> None:
+    """The report of the runs on disk, when the sweep ended before its callback could write it."""
+    from bnbench import report as report_mod
+
+    if not outcome.get("sweep_dir"):
+        return
+    try:
+        report_mod.write(report_mod.build(Path(outcome["sweep_dir"])))
+    except (report_mod.ReportError, OSError, ValueError):
+        pass  # nothing to tabulate yet: the one line says what happened
 
 
 def _raised_in_launcher(err: BaseException) -> bool:
@@ -258,6 +297,11 @@ def run(
             fail(_write_error(err, _output_dir(overrides, multirun)))
         if not _raised_in_launcher(err):
             raise  # a bug: its traceback is the useful part
+        known = channel.read_outcome(outcome_file)
+        stopped = _stopped_job(err, known.get("sweep_dir"))
+        if stopped is not None:  # a job the launcher ran was stopped by a signal: not a launch failure
+            _report_what_is_there(known)
+            fail(stopped[0], code=stopped[1])
         no_slurm = any(word in str(err) for word in ("srun", "sbatch", "slurm"))
         fail(f"the launcher could not start the jobs: {err}"
              + (" (on a machine without Slurm use hydra/launcher=slurm_local or parallel)" if no_slurm else ""))

@@ -177,3 +177,41 @@ def test_quiet_under_slurm_local_prints_a_line_per_finished_run(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("completed: test acc")]
     assert len(lines) == 4, proc.stdout[-3000:]
     assert len(set(lines)) == 4, "each run once"
+
+
+@pytest.mark.slow
+def test_a_job_stopped_by_sigterm_under_slurm_local_is_said_as_such_and_exits_143(tmp_path):
+    """SIGTERM to one job under slurm_local: the sweep said "the launcher could not start the
+    jobs", exited 1 with a 37-line traceback ending in Interrupted, and rebuilt no report."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "BNBENCH_RESULTS": str(tmp_path / "results")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bnbench.cli", "run", "-m", "hydra/launcher=slurm_local",
+                             "norm=none,bn_before", "seed=0", "trainer.epochs=300", "trainer.threads=1",
+                             "trainer.log_progress=false", "sweep.name=killed", "--quiet"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_dir = tmp_path / "results" / "killed"
+    pid, deadline = None, time.time() + 120
+    while pid is None and time.time() < deadline:
+        time.sleep(0.2)
+        for path in sweep_dir.glob("*/summary.json"):
+            try:
+                record = json.loads(path.read_text())
+            except ValueError:
+                continue
+            if record.get("status") == "running" and record.get("progress"):
+                pid = record["pid"]
+                break
+    assert pid is not None, "no job started training"
+    os.kill(pid, signal.SIGTERM)  # the job's own process, as a cluster would
+    out, err = proc.communicate(timeout=300)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 143, err[-3000:]
+    assert len(errors) == 1 and "was terminated (SIGTERM)" in errors[0] and "could not start" not in err
+    assert "Traceback" not in err
+    assert (sweep_dir / "report.md").is_file() and (sweep_dir / "results.csv").is_file()
