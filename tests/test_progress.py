@@ -26,6 +26,36 @@ def _write(run: Path, summary: dict) -> None:
     (run / "summary.json").write_text(json.dumps(summary))
 
 
+def _read_terminal(master: int, proc, on_output=None, timeout: float = 240) -> str:
+    """Everything a command wrote to its pseudo-terminal until it ended (killed past
+    ``timeout``); ``on_output(bytes so far)`` is called before each wait, e.g. to send a signal."""
+    import os
+    import select
+    import time
+
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if on_output is not None:
+            on_output(out)
+        if not select.select([master], [], [], 0.5)[0]:
+            if proc.poll() is not None:
+                break
+            continue  # nothing yet; check the deadline again rather than block on read
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the command ended
+            break
+        if not chunk:
+            break
+        out += chunk
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    os.close(master)
+    return out.decode("utf-8", "replace")
+
+
 def test_frames_fit_80_columns_and_keep_their_height(tmp_path):
     heights = set()
     for running in range(4):  # 0, 1, 2 and 3 running runs on 2 workers
@@ -51,12 +81,10 @@ def test_a_parallel_sweep_on_an_80_column_terminal_keeps_workers_off_the_screen(
     import fcntl
     import os
     import pty
-    import select
     import struct
     import subprocess
     import sys
     import termios
-    import time
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
@@ -66,25 +94,7 @@ def test_a_parallel_sweep_on_an_80_column_terminal_keeps_workers_off_the_screen(
                              "norm=none,bn_before", "seed=0,1", "trainer.epochs=20", "trainer.threads=1",
                              "sweep.name=tty"], stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env=env)
     os.close(slave)
-    out = b""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if not select.select([master], [], [], 1.0)[0]:
-            if proc.poll() is not None:
-                break
-            continue  # nothing yet; check the deadline again rather than block on read
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the terminal closed: the command ended
-            break
-        if not chunk:
-            break
-        out += chunk
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=30)
-    os.close(master)
-    text = out.decode("utf-8", "replace")
+    text = _read_terminal(master, proc)
     assert proc.returncode == 0, text[-3000:]
     assert "runs · " in text and "running" in text, "the live view was drawn"
     assert "completed: test acc" not in text, "a worker printed into the live view"
@@ -131,11 +141,9 @@ def test_ctrl_c_in_a_terminal_leaves_its_one_line_last_on_the_screen(tmp_path):
     what was saved (a stray character was left). The view stops first, then the line is written."""
     import os
     import pty
-    import select
     import signal
     import subprocess
     import sys
-    import time
 
     master, slave = pty.openpty()
     env = {**os.environ, "BNBENCH_RESULTS": str(tmp_path / "results"), "TERM": "xterm-256color"}
@@ -144,28 +152,14 @@ def test_ctrl_c_in_a_terminal_leaves_its_one_line_last_on_the_screen(tmp_path):
                              "trainer.epochs=200", "trainer.threads=1", "sweep.name=tty"],
                             stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env=env, start_new_session=True)
     os.close(slave)
-    out, sent = b"", False
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    sent = []
+
+    def ctrl_c(out: bytes) -> None:
         if not sent and b"step " in out:  # training has begun: Ctrl-C, to the terminal's process group
             os.killpg(proc.pid, signal.SIGINT)
-            sent = True
-        if not select.select([master], [], [], 0.5)[0]:
-            if proc.poll() is not None:
-                break
-            continue
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=30)
-    os.close(master)
-    text = out.decode("utf-8", "replace")
+            sent.append(True)
+
+    text = _read_terminal(master, proc, ctrl_c)
     assert sent and proc.returncode == 130, text[-2000:]
     # after the view's last erase, only the line (and its newline) is written
     tail = text[text.rfind("\x1b[2K") + 4:] if "\x1b[2K" in text else text
