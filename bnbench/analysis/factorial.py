@@ -191,8 +191,10 @@ def complete_subgrid(counts: np.ndarray, min_results: int = MIN_RESULTS) -> list
     keep = [list(range(n)) for n in shape]
     while not whole(keep):
         short = ~ok[np.ix_(*keep)]
+        block = counts[np.ix_(*keep)]
+        # the level in the most short cells (ties: the one with the fewest results) goes first
         worst = max(((axis, i) for axis in range(len(shape)) for i in range(len(keep[axis])) if len(keep[axis]) > 1),
-                    key=lambda ai: (short.take(ai[1], axis=ai[0]).sum(), -counts[np.ix_(*keep)].take(ai[1], axis=ai[0]).sum()),
+                    key=lambda ai: (short.take(ai[1], axis=ai[0]).sum(), -block.take(ai[1], axis=ai[0]).sum()),
                     default=None)
         if worst is None:  # one level left of every factor and its cell is short
             return [[] for _ in shape]

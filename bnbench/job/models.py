@@ -387,7 +387,8 @@ class NormFactory:
     (before/after the activation: bnbench.blocks.norm_act honours it)."""
 
     def __init__(self, norm_cfg, make_noise: Callable[[], nn.Module | None]):
-        self.cfg, self.placement, self.kind, self._noise = norm_cfg, str(norm_cfg.placement), str(norm_cfg.kind), make_noise
+        self.cfg, self._noise = norm_cfg, make_noise
+        self.placement, self.kind = str(norm_cfg.placement), str(norm_cfg.kind)
 
     def __call__(self, num_features: int, conv: bool = False) -> nn.Module:
         layer = create_norm(self.cfg, num_features, conv)

@@ -149,7 +149,8 @@ def outcome_line(summary: records.RunRecord, name: str) -> str:
     if final.get("test_acc") is None:  # regression
         score = f"test loss {final['test_loss']:.4f} (best {best['test_loss']:.4f} at epoch {best['epoch']:.2f})"
     else:
-        score = f"test acc {100 * final['test_acc']:.2f}% (best {100 * best['test_acc']:.2f}% at epoch {best['epoch']:.2f})"
+        score = (f"test acc {100 * final['test_acc']:.2f}% (best {100 * best['test_acc']:.2f}% at epoch "
+                 f"{best['epoch']:.2f})")
     return f"{summary['status']}: {score}, train loss {final['train_loss']:.4f}, {summary['wall_s']:.1f}s, {name}"
 
 

@@ -10,7 +10,8 @@ from bnbench.render.text import (cell_rows, comparison_rows, comparison_title, f
                                  summary_line)
 
 
-def _fit(header: list[str], rows: list[list[str]], first: int, priority: list[str], width: int) -> tuple[list[int], list[str]]:
+def _fit(header: list[str], rows: list[list[str]], first: int, priority: list[str],
+         width: int) -> tuple[list[int], list[str]]:
     """The columns to print on a terminal ``width`` wide, each unwrapped at its natural width:
     the first ``first`` (the cell's factors: never cut), then by ``priority``, as many as fit.
     Returns (their indices in table order, the names left out). At 80 columns a table that
