@@ -187,11 +187,10 @@ def _check_writable(folder: Path) -> None:
     folders made for the check are removed again: a command that fails later (a config error)
     leaves no empty folder behind, and the run or sweep makes them when it writes."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]
+    from bnbench.records.store import probe_write
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".bnbench-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        probe_write(folder)
         for path in made:  # deepest first
             path.rmdir()
     except OSError as err:

@@ -100,10 +100,7 @@ def to_tensorboard(sweep_dir: Path, out_dir: Path) -> list[Path]:
                           "pip install 'bnbench[tensorboard]'") from err
     runs, keys = _sweep(sweep_dir)
     try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        probe = Path(out_dir) / f".bnbench-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        records.store.probe_write(Path(out_dir))
     except OSError as err:
         raise ExportError(f"--tensorboard {out_dir}: cannot write {err.filename or out_dir} ({err.strerror or err}); "
                           "give a writable folder") from None
@@ -205,10 +202,7 @@ def _check_local_store(tracking_uri: str) -> None:
     else:
         target = folder = Path(tracking_uri.removeprefix("file://").removeprefix("file:"))
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".bnbench-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        records.store.probe_write(folder)
         if target.is_file() and not os.access(target, os.W_OK):
             raise PermissionError(13, "Permission denied", str(target))
     except OSError as err:

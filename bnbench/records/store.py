@@ -118,6 +118,15 @@ def run_folders(sweep_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def probe_write(folder: Path) -> None:
+    """Make ``folder`` (and its parents) and write and remove a small file in it: OSError, naming
+    the path, when it cannot be written, before any work is spent on what would go there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".bnbench-write-test-{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+
+
 def held_by_another(run_dir: Path) -> bool:
     """Whether another process holds the run folder's lock (.run.lock) right now: it is
     training that run."""
