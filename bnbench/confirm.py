@@ -100,10 +100,7 @@ def config_sources(sweep_dir: Path) -> list[str]:
     """The sweep's own config folders, from Hydra's multirun.yaml: ``--config-dir`` (-cd) folders
     and ``hydra.searchpath``, so that an arm's option from the user's config folder (an
     ablation, a model size) composes in the rerun as it did in the sweep."""
-    try:
-        hydra = (yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text()) or {}).get("hydra") or {}
-    except (OSError, yaml.YAMLError):
-        return []
+    hydra = records.store.read_multirun(Path(sweep_dir)).get("hydra") or {}
     carried = [f"hydra.searchpath={o.split('=', 1)[1]}" for o in (hydra.get("overrides") or {}).get("hydra") or []
                if o.startswith("hydra.searchpath=")]
     for source in (hydra.get("runtime") or {}).get("config_sources") or []:

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from bnbench import records
-from bnbench.records.runs import collect_runs
+from bnbench.records.runs import all_numbers, collect_runs
 
 # metrics.csv column -> the tag it gets in both trackers
 SCALARS = {"test_acc": "test/acc", "test_loss": "test/loss", "train_acc": "train/acc", "train_loss": "train/loss",
@@ -130,14 +130,7 @@ def to_tensorboard(sweep_dir: Path, out_dir: Path) -> list[Path]:
 def _numeric_keys(runs: pd.DataFrame, keys: list[str]) -> set[str]:
     """The keys whose every value is a number (optimizer.lr, trainer.epochs): typed as numbers in
     TensorBoard, so its HParams view can sort them and draw them on a (log) axis."""
-    out = set()
-    for key in keys:
-        try:
-            [float(v) for v in runs[key].astype(str)]
-        except ValueError:
-            continue
-        out.add(key)
-    return out
+    return {key for key in keys if all_numbers(runs[key].astype(str))}
 
 
 def _typed_hparams(run: pd.Series, keys: list[str], numeric: set[str]) -> dict[str, Any]:

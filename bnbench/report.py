@@ -29,7 +29,7 @@ from bnbench.analysis import stats
 from bnbench.analysis.tables import ReportOptions, SweepTables, default_metric
 from bnbench.records import RUN_METRICS as METRICS
 from bnbench.records import is_fraction
-from bnbench.records.runs import ReportError, collect_runs, confirmed_sweep
+from bnbench.records.runs import ReportError, all_numbers, collect_runs, confirmed_sweep
 from bnbench.render import diagnostics as diagnostics_report
 from bnbench.render.console import print_tables
 from bnbench.render.latex import to_latex
@@ -136,7 +136,7 @@ def build(sweep_dir: Path, options: ReportOptions | None = None) -> SweepTables:
     sampler = records.grid_sweeper(sweep_dir)
     if sampler and options.profile is None and options.select is None:
         # samples of a search space, not a grid: the metric over a sampled number is a profile
-        numeric = [f for f in factors if _numeric(runs[f])]
+        numeric = [f for f in factors if all_numbers(runs[f].astype(str))]
         if numeric:
             options = dataclasses.replace(options, profile=numeric[0])
     runs, metric = _checked_metric(sweep_dir, runs, options)
@@ -256,14 +256,6 @@ def _caveats(tables: SweepTables) -> None:
             more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
             tables.warnings.append(f"{len(broken)} run record(s) are damaged ({listed}{more}); the tables use what "
                                    "is readable, and a run without a usable summary.json is retrained by the next sweep")
-
-
-def _numeric(column: pd.Series) -> bool:
-    try:
-        [float(v) for v in column.astype(str)]
-    except ValueError:
-        return False
-    return True
 
 
 def _analyse(tables: SweepTables, options: ReportOptions, grid: bool = True) -> None:

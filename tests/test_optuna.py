@@ -41,6 +41,8 @@ def test_an_optuna_sweep_optimizes_the_validation_objective_resumes_and_reports(
     assert [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")] == summaries
     bad = run_cli(*args[:-2], "sweep.name=bad", "sweep.objective=accuracy", "--quiet", cwd=tmp_path)
     assert bad.returncode != 0 and "sweep.objective=accuracy is not a run metric" in bad.stderr
+    none = run_cli(*args[:-2], "sweep.name=none", "sweep.objective_seeds=0", "--quiet", cwd=tmp_path)
+    assert none.returncode != 0 and "sweep.objective_seeds=0 must be at least 1" in none.stderr
 
 
 @pytest.mark.slow

@@ -84,6 +84,9 @@ def main(cfg: DictConfig) -> records.RunRecord:
     if optimizing and cfg.sweep.objective not in records.schema.METRIC_FIELDS:
         raise ConfigError(f"sweep.objective={cfg.sweep.objective} is not a run metric; choose one of: "
                           f"{', '.join(records.schema.METRIC_FIELDS)} (validation ones to choose on)")
+    if optimizing and cfg.sweep.objective_seeds < 1:
+        raise ConfigError(f"sweep.objective_seeds={cfg.sweep.objective_seeds} must be at least 1 (the seeds a "
+                          "trial's value is the mean over)")
     if multirun:
         interrupts.exit_with_launcher()  # joblib's workers: do not outlive the sweep command
         _quiet_console_in_worker()
@@ -123,8 +126,6 @@ def main(cfg: DictConfig) -> records.RunRecord:
 def _trial_seeds(cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
     """The runs of one trial of an optimizing sweeper with sweep.objective_seeds > 1: this job's
     own folder for its seed, and a sibling folder ``<its name>,seed=S`` for each further seed."""
-    if cfg.sweep.objective_seeds < 1:
-        raise ConfigError(f"sweep.objective_seeds={cfg.sweep.objective_seeds} must be at least 1")
     base = [o for o in overrides if not o.startswith("seed=")]
     first = int(cfg.seed)
     out = [{"seed": first, "folder": str(run_dir.relative_to(sweep_dir)), "overrides": overrides}]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import yaml
@@ -97,6 +97,15 @@ def _train_metrics(final: Mapping[str, Any]) -> dict[str, Any]:
                 "final_train_acc_running": final.get("train_acc_running")}
     return {"final_train_loss": None, "final_train_acc": None, "final_train_loss_running": final.get("train_loss"),
             "final_train_acc_running": final.get("train_acc")}
+
+
+def all_numbers(values: Iterable[Any]) -> bool:
+    """Whether every value reads as a number (a swept optimizer.lr, trainer.batch_size)."""
+    try:
+        [float(v) for v in values]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _level_key(value: str) -> tuple:

@@ -198,12 +198,13 @@ def grid_sweeper(sweep_dir: Path) -> str | None:
     """None when the sweep ran a grid (bnbench's sweeper or Hydra's basic one: every
     combination of the listed values); else the sweeper that chose its runs (Optuna's: samples,
     so a combination it did not sample is not missing)."""
-    saved = _multirun(sweep_dir)
+    saved = read_multirun(sweep_dir)
     target = str(((saved.get("hydra") or {}).get("sweeper") or {}).get("_target_") or "")
     return None if not target or target in GRID_SWEEPERS else target
 
 
-def _multirun(sweep_dir: Path) -> dict:
+def read_multirun(sweep_dir: Path) -> dict:
+    """Hydra's multirun.yaml of a sweep (its whole config), or {} when it is absent or unreadable."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return {}
@@ -217,5 +218,5 @@ def _multirun(sweep_dir: Path) -> dict:
 
 def value_order(sweep_dir: Path) -> dict[str, list[str]]:
     """The order in which the sweep listed each key's values (from Hydra's multirun.yaml)."""
-    hydra_cfg = _multirun(sweep_dir).get("hydra", {}) or {}
+    hydra_cfg = read_multirun(sweep_dir).get("hydra", {}) or {}
     return sweep_lists((hydra_cfg.get("sweeper") or {}).get("params"), (hydra_cfg.get("overrides") or {}).get("task"))
