@@ -1,5 +1,5 @@
-"""report.tex: a complete LaTeX document of the report's tables (booktabs), that pdflatex and
-lualatex compile as it is, every table on the page; copy a table into a paper from it."""
+"""report.tex: a complete LaTeX document of the report's tables (booktabs), that pdflatex
+compiles as it is (tested), every table on the page; copy a table into a paper from it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from bnbench.analysis.tables import SweepTables
 from bnbench.render.text import (anova_rows, cell_rows, comparison_rows, comparison_title, effect_rows,
                                  interaction_rows, metric_title, profile_rows, selection_rows)
 
-# Characters the report's text uses, as LaTeX that pdflatex and lualatex both set with their
-# default fonts: ASCII commands and math, so no engine drops one for want of a glyph.
+# Characters the report's text uses, as ASCII LaTeX commands and math: no engine's default font
+# needs a glyph for them (lualatex dropped the Unicode en dashes; not installed here to test).
 UNICODE = {
     "±": r"$\pm$", "−": r"$-$", "–": "--", "—": "---", "×": r"$\times$", "η": r"$\eta$", "²": r"$^{2}$",
     "⁶": r"$^{6}$", "†": r"$^{\dagger}$", "∞": r"$\infty$", "≤": r"$\leq$", "≥": r"$\geq$", "·": r"$\cdot$",
